@@ -1,0 +1,37 @@
+"""KFP components: thin, typed doors into the kubetune core.
+
+Each module holds one component function whose body parses the experiment spec and calls one core
+function. Components are built per image at pipeline-build time (``build``), so the trainer can run
+on a CUDA image while the other steps use the CPU runtime image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kfp import dsl
+
+from kubetune.components.ensure_study import ensure_study
+from kubetune.components.evaluate_trial import evaluate_trial
+from kubetune.components.next_segment import next_segment
+from kubetune.components.register_best import register_best
+from kubetune.components.retrieve_data import retrieve_data
+from kubetune.components.suggest_trial import suggest_trial
+from kubetune.components.train_trial import train_trial
+
+__all__ = ["FUNCTIONS", "build"]
+
+FUNCTIONS: dict[str, Callable] = {
+    "retrieve-data": retrieve_data,
+    "ensure-study": ensure_study,
+    "suggest-trial": suggest_trial,
+    "train-trial": train_trial,
+    "evaluate-trial": evaluate_trial,
+    "register-best": register_best,
+    "next-segment": next_segment,
+}
+
+
+def build(name: str, *, image: str):
+    """The KFP component ``name`` running on ``image`` (which must have kubetune and kfp installed)."""
+    return dsl.component(FUNCTIONS[name], base_image=image, install_kfp_package=False)

@@ -1,0 +1,29 @@
+"""Component: held-out metrics, the MLflow child run, and the study's tell, done once."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+def evaluate_trial(
+    experiment_spec: str,
+    trial_number: int,
+    train_result: str,
+    model: Input[Model],
+    dataset: Input[Dataset],
+    metrics: Output[Metrics],
+) -> str:
+    """Returns the trial's outcome as JSON: number, state, objective values, metrics, MLflow run id."""
+    import json
+
+    from kubetune.evaluate import evaluate_trial as evaluate
+    from kubetune.spec import parse_experiment
+
+    outcome = evaluate(
+        parse_experiment(json.loads(experiment_spec)),
+        number=int(trial_number),
+        result=json.loads(train_result),
+        model_path=model.path,
+        split_path=dataset.path,
+    )
+    for name, value in outcome["metrics"].items():
+        metrics.log_metric(name, value)
+    return json.dumps(outcome)

@@ -1,0 +1,76 @@
+"""What `kubetune run` shows: a progress bar while it searches, a summary table when it ends."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kubetune.spec import Experiment
+
+__all__ = ["run_with_progress", "print_summary"]
+
+
+def _format_value(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_with_progress(experiment: Experiment, *, verbose: bool = False, console: Console | None = None) -> dict:
+    """Run the experiment locally with a live progress bar; print and return the summary."""
+    from kubetune import local, report
+    from kubetune.study import load_study
+
+    console = console or Console()
+    metric = experiment.spec.objectives[0].metric
+    started = time.monotonic()
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("trials  segment {task.fields[segment]}  running {task.fields[running]}  best {task.fields[best]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, disable=verbose) as bar:
+        task = bar.add_task(experiment.name, total=experiment.spec.budget.max_trials, segment=0, running=0, best="-")
+
+        def show(progress: local.Progress) -> None:
+            bar.update(task, completed=progress.done, segment=progress.segment, running=progress.running,
+                       best=f"{metric}={_format_value(progress.best)}")
+
+        reason = local.run_experiment(experiment, report=show, verbose=verbose)
+    study = load_study(experiment)
+    summary = report.summarize(study, experiment)
+    summary["stop_reason"] = reason
+    summary["run_seconds"] = round(time.monotonic() - started, 1)
+    print_summary(summary, report.where_to_look(experiment), console=console)
+    return summary
+
+
+def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> None:
+    table = Table(title=f"kubetune experiment {summary['experiment']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "stopped because": summary.get("stop_reason"),
+        "trials": f"{summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
+        f"{summary['trials_failed']} failed (budget {summary['trials_budget']})",
+        "wall time": f"{summary.get('run_seconds', summary['wall_seconds'])} s",
+        "best trial": summary.get("best_trial"),
+    }
+    rows.update({key.replace("_", " "): _format_value(value) for key, value in summary.items()
+                 if key.startswith("best_") and isinstance(value, (int, float)) and key != "best_trial"})
+    rows["best hyperparameters"] = ", ".join(f"{k}={_format_value(v)}" for k, v in summary.get("best_hyperparameters", {}).items())
+    architecture = summary.get("best_architecture")
+    if architecture:
+        rows["best architecture"] = "\n".join(
+            " ".join(f"{k}={_format_value(v)}" for k, v in block.items()) for block in architecture["blocks"]
+        )
+    if summary.get("pareto_front") is not None:
+        rows["pareto front (trials)"] = ", ".join(map(str, summary["pareto_front"]))
+    rows["MLflow UI"] = where["mlflow"]
+    rows["Optuna dashboard"] = where["optuna_dashboard"]
+    for key, value in rows.items():
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)

@@ -1,0 +1,429 @@
+"""Retrieve a dataset once, verify it, and split it into normalised train/validation/test arrays.
+
+The retrieve step runs this once per experiment and hands every trial the same ``.npz`` split, so
+all trials train and validate on identical data. Sources are ``builtin:digits``, ``builtin:mnist1d``,
+``file:///abs/path.npz|.csv``, ``s3://bucket/key.npz|.csv`` and ``https://...`` (which needs a
+``sha256``). An ``.npz`` holds arrays ``x`` and ``y``; a ``.csv`` has a header row, a label column and
+float feature columns.
+
+The shape of ``x`` decides the model family (see :mod:`kubetune.nas`), per sample:
+
+* ``(N, F)`` -> ``(F,)`` tabular features (flat sequences stay tabular too);
+* ``(N, H, W)`` -> ``(1, H, W)`` one-channel images, unless ``x.shape[1] <= 4``: then ``(N, C, L)``
+  is read as ``C`` channels of sequences of length ``L`` and kept as ``(C, L)``;
+* ``(N, C, H, W)`` -> ``(C, H, W)`` images.
+
+Example:
+    >>> split = load_split({"source": "builtin:digits", "seed": 0})
+    >>> split.input_shape, split.num_classes
+    ((1, 8, 8), 10)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+__all__ = ["DataError", "SplitData", "load_split", "save_split", "read_split"]
+
+OPTIONS = {"source": None, "sha256": None, "labelColumn": "label", "validationFraction": 0.2, "testFraction": 0.2,
+           "seed": 0}
+EXTENSIONS = (".npz", ".csv")
+# A 3-D ``x`` whose second axis is at most this long is read as (N, C, L) sequences, else (N, H, W) images.
+MAX_SEQUENCE_CHANNELS = 4
+# Enough MNIST-1D samples that a small 1D CNN reaches about 97% validation accuracy.
+MNIST1D_SAMPLES = 10_000
+DOWNLOAD_TIMEOUT_S = 60
+ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be retrieved or used; the message says which source, what rule, how to fix."""
+
+
+@dataclass
+class SplitData:
+    """Normalised arrays for one experiment; ``input_shape`` is the per-sample shape fed to the model."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    metadata: dict = field(default_factory=dict)
+
+
+def load_split(data: dict) -> SplitData:
+    """Retrieve ``data["source"]``, verify its sha256 if given, and split it reproducibly.
+
+    Args:
+        data: the experiment's ``spec.data`` in camelCase: ``source``, ``sha256``, ``labelColumn``,
+            ``validationFraction``, ``testFraction``, ``seed``. Missing keys take their defaults.
+
+    Raises:
+        DataError: the source cannot be read, fails verification, or the options are invalid.
+    """
+    options = _options(data)
+    source = options["source"]
+    x, y, digest = _retrieve(source, label_column=options["labelColumn"], sha256=options["sha256"])
+    x, input_shape = _shape(x, source)
+    classes, y = _labels(y, len(x), source)
+    parts, stratified = _split(x, y, options)
+    mean, std = _normalisation(parts["x_train"])
+    for name in ("x_train", "x_val", "x_test"):
+        parts[name] = ((parts[name] - mean) / std).astype(np.float32)
+    metadata = {
+        "source": _display(source),
+        "sha256": digest,
+        "seed": options["seed"],
+        "validationFraction": options["validationFraction"],
+        "testFraction": options["testFraction"],
+        "stratified": stratified,
+        "sizes": {name: len(parts[f"y_{name}"]) for name in ("train", "val", "test")},
+        "num_classes": len(classes),
+        "classes": classes,
+        "input_shape": list(input_shape),
+        "normalisation": {"axis": "channel" if len(input_shape) > 1 else "feature",
+                          "mean": mean.ravel().tolist(), "std": std.ravel().tolist()},
+    }
+    return SplitData(**parts, num_classes=len(classes), input_shape=input_shape, metadata=metadata)
+
+
+def save_split(split: SplitData, path: str | Path) -> None:
+    """Write the split as one ``.npz`` (arrays plus metadata JSON), atomically, for the trials to read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**split.metadata, "num_classes": split.num_classes, "input_shape": list(split.input_shape)}
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, **{name: getattr(split, name) for name in ARRAYS}, metadata=np.array(json.dumps(metadata)))
+    os.replace(partial, path)
+
+
+def read_split(path: str | Path) -> SplitData:
+    """Read a split written by :func:`save_split`."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in ARRAYS}
+            metadata = json.loads(str(stored["metadata"]))
+    except FileNotFoundError:
+        raise DataError(f"split file {path} does not exist; run the retrieve step first") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"split file {path} is not a split written by save_split: {error}") from None
+    return SplitData(
+        **arrays,
+        num_classes=int(metadata["num_classes"]),
+        input_shape=tuple(metadata["input_shape"]),
+        metadata=metadata,
+    )
+
+
+def _options(data: dict) -> dict:
+    if not isinstance(data, dict):
+        raise DataError(f"data must be a mapping but got {type(data).__name__}")
+    unknown = sorted(set(data) - set(OPTIONS))
+    if unknown:
+        raise DataError(f"data has unknown fields {unknown}; the fields are {list(OPTIONS)}")
+    options = {**OPTIONS, **{key: value for key, value in data.items() if value is not None}}
+    if not isinstance(options["source"], str) or not options["source"]:
+        raise DataError(f"data.source must be a non-empty string but got {options['source']!r}")
+    if urlparse(options["source"]).username:
+        raise DataError(
+            f"data.source {_display(options['source'])} must not carry credentials; give S3 keys through "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment"
+        )
+    sha = options["sha256"]
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        raise DataError(f"data.sha256 must be 64 hexadecimal characters but got {sha!r}")
+    if not isinstance(options["labelColumn"], str) or not options["labelColumn"]:
+        raise DataError(f"data.labelColumn must be a non-empty string but got {options['labelColumn']!r}")
+    seed = options["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"data.seed must be a non-negative integer but got {seed!r}")
+    validation, test = options["validationFraction"], options["testFraction"]
+    if not _number(validation) or not 0 < validation < 1:
+        raise DataError(f"data.validationFraction must lie in (0, 1) but got {validation!r}")
+    if not _number(test) or not 0 <= test < 1:
+        raise DataError(f"data.testFraction must lie in [0, 1) but got {test!r}")
+    if validation + test >= 1:
+        raise DataError(
+            f"data.validationFraction + data.testFraction must be below 1 to leave training data but got "
+            f"{validation} + {test}"
+        )
+    return options
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _display(source: str) -> str:
+    """The source without user info or query string, so credentials never reach a message or metadata."""
+    url = urlparse(source)
+    if not url.netloc:
+        return source.split("?", 1)[0]
+    host = (url.hostname or "") + (f":{url.port}" if url.port else "")
+    return url._replace(netloc=host, query="", fragment="").geturl()
+
+
+def _retrieve(source: str, *, label_column: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Returns ``(x, y, sha256)``; the digest is of the raw bytes, or of the generated arrays for builtins."""
+    url = urlparse(source)
+    if url.scheme == "builtin":
+        builtins = {"digits": _digits, "mnist1d": _mnist1d}
+        if url.path not in builtins:
+            raise DataError(f"data.source {source!r} is not a builtin dataset; use builtin:digits or builtin:mnist1d")
+        x, y = builtins[url.path]()
+        return x, y, _verified(_array_digest(x, y), sha256, source)
+    readers = {"file": _read_file, "s3": _read_s3, "https": _read_http, "http": _read_http}
+    if url.scheme not in readers:
+        raise DataError(
+            f"data.source {_display(source)!r} has an unknown scheme; use builtin:, file://, s3:// or https://"
+        )
+    extension = os.path.splitext(url.path)[1].lower()
+    if extension not in EXTENSIONS:
+        raise DataError(
+            f"data.source {_display(source)!r} must end in .npz or .csv but ends in {extension or 'no extension'!r}"
+        )
+    if url.scheme in ("https", "http") and not sha256:
+        raise DataError(f"data.sha256 is required for {_display(source)}, so the download can be verified")
+    raw = readers[url.scheme](url)
+    digest = _verified(hashlib.sha256(raw).hexdigest(), sha256, source)
+    x, y = _parse_npz(raw, source) if extension == ".npz" else _parse_csv(raw, source, label_column)
+    return x, y, digest
+
+
+def _verified(digest: str, expected: str | None, source: str) -> str:
+    """Returns ``digest`` if it is the expected one (or none is expected); checked before the data is parsed."""
+    if expected and expected.lower() != digest:
+        raise DataError(
+            f"data.sha256 does not match {_display(source)}: expected {expected.lower()} but received {digest}; "
+            "fix data.sha256 if the data changed on purpose"
+        )
+    return digest
+
+
+def _array_digest(x: np.ndarray, y: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images[:, None].astype(np.float32), digits.target
+
+
+def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-1D from the package's offline generator; it reseeds the global RNGs, so they are restored."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = MNIST1D_SAMPLES
+    states = random.getstate(), np.random.get_state()
+    try:
+        dataset = make_dataset(args)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+    x = np.concatenate([dataset["x"], dataset["x_test"]])[:, None].astype(np.float32)
+    return x, np.concatenate([dataset["y"], dataset["y_test"]])
+
+
+def _read_file(url) -> bytes:
+    path = Path(url.path)
+    if url.netloc or not path.is_absolute():
+        raise DataError(f"data.source file://{url.netloc}{url.path} must be an absolute path: file:///abs/path.npz")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data.source {url.geturl()}: file {path} does not exist; check the path") from None
+    except OSError as error:
+        raise DataError(f"data.source {url.geturl()}: cannot read {path}: {error.strerror}") from None
+
+
+def _read_s3(url) -> bytes:
+    from minio import Minio
+    from minio.error import S3Error
+
+    source = f"s3://{url.netloc}{url.path}"
+    endpoint = os.environ.get("KUBETUNE_S3_ENDPOINT") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if not endpoint:
+        raise DataError(
+            f"data.source {source} needs an S3 endpoint; set KUBETUNE_S3_ENDPOINT (or MLFLOW_S3_ENDPOINT_URL), "
+            "for example http://minio:9000"
+        )
+    server = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    client = Minio(
+        server.netloc,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_REGION", "us-east-1"),
+        secure=server.scheme == "https",
+    )
+    response = None
+    try:
+        response = client.get_object(url.netloc, url.path.lstrip("/"))
+        return response.read()
+    except S3Error as error:
+        raise DataError(
+            f"data.source {source}: S3 endpoint {_display(endpoint)} answered {error.code}; check the bucket, the "
+            "key and the credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        ) from None
+    except Exception as error:  # urllib3 raises many connection errors; the message names the endpoint instead
+        raise DataError(
+            f"data.source {source}: cannot reach S3 endpoint {_display(endpoint)} ({type(error).__name__}); "
+            "check KUBETUNE_S3_ENDPOINT"
+        ) from None
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def _read_http(url) -> bytes:
+    source = _display(url.geturl())
+    try:
+        with urllib.request.urlopen(url.geturl(), timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise DataError(f"data.source {source}: the server answered HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DataError(f"data.source {source}: cannot download ({reason}); check the address") from None
+
+
+def _parse_npz(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+            missing = [name for name in ("x", "y") if name not in stored.files]
+            if missing:
+                raise DataError(
+                    f"data.source {_display(source)} must hold arrays 'x' and 'y' but lacks {missing} "
+                    f"(it holds {stored.files})"
+                )
+            x, y = stored["x"], stored["y"]
+    except DataError:
+        raise
+    except Exception as error:  # zipfile, pickle and format errors all mean the same thing to the user
+        raise DataError(f"data.source {_display(source)} is not a readable .npz file: {error}") from None
+    try:
+        return x.astype(np.float32), y
+    except (TypeError, ValueError):
+        raise DataError(f"data.source {_display(source)}: x must be numeric but has dtype {x.dtype}") from None
+
+
+def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"data.source {_display(source)} is not a readable UTF-8 .csv file: {error}") from None
+    rows = [row for row in rows if row]
+    if len(rows) < 2:
+        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has {len(rows)} rows")
+    header = [name.strip() for name in rows[0]]
+    if label_column not in header:
+        raise DataError(
+            f"data.labelColumn {label_column!r} is not a column of {_display(source)}; its columns are {header}"
+        )
+    widths = {len(row) for row in rows}
+    if len(widths) != 1:
+        raise DataError(
+            f"data.source {_display(source)}: every row must have {len(header)} fields but found {sorted(widths)}"
+        )
+    table = np.array(rows[1:], dtype=str)
+    label = header.index(label_column)
+    features = [i for i in range(len(header)) if i != label]
+    if not features:
+        raise DataError(f"data.source {_display(source)} has no feature columns besides {label_column!r}")
+    try:
+        x = table[:, features].astype(np.float32)
+    except ValueError as error:
+        raise DataError(f"data.source {_display(source)}: feature columns must be numbers: {error}") from None
+    return x, _typed_labels(np.char.strip(table[:, label]))
+
+
+def _typed_labels(labels: np.ndarray) -> np.ndarray:
+    """CSV labels as integers or floats when they all parse, so classes sort and record as numbers."""
+    for dtype in (np.int64, np.float64):
+        try:
+            return labels.astype(dtype)
+        except ValueError:
+            continue
+    return labels
+
+
+def _shape(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    if x.ndim == 3 and x.shape[1] > MAX_SEQUENCE_CHANNELS:
+        x = x[:, None]
+    if not 2 <= x.ndim <= 4:
+        raise DataError(
+            f"data.source {_display(source)}: x must have shape (N, F), (N, H, W), (N, C, L) or (N, C, H, W) "
+            f"but has shape {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise DataError(f"data.source {_display(source)}: x contains NaN or infinite values; clean the data first")
+    return x, tuple(int(d) for d in x.shape[1:])
+
+
+def _labels(y: np.ndarray, count: int, source: str) -> tuple[list, np.ndarray]:
+    """Maps labels to 0..K-1; returns the original labels (JSON-able, in order) and the codes."""
+    if y.ndim != 1 or len(y) != count:
+        raise DataError(f"data.source {_display(source)}: y must have shape ({count},) to match x but has {y.shape}")
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"data.source {_display(source)}: needs at least 2 classes but has {classes.tolist()}")
+    return classes.tolist(), codes.astype(np.int64)
+
+
+def _split(x: np.ndarray, y: np.ndarray, options: dict) -> tuple[dict[str, np.ndarray], bool]:
+    """Stratified where every class can be spread over the parts; returns the parts and whether it was."""
+    total = len(y)
+    n_val = math.ceil(total * options["validationFraction"])
+    n_test = math.ceil(total * options["testFraction"])
+    if total - n_val - n_test < 1:
+        raise DataError(
+            f"data.validationFraction {options['validationFraction']} and data.testFraction "
+            f"{options['testFraction']} leave no training samples out of {total}; lower them"
+        )
+    try:
+        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options["seed"], stratify=True), True
+    except ValueError:  # sklearn refuses to stratify when a class is too rare for a part
+        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options["seed"], stratify=False), False
+
+
+def _partition(x, y, *, n_val: int, n_test: int, seed: int, stratify: bool) -> dict[str, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    x_rest, x_test, y_rest, y_test = (x, x[:0], y, y[:0]) if n_test == 0 else train_test_split(
+        x, y, test_size=n_test, random_state=seed, stratify=y if stratify else None)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=n_val, random_state=seed, stratify=y_rest if stratify else None)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
+
+
+def _normalisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std for images and sequences, per-feature for tabular data; constant parts get std 1."""
+    axes = (0,) if x_train.ndim == 2 else (0, *range(2, x_train.ndim))
+    mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=True)
+    std = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

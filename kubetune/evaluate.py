@@ -1,0 +1,78 @@
+"""Evaluate a trained trial on held-out data, log it to MLflow and tell the study, once.
+
+The MLflow child run is written before the tell, and its id is stored on the trial, so a step killed
+between the two is repaired by running it again: the run is found by its tags, the tell happens once.
+"""
+
+from __future__ import annotations
+
+import math
+
+from optuna.trial import TrialState
+
+from kubetune import tracking
+from kubetune.spec import Experiment
+from kubetune.study import get_trial, load_study, tell_once
+
+__all__ = ["evaluate_trial"]
+
+STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
+def _held_out_metrics(model_path: str, split_path: str, result: dict) -> dict[str, float]:
+    from kubetune.data import read_split
+    from kubetune.nas import count_parameters
+    from kubetune.train import evaluate_model, load_model
+
+    split = read_split(split_path)
+    model, _ = load_model(model_path)
+    validation = evaluate_model(model, split.x_val, split.y_val)
+    test = evaluate_model(model, split.x_test, split.y_test) if len(split.y_test) else {}
+    metrics = {
+        "val_accuracy": validation["accuracy"],
+        "val_loss": validation["loss"],
+        "params": float(count_parameters(model)),
+        "train_seconds": float(result["train_seconds"]),
+    }
+    metrics.update({f"test_{key}": value for key, value in test.items()})
+    return metrics
+
+
+def evaluate_trial(experiment: Experiment, *, number: int, result: dict, model_path: str, split_path: str) -> dict:
+    """Returns ``{"number", "state", "values", "metrics", "mlflow_run_id"}`` for the trial."""
+    study = load_study(experiment)
+    frozen = get_trial(study, number)
+    if frozen.state.is_finished():
+        return {"number": number, "state": frozen.state.name, "values": frozen.values,
+                "metrics": frozen.user_attrs.get("metrics", {}), "mlflow_run_id": frozen.user_attrs.get("mlflow_run_id")}
+    state = STATES[result["status"]]
+    metrics: dict[str, float] = {}
+    values = None
+    if state == TrialState.COMPLETE:
+        metrics = _held_out_metrics(model_path, split_path, result)
+        values = [metrics[o.metric] for o in experiment.spec.objectives]
+        if not all(math.isfinite(v) for v in values):
+            state, result = TrialState.FAIL, {**result, "reason": f"objective is not finite: {values}"}
+    parent_run_id = study.user_attrs["mlflow_parent_run_id"]
+    run_id = tracking.log_trial(
+        experiment,
+        parent_run_id,
+        number=number,
+        state=state.name,
+        hyperparameters=frozen.user_attrs.get("hyperparameters", {}),
+        architecture=frozen.user_attrs.get("architecture"),
+        history=result.get("history", []),
+        metrics=metrics,
+        model_path=model_path if state == TrialState.COMPLETE else None,
+    )
+    _record(study, frozen, run_id=run_id, metrics=metrics, reason=result.get("reason"))
+    tell_once(study, number, state=state, values=values)
+    return {"number": number, "state": state.name, "values": values, "metrics": metrics, "mlflow_run_id": run_id}
+
+
+def _record(study, frozen, *, run_id: str, metrics: dict, reason: str | None) -> None:
+    storage = study._storage
+    storage.set_trial_user_attr(frozen._trial_id, "mlflow_run_id", run_id)
+    storage.set_trial_user_attr(frozen._trial_id, "metrics", metrics)
+    if reason:
+        storage.set_trial_user_attr(frozen._trial_id, "reason", reason)

@@ -1,0 +1,127 @@
+"""Embedded mode: run the search pipeline through kfp.local, segment after segment, on a laptop.
+
+The runner is the local stand-in for the cluster's next-segment submission: it starts segment N+1
+when segment N's last step decided to go on. The study is the only state, so re-running resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from kubetune import settings
+from kubetune.errors import UserError
+from kubetune.spec import Experiment
+from kubetune.segments import start_segment
+from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots
+
+__all__ = ["Progress", "StepFailed", "run_experiment"]
+
+USER_ERROR_LINE = re.compile(r"kubetune\.[\w.]+\.(?:SpecError|DataError|StudyError|TrackingError): (.*)")
+
+
+class StepFailed(RuntimeError):
+    """A pipeline step failed for a reason that is not the user's input; the message points at its log."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the progress display shows."""
+
+    segment: int
+    done: int
+    budget: int
+    running: int
+    best: float | None
+
+
+def _progress(study, experiment: Experiment, segment: int) -> Progress:
+    counts = count_trials(study)
+    best = best_trial(study, experiment)
+    return Progress(segment, counts.consumed, experiment.spec.budget.max_trials, counts.running,
+                    None if best is None else best.values[0])
+
+
+def _train_threads(experiment: Experiment) -> str:
+    """Share the machine's cores between the lanes that kfp.local runs at once (at most 2)."""
+    lanes = min(experiment.spec.budget.parallel_trials, 2)
+    return str(max(1, (os.cpu_count() or 1) // lanes))
+
+
+@contextlib.contextmanager
+def _poll(study, experiment: Experiment, segment: int, report: Callable[[Progress], None]):
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(Exception):  # a busy SQLite file: skip this refresh
+                report(_progress(study, experiment, segment))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _run_segment(experiment: Experiment, segment: int, log_path: Path, *, verbose: bool) -> None:
+    from kubetune.pipelines import build_pipeline
+
+    pipeline = build_pipeline(experiment)
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            log = stack.enter_context(log_path.open("w"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
+        try:
+            pipeline(experiment_spec=experiment.to_json(), segment=segment)
+        except RuntimeError as error:
+            stack.close()
+            raise _explain(error, log_path, verbose) from None
+
+
+def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
+    """A user mistake found inside a step becomes a UserError; anything else points at the log."""
+    text = "" if verbose else log_path.read_text(errors="replace")
+    found = USER_ERROR_LINE.findall(text)
+    if found:
+        return UserError(found[-1])
+    where = "above" if verbose else f"in {log_path}"
+    return StepFailed(f"a pipeline step failed: {str(error).splitlines()[0][:300]}; see the step's log {where}")
+
+
+def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None], verbose: bool = False) -> str:
+    """Run segments until the budget or a stop rule ends the experiment; returns the stop reason."""
+    import kfp.local
+
+    os.environ.update(settings.embedded_environment())
+    os.environ.setdefault("KUBETUNE_TRAIN_THREADS", _train_threads(experiment))
+    home = settings.home()
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"))
+    start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
+    study = load_study(experiment)
+    segment = study.user_attrs.get("segment", 0)
+    if segment:
+        decision = decide(study, experiment, segment=segment - 1)
+        if not decision.go_on:
+            return decision.reason
+        study.set_user_attr("stop_reason", None)
+    (home / "logs").mkdir(exist_ok=True)
+    while True:
+        report(_progress(study, experiment, segment))
+        if not plan_slots(study, experiment):
+            return "the rest of the budget is held by trials still running elsewhere"
+        with _poll(study, experiment, segment, report):
+            _run_segment(experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log", verbose=verbose)
+        study = load_study(experiment)
+        report(_progress(study, experiment, segment))
+        if study.user_attrs.get("stop_reason"):
+            return study.user_attrs["stop_reason"]
+        segment += 1

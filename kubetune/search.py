@@ -1,0 +1,88 @@
+"""One lane of the search: suggest a trial, then train it against the shared study.
+
+These are the bodies of the suggest and train components; they take and return plain values
+(trial numbers, paths, JSON-able dicts) so that they cross KFP component boundaries unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from kubetune import space
+from kubetune.spec import Experiment
+from kubetune.study import get_trial, heartbeat, lane_seed, live_trial, load_study
+
+__all__ = ["suggest_trial", "train_trial", "train_threads"]
+
+# Metrics the trainer reports every epoch; pruning needs the objective to be one of them.
+EPOCH_METRICS = ("val_accuracy", "val_loss")
+
+
+def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
+    """Ask the study for a trial just in time and record what the trainer needs; returns its number."""
+    study = load_study(experiment, seed_offset=lane_seed(segment, slot))
+    trial = study.ask()
+    chosen, architecture = space.sample(trial, experiment.spec)
+    trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
+    trial.set_user_attr("architecture", architecture)
+    trial.set_user_attr("segment", segment)
+    trial.set_user_attr("slot", slot)
+    return trial.number
+
+
+def train_threads(experiment: Experiment) -> int:
+    """CPU threads for one trainer: ``KUBETUNE_TRAIN_THREADS`` (set by the local runner) or the CPU request."""
+    if os.environ.get("KUBETUNE_TRAIN_THREADS"):
+        return max(1, int(os.environ["KUBETUNE_TRAIN_THREADS"]))
+    cpu = experiment.spec.trial.resources.cpu
+    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, math.floor(cores))
+
+
+def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str) -> dict:
+    """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
+
+    Returns ``{"status", "reason", "epochs_run", "train_seconds", "history"}``.
+    """
+    import torch
+
+    from kubetune import nas, train
+    from kubetune.data import read_split
+
+    torch.set_num_threads(train_threads(experiment))
+    study = load_study(experiment)
+    frozen = get_trial(study, number)
+    if frozen.state.is_finished():
+        return {"status": "skipped", "reason": f"trial already {frozen.state.name}", "epochs_run": 0,
+                "train_seconds": 0.0, "history": []}
+    split = read_split(split_path)
+    architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
+    model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes)
+    metric = experiment.spec.objectives[0].metric
+    prunable = not experiment.spec.is_multi_objective and metric in EPOCH_METRICS
+    live = live_trial(study, number)
+
+    def on_epoch(epoch: int, metrics: dict) -> bool:
+        if not prunable or not math.isfinite(metrics[metric]):
+            return False
+        live.report(metrics[metric], epoch)
+        return live.should_prune()
+
+    with heartbeat(study, number, interval=experiment.spec.trial.heartbeat_seconds):
+        result = train.train_model(
+            model,
+            split,
+            epochs=experiment.spec.trial.epochs,
+            hyperparameters=frozen.user_attrs["hyperparameters"],
+            seed=(experiment.spec.strategy.sampler.seed or 0) + number,
+            on_epoch=on_epoch,
+        )
+    train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
+    return {
+        "status": result.status,
+        "reason": result.reason,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "history": result.history,
+    }

@@ -1,0 +1,38 @@
+"""The start and the end of a segment: plan its trial slots, then decide whether another follows.
+
+The study records the segment counter and the stop reason, so the decision is the same whoever asks
+(the local runner, a re-run step, or `kubetune status`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from kubetune import report, tracking
+from kubetune.spec import Experiment
+from kubetune.study import Decision, decide, ensure_study, load_study, plan_slots
+
+__all__ = ["start_segment", "finish_segment"]
+
+
+def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
+    """Create or load the study and its MLflow parent run; return this segment's slot indices."""
+    study = ensure_study(experiment)
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        study.set_user_attr("mlflow_parent_run_id", tracking.ensure_parent_run(experiment))
+    return plan_slots(study, experiment)
+
+
+def finish_segment(experiment: Experiment, *, segment: int) -> Decision:
+    """Record that ``segment`` ran; when the experiment stops, attach the summary and plots to MLflow."""
+    study = load_study(experiment)
+    if study.user_attrs.get("segment", 0) <= segment:
+        study.set_user_attr("segment", segment + 1)
+    decision = decide(study, experiment, segment=segment)
+    if not decision.go_on:
+        study.set_user_attr("stop_reason", decision.reason)
+        summary = report.summarize(study, experiment)
+        with tempfile.TemporaryDirectory() as folder:
+            plots = report.write_plots(study, experiment, folder)
+            tracking.log_summary(study.user_attrs["mlflow_parent_run_id"], summary, plots)
+    return decision

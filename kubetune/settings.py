@@ -1,0 +1,61 @@
+"""Where state lives: the study database, the MLflow store and the embedded home directory.
+
+Components read only the environment, so the same code runs in a pod (env from Kubernetes Secrets)
+and under kfp.local (env set by the local runner).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["home", "storage_url", "tracking_uri", "artifact_root", "redact", "embedded_environment"]
+
+DEFAULT_HOME = ".kubetune"
+SECRET_QUERY_KEYS = {"password", "sslpassword"}
+
+
+def home() -> Path:
+    """The embedded state directory: ``KUBETUNE_HOME`` or ``./.kubetune``."""
+    return Path(os.environ.get("KUBETUNE_HOME", DEFAULT_HOME)).resolve()
+
+
+def storage_url() -> str:
+    """The Optuna storage: ``KUBETUNE_STORAGE`` or a SQLite file in the home directory."""
+    return os.environ.get("KUBETUNE_STORAGE") or f"sqlite:///{home() / 'optuna.db'}"
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI: ``MLFLOW_TRACKING_URI`` or a SQLite file in the home directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str | None:
+    """Where a new MLflow experiment keeps artifacts when the store is local (None: the server decides)."""
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://", "databricks")):
+        return None
+    return (home() / "mlartifacts").as_uri()
+
+
+def redact(url: str) -> str:
+    """A database URL fit for messages and logs: the password replaced by ***."""
+    try:
+        parsed = make_url(url)
+        secret = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}  # libpq takes ?password=
+        rendered = parsed.update_query_dict(secret).render_as_string(hide_password=True)
+        return rendered.replace("=%2A%2A%2A", "=***")
+    except (ArgumentError, ValueError):
+        return "<unparseable storage URL>"
+
+
+def embedded_environment() -> dict[str, str]:
+    """The variables the local runner hands to every component subprocess."""
+    home().mkdir(parents=True, exist_ok=True)
+    return {
+        "KUBETUNE_HOME": str(home()),
+        "KUBETUNE_STORAGE": storage_url(),
+        "MLFLOW_TRACKING_URI": tracking_uri(),
+    }

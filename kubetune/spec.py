@@ -1,0 +1,579 @@
+"""The experiment spec: the YAML a user writes, validated on load.
+
+Field names are Kubernetes-style camelCase (familiar to Katib users); Python code reads the
+snake_case attributes. Every rule lives here, so a bad spec is rejected before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
+from kubetune.errors import UserError
+
+__all__ = [
+    "API_VERSION",
+    "METRICS",
+    "Experiment",
+    "SpecError",
+    "load_experiment",
+    "parse_experiment",
+    "parse_duration",
+]
+
+API_VERSION = "kubetune/v1alpha1"
+# Metric name -> the direction that is better; the trainer and evaluator produce exactly these.
+METRICS = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "params": "minimize",
+    "train_seconds": "minimize",
+}
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+SECRET_QUERY_KEYS = {
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential",
+    "sig", "signature", "token", "access_token",
+}
+DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
+SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
+MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
+PRUNERS = ("none", "median", "asha", "hyperband")
+MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
+
+
+class SpecError(UserError, ValueError):
+    """A spec the user must fix; the message names every bad field, the rule and the value."""
+
+
+class _FieldError(ValueError):
+    """A rule checked by a validator above the field it concerns: ``path`` is relative to the validator."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``90s``, ``10m`` or ``1h30m``."""
+    match = DURATION.match(text.strip())
+    if not text.strip() or not match:
+        raise ValueError(f"must be a duration such as 90s, 10m or 1h30m but got {text!r}")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+class _Model(BaseModel):
+    """Base: camelCase keys, unknown keys rejected (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
+
+
+class Metadata(_Model):
+    name: str = Field(min_length=1, max_length=63)
+    labels: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _dns1123(cls, value: str) -> str:
+        if not DNS1123.match(value):
+            raise ValueError(
+                "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
+                f"with a letter or digit, e.g. 'digits-cnn', but got {value!r}"
+            )
+        return value
+
+
+class DataSpec(_Model):
+    source: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    label_column: str = "label"
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        url = urlparse(value)
+        if url.scheme not in DATA_SCHEMES:
+            raise ValueError(
+                f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {value!r}"
+            )
+        if url.username or url.password or SECRET_QUERY_KEYS & {k.lower() for k in parse_qs(url.query)}:
+            raise ValueError(
+                "must not carry credentials; give S3 keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "in the environment (a Kubernetes Secret in a cluster)"
+            )
+        if url.scheme == "builtin" and url.path not in ("digits", "mnist1d"):
+            raise ValueError(f"builtin datasets are builtin:digits and builtin:mnist1d but got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSpec:
+        if round(self.validation_fraction + self.test_fraction, 9) > 0.9:
+            raise ValueError(
+                "validationFraction + testFraction must leave at least 10% for training but got "
+                f"{self.validation_fraction} + {self.test_fraction}"
+            )
+        if urlparse(self.source).scheme in ("https", "http") and not self.sha256:
+            raise _FieldError("sha256", "is required for an https:// source, so the download can be verified")
+        return self
+
+
+class Objective(_Model):
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"must be one of {', '.join(METRICS)} but got {value!r}")
+        return value
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or METRICS[self.metric]
+
+
+class FloatParam(_Model):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    when: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(_Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int | None = Field(default=None, ge=1)
+    when: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class CategoricalParam(_Model):
+    type: Literal["categorical"]
+    choices: list[str | int | float | bool] = Field(min_length=1)
+    when: dict[str, list[Any]] | None = None
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):  # Optuna cannot tell 1, 1.0 and true apart
+            raise ValueError(f"choices must be unique (1, 1.0 and true count as equal) but got {value}")
+        return value
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise ValueError(f"low must be at most high but got low={low}, high={high}")
+    if log and low <= 0:
+        raise ValueError(f"log=true needs low > 0 but got low={low}")
+    if log and step is not None:
+        raise ValueError("log and step cannot be used together; drop one")
+
+
+Parameter = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class Choice(_Model):
+    """One architecture dimension: a list of choices."""
+
+    choices: list[str | int | float | bool] = Field(min_length=1)
+
+
+class Range(_Model):
+    """One architecture dimension: a numeric range."""
+
+    low: float
+    high: float
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> Range:
+        _check_range(self.low, self.high, False, self.step)
+        return self
+
+
+class IntRange(_Model):
+    low: int = Field(ge=1)
+    high: int = Field(ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntRange:
+        _check_range(self.low, self.high, False, None)
+        return self
+
+
+KINDS = ("conv", "mlp")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+NORMS = ("none", "batch", "layer")
+
+
+class BlockSpace(_Model):
+    """Per-block choices; omitted dimensions take a fixed default. kernelSize applies to conv blocks only."""
+
+    kind: Choice = Choice(choices=["conv"])
+    width: Choice = Choice(choices=[32])
+    kernel_size: Choice = Choice(choices=[3])
+    activation: Choice = Choice(choices=["relu"])
+    norm: Choice = Choice(choices=["none"])
+    dropout: Choice | Range = Choice(choices=[0.0])
+    skip: Choice = Choice(choices=[False])
+
+    @model_validator(mode="after")
+    def _allowed(self) -> BlockSpace:
+        for field, allowed in (("kind", KINDS), ("activation", ACTIVATIONS), ("norm", NORMS)):
+            bad = [c for c in getattr(self, field).choices if c not in allowed]
+            if bad:
+                raise _FieldError(field, f"choices must be among {list(allowed)} but got {bad}")
+        for field in ("width", "kernel_size"):
+            bad = [c for c in getattr(self, field).choices if isinstance(c, bool) or not isinstance(c, int) or c < 1]
+            if bad:
+                raise _FieldError(to_camel(field), f"choices must be positive integers but got {bad}")
+        bad = [c for c in self.skip.choices if not isinstance(c, bool)]
+        if bad:
+            raise _FieldError("skip", f"choices must be true/false but got {bad}")
+        dropouts = self.dropout.choices if isinstance(self.dropout, Choice) else [self.dropout.low, self.dropout.high]
+        if any(isinstance(d, (bool, str)) or not 0.0 <= d < 1.0 for d in dropouts):
+            raise _FieldError("dropout", f"must lie in [0, 1) but got {dropouts}")
+        return self
+
+
+class ArchitectureSpace(_Model):
+    type: Literal["macro"] = "macro"
+    blocks: IntRange = IntRange(low=1, high=3)
+    block: BlockSpace = BlockSpace()
+
+
+class SamplerSpec(_Model):
+    name: str = "tpe"
+    seed: int | None = Field(default=0, ge=0, le=MAX_SEED)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"must be one of {', '.join(SAMPLERS)} but got {value!r}")
+        return value
+
+
+class PrunerSpec(_Model):
+    name: str = "none"
+    min_resource: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+    warmup_steps: int = Field(default=0, ge=0)
+    startup_trials: int = Field(default=5, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in PRUNERS:
+            raise ValueError(f"must be one of {', '.join(PRUNERS)} but got {value!r}")
+        return value
+
+
+class Strategy(_Model):
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+
+
+class Budget(_Model):
+    max_trials: int = Field(default=20, ge=1, le=100_000)
+    parallel_trials: int = Field(default=2, ge=1, le=1_000)
+    trials_per_segment: int = Field(default=20, ge=1, le=500)
+    max_segments: int = Field(default=100, ge=1, le=10_000)
+    max_duration: str | None = None
+    target_value: float | None = None
+    patience: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) < 1:
+            raise ValueError(f"must be at least 1s but got {value!r}")
+        return value
+
+    @property
+    def max_duration_seconds(self) -> int | None:
+        return None if self.max_duration is None else parse_duration(self.max_duration)
+
+
+class Resources(_Model):
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpu: int = Field(default=0, ge=0, le=16)
+    gpu_type: str = "nvidia.com/gpu"
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> str:
+        text = str(value)
+        if not QUANTITY.match(text):
+            raise ValueError(f"must be a Kubernetes quantity such as 500m, 2, 4Gi but got {value!r}")
+        return text
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class TrialSpec(_Model):
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    retries: int = Field(default=1, ge=0, le=10)
+    heartbeat_seconds: int = Field(default=30, ge=5, le=3600)
+    resources: Resources = Resources()
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    image: str | None = None
+
+
+class RegistrySpec(_Model):
+    model_name: str | None = Field(default=None, min_length=1, max_length=256)
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class ExperimentSpec(_Model):
+    data: DataSpec
+    objective: list[Objective] = Field(min_length=1)
+    parameters: dict[str, Parameter] = {}
+    architecture: ArchitectureSpace | None = None
+    strategy: Strategy = Strategy()
+    budget: Budget = Budget()
+    trial: TrialSpec = TrialSpec()
+    registry: RegistrySpec = RegistrySpec()
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """A single objective may be written as a mapping instead of a one-item list."""
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("objective")
+    @classmethod
+    def _unique_metrics(cls, value: list[Objective]) -> list[Objective]:
+        metrics = [o.metric for o in value]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"metrics must be unique but got {metrics}")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _known_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, param in value.items():
+            if name not in HYPERPARAMETERS:
+                raise _FieldError(
+                    name,
+                    f"{name!r} is not a hyperparameter the trainer understands; use one of "
+                    f"{', '.join(HYPERPARAMETERS)} (the architecture goes under spec.architecture)"
+                )
+            if name == "optimizer":
+                bad = [c for c in getattr(param, "choices", [None]) if c not in OPTIMIZERS]
+                if bad:
+                    raise _FieldError(
+                        "optimizer", f"must be categorical with choices among {list(OPTIMIZERS)} but got {bad}"
+                    )
+        _check_conditions(value)
+        return value
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return list(self.objective)
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.resolved_direction for o in self.objectives]
+
+    @property
+    def is_multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> ExperimentSpec:
+        sampler, pruner = self.strategy.sampler.name, self.strategy.pruner.name
+        if self.is_multi_objective:
+            if sampler not in MULTI_OBJECTIVE_SAMPLERS:
+                raise _FieldError(
+                    "strategy.sampler.name",
+                    f"sampler {sampler!r} handles one objective only; with several use nsga2, tpe or random",
+                )
+            if pruner != "none":
+                raise _FieldError(
+                    "strategy.pruner.name",
+                    f"pruner {pruner!r} needs a single objective; use pruner none with several objectives",
+                )
+            if self.budget.target_value is not None:
+                raise _FieldError("budget.targetValue", "needs a single objective")
+            if self.budget.patience is not None:
+                raise _FieldError("budget.patience", "needs a single objective")
+        if pruner != "none" and self.strategy.pruner.min_resource > self.trial.epochs:
+            raise _FieldError(
+                "strategy.pruner.minResource",
+                f"must not exceed trial.epochs ({self.trial.epochs}) but got {self.strategy.pruner.min_resource}",
+            )
+        if sampler == "grid":
+            _check_finite(self)
+        return self
+
+
+def _check_conditions(parameters: dict[str, Any]) -> None:
+    """`when: {other: [values]}` may only refer to an earlier categorical parameter's choices."""
+    seen: dict[str, Any] = {}
+    for name, param in parameters.items():
+        for other, values in (param.when or {}).items():
+            parent = seen.get(other)
+            if not isinstance(parent, CategoricalParam):
+                raise _FieldError(
+                    f"{name}.when.{other}",
+                    f"refers to {other!r}, which must be a categorical parameter listed before {name!r}",
+                )
+            bad = [v for v in values if v not in parent.choices]
+            if bad:
+                raise _FieldError(f"{name}.when.{other}", f"values must be among {parent.choices} but got {bad}")
+        seen[name] = param
+
+
+def _check_finite(spec: ExperimentSpec) -> None:
+    for name, param in spec.parameters.items():
+        if isinstance(param, FloatParam) and param.step is None:
+            raise _FieldError(
+                f"parameters.{name}", "sampler grid needs a finite space: give it a step or make it categorical"
+            )
+    if spec.architecture and isinstance(spec.architecture.block.dropout, Range) and spec.architecture.block.dropout.step is None:
+        raise _FieldError(
+            "architecture.block.dropout", "sampler grid needs a finite space: give it a step or choices"
+        )
+
+
+class Experiment(_Model):
+    api_version: Literal["kubetune/v1alpha1"]
+    kind: Literal["Experiment"]
+    metadata: Metadata
+    spec: ExperimentSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.registry.model_name or self.metadata.name
+
+    def to_dict(self) -> dict:
+        """The spec as plain JSON types with the user's camelCase keys."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.spec.strategy.sampler.seed is None:  # null means "no seed"; dropped, it would read back as 0
+            data["spec"].setdefault("strategy", {}).setdefault("sampler", {})["seed"] = None
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def search_space_fingerprint(self) -> str:
+        """A hash of what defines the search (data, objective, space); budget changes keep it."""
+        part = self.to_dict()["spec"]
+        keep = {k: part.get(k) for k in ("data", "objective", "parameters", "architecture", "trial")}
+        keep["trial"] = {"epochs": part["trial"]["epochs"], "batchSize": part["trial"]["batchSize"]}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+UNION_TAGS = {"float", "int", "categorical", "str", "bool"}
+
+
+def _location(loc: tuple, document: Any) -> str:
+    """``spec.parameters.lr.low`` from pydantic's loc, without the union member names it inserts.
+
+    The loc is walked along the user's document, so a key the user wrote (``MaxTrials``, ``float``) is
+    always named, and a union member name (``Choice``, ``float``, ``function-after[...]``) never is.
+    """
+    path, node = "", document
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int):
+            node = node[part] if 0 <= part < len(node) else None
+        elif isinstance(part, str) and (part in UNION_TAGS or part[:1].isupper() or "[" in part):
+            continue
+        else:
+            node = None
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _format(error: ValidationError, document: Any) -> str:
+    lines = []
+    for item in error.errors(include_url=False):
+        message = item["msg"].removeprefix("Value error, ")
+        location = _location(item["loc"], document)
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, _FieldError):
+            location = f"{location}.{cause.path}" if location != "(top level)" else cause.path
+        value = item.get("input")
+        if "but got" in message or (item["type"] == "value_error" and isinstance(value, dict)):
+            received = ""  # the message names the value, or the value is a whole mapping
+        else:
+            received = f" (got {json.dumps(value, default=str)[:80]})"
+        if item["type"] == "missing":
+            received = " (add it)"
+        if item["type"] == "extra_forbidden":
+            message, received = "unknown field", " (check the spelling; fields are camelCase)"
+        lines.append(f"{location}: {message}{received}")
+    unique = list(dict.fromkeys(lines))
+    return "invalid experiment spec:\n  " + "\n  ".join(unique)
+
+
+def parse_experiment(data: Any) -> Experiment:
+    """Validate an already-parsed YAML/JSON document."""
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid experiment spec: the document must be a mapping but got {type(data).__name__}")
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format(error, data)) from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read experiment file {str(path)!r}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    return parse_experiment(data)

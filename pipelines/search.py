@@ -1,0 +1,137 @@
+"""The search pipeline: one segment of the cyclic search.
+
+    retrieve data -> ensure study -> ParallelFor[ suggest -> train -> evaluate ] -> register best -> next segment
+
+A segment holds at most ``trialsPerSegment`` trials, so no single Argo workflow grows past etcd's
+object-size limit; ``next-segment`` decides whether another run follows. The pipeline is built per
+experiment because ParallelFor's parallelism and the trial pod's resources are fixed at compile time.
+"""
+
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from kubetune import __version__
+from kubetune.components import build
+from kubetune.spec import Experiment
+
+__all__ = ["ClusterSettings", "build_pipeline", "compile_pipeline"]
+
+DEFAULT_IMAGE = f"ghcr.io/kubetune/runtime:{__version__}"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer-cuda:{__version__}"
+ACCESS_LABEL = "kubetune.io/access"
+# Secret keys -> environment variables of every step; values stay in the cluster, never in the pipeline.
+SECRET_ENV = {
+    "KUBETUNE_STORAGE": "KUBETUNE_STORAGE",
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+}
+CONFIG_ENV = {
+    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+    "KUBETUNE_S3_ENDPOINT": "KUBETUNE_S3_ENDPOINT",
+    "KUBETUNE_KFP_HOST": "KUBETUNE_KFP_HOST",
+}
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How the steps run in a cluster; ``None`` (the default of build_pipeline) means kfp.local."""
+
+    image: str = field(default_factory=lambda: os.environ.get("KUBETUNE_IMAGE", DEFAULT_IMAGE))
+    trainer_image: str = field(default_factory=lambda: os.environ.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE))
+    secret: str = "kubetune-credentials"
+    config_map: str = "kubetune-config"
+    image_pull_secrets: tuple[str, ...] = ()
+    shm_size: str = "1Gi"
+    trial_timeout_seconds: int = 6 * 3600
+    infrastructure_retries: int = 2
+
+
+def _cluster_step(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
+    """Credentials from the Secret, endpoints from the ConfigMap, the access label, no caching."""
+    kubernetes.use_secret_as_env(task, settings.secret, SECRET_ENV)
+    kubernetes.use_config_map_as_env(task, settings.config_map, CONFIG_ENV, optional=True)
+    kubernetes.add_pod_label(task, ACCESS_LABEL, "true")
+    if settings.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
+    return task
+
+
+def _trial_pod(task: dsl.PipelineTask, experiment: Experiment, settings: ClusterSettings) -> None:
+    """Resources, GPUs, placement, shared memory, timeout and infrastructure retries of a trial pod."""
+    trial = experiment.spec.trial
+    task.set_cpu_request(trial.resources.cpu).set_cpu_limit(trial.resources.cpu)
+    task.set_memory_request(trial.resources.memory).set_memory_limit(trial.resources.memory)
+    if trial.resources.gpu:
+        task.set_accelerator_type(trial.resources.gpu_type).set_accelerator_limit(trial.resources.gpu)
+    for key, value in trial.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in trial.tolerations:
+        kubernetes.add_toleration(
+            task, key=toleration.key, operator=toleration.operator, value=toleration.value, effect=toleration.effect
+        )
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)
+    kubernetes.set_timeout(task, settings.trial_timeout_seconds)
+    task.set_retry(num_retries=settings.infrastructure_retries, backoff_duration="30s", backoff_factor=2.0)
+
+
+def _trainer_image(experiment: Experiment, settings: ClusterSettings) -> str:
+    trial = experiment.spec.trial
+    return trial.image or (settings.trainer_image if trial.resources.gpu else settings.image)
+
+
+def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = None):
+    """The segment pipeline of ``experiment``; with ``cluster`` the Kubernetes settings are added."""
+    image = cluster.image if cluster else DEFAULT_IMAGE
+    steps = {name: build(name, image=image) for name in
+             ("retrieve-data", "ensure-study", "suggest-trial", "evaluate-trial", "register-best", "next-segment")}
+    train = build("train-trial", image=_trainer_image(experiment, cluster) if cluster else image)
+    lanes = experiment.spec.budget.parallel_trials
+
+    def settle(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        task.set_caching_options(False)
+        return _cluster_step(task, cluster) if cluster else task
+
+    @dsl.pipeline(
+        name=f"kubetune-{experiment.name}",
+        description=f"kubetune search segment for experiment {experiment.name}: suggest, train and evaluate "
+        f"up to {experiment.spec.budget.trials_per_segment} trials, {lanes} at a time, then register the best model.",
+    )
+    def search_segment(experiment_spec: str = experiment.to_json(), segment: int = 0):
+        """One segment of a kubetune search.
+
+        Args:
+            experiment_spec: The experiment spec as JSON (apiVersion kubetune/v1alpha1). The default is the spec this pipeline was compiled from; it holds no credentials.
+            segment: Index of this segment, 0 for the first run. The next-segment step submits the run for segment + 1.
+        """
+        data = settle(steps["retrieve-data"](experiment_spec=experiment_spec))
+        plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
+        with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
+            suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
+            trained = settle(train(
+                experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
+            ))
+            if cluster:
+                _trial_pod(trained, experiment, cluster)
+            evaluated = settle(steps["evaluate-trial"](
+                experiment_spec=experiment_spec,
+                trial_number=suggested.output,
+                train_result=trained.outputs["Output"],
+                model=trained.outputs["model"],
+                dataset=data.outputs["dataset"],
+            ))
+        registered = settle(steps["register-best"](experiment_spec=experiment_spec, outcomes=dsl.Collected(evaluated.outputs["Output"])))
+        settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment, registration=registered.output))
+
+    return search_segment
+
+
+def compile_pipeline(experiment: Experiment, output: str | Path, cluster: ClusterSettings | None = None) -> Path:
+    """Write the pipeline YAML a user uploads in the Kubeflow UI."""
+    output = Path(output)
+    compiler.Compiler().compile(build_pipeline(experiment, cluster or ClusterSettings()), str(output))
+    return output

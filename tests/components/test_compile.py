@@ -1,0 +1,120 @@
+"""Every component and the search pipeline compile with kfp 2.17; the YAML carries the cluster settings."""
+
+import json
+
+import pytest
+import yaml
+from kfp import compiler
+
+from kubetune.components import FUNCTIONS, build
+from kubetune.pipelines import ClusterSettings, compile_pipeline
+from kubetune.spec import load_experiment, parse_experiment
+
+IMAGE = "registry.example/kubetune/runtime:test"
+
+
+def _documents(path):
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_component_compiles_without_installing_kfp(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    compiler.Compiler().compile(build(name, image=IMAGE), str(path))
+    (spec,) = _documents(path)
+    (executor,) = spec["deploymentSpec"]["executors"].values()
+    assert executor["container"]["image"] == IMAGE
+    assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+@pytest.fixture
+def gpu_experiment():
+    data = yaml.safe_load(open("examples/digits.yaml"))
+    data["spec"]["trial"].update(
+        resources={"cpu": "4", "memory": "16Gi", "gpu": 2, "gpuType": "nvidia.com/gpu"},
+        nodeSelector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    return parse_experiment(data)
+
+
+@pytest.fixture
+def compiled(tmp_path, gpu_experiment):
+    path = compile_pipeline(
+        gpu_experiment,
+        tmp_path / "pipeline.yaml",
+        ClusterSettings(image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda", image_pull_secrets=("regcred",)),
+    )
+    pipeline, platform = _documents(path)
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _executor(pipeline, component):
+    return pipeline["deploymentSpec"]["executors"][f"exec-{component}"]["container"]
+
+
+def test_trial_pod_requests_the_gpus_and_resources_of_the_spec(compiled):
+    pipeline, _ = compiled
+    train = _executor(pipeline, "train-trial")
+    assert train["image"] == "registry.example/kubetune/trainer:cuda"
+    accelerator = train["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "2"
+    assert train["resources"]["cpuLimit"] == 4.0
+    assert train["resources"]["memoryLimit"] == pytest.approx(16 * 1.073741824)
+    assert _executor(pipeline, "suggest-trial")["image"] == IMAGE
+
+
+def test_trial_pod_placement_shm_timeout_and_pull_secret(compiled):
+    _, executors = compiled
+    train = executors["exec-train-trial"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert train["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert train["emptyDirMounts"][0]["medium"] == "Memory"
+    assert int(train["activeDeadlineSeconds"]) > 0
+    assert [s["secretName"] for s in train["imagePullSecret"]] == ["regcred"]
+
+
+def test_every_step_gets_credentials_from_the_secret_and_the_access_label(compiled):
+    pipeline, executors = compiled
+    assert set(executors) == set(pipeline["deploymentSpec"]["executors"])
+    for name, executor in executors.items():
+        envs = {item["envVar"] for secret in executor["secretAsEnv"] for item in secret["keyToEnv"]}
+        assert {"KUBETUNE_STORAGE", "AWS_SECRET_ACCESS_KEY"} <= envs, name
+        assert executor["podMetadata"]["labels"]["kubetune.io/access"] == "true", name
+
+
+def test_caching_is_off_and_lanes_run_in_parallel(compiled, gpu_experiment):
+    pipeline, _ = compiled
+    tasks = dict(pipeline["root"]["dag"]["tasks"])
+    loop = next(task for task in tasks.values() if "iteratorPolicy" in task)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == gpu_experiment.spec.budget.parallel_trials
+    for component in pipeline["components"].values():
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            if "cachingOptions" in task:
+                assert not task["cachingOptions"].get("enableCache", False)
+    for task in tasks.values():
+        assert not task.get("cachingOptions", {}).get("enableCache", False)
+
+
+def test_pipeline_parameters_have_defaults_and_descriptions(compiled, gpu_experiment):
+    pipeline, _ = compiled
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert json.loads(parameters["experiment_spec"]["defaultValue"]) == gpu_experiment.to_dict()
+    assert parameters["segment"]["defaultValue"] == 0
+    assert all(p.get("description") for p in parameters.values())
+
+
+def test_retry_for_infrastructure_failures_on_the_trainer(compiled):
+    pipeline, _ = compiled
+    loop = next(c for c in pipeline["components"].values() if "train-trial" in c.get("dag", {}).get("tasks", {}))
+    assert loop["dag"]["tasks"]["train-trial"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_cpu_only_experiment_trains_on_the_runtime_image(tmp_path):
+    experiment = load_experiment("examples/digits.yaml")
+    path = compile_pipeline(experiment, tmp_path / "p.yaml", ClusterSettings(image=IMAGE))
+    pipeline, _ = _documents(path)
+    train = _executor(pipeline, "train-trial")
+    assert train["image"] == IMAGE
+    assert "accelerator" not in train.get("resources", {})
