@@ -58,7 +58,8 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
                 "train_seconds": 0.0, "history": []}
     split = read_split(split_path)
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
-    model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes)
+    seed = (experiment.spec.strategy.sampler.seed or 0) + number
+    model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed)
     metric = experiment.spec.objectives[0].metric
     prunable = not experiment.spec.is_multi_objective and metric in EPOCH_METRICS
     live = live_trial(study, number)
@@ -75,7 +76,7 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
             split,
             epochs=experiment.spec.trial.epochs,
             hyperparameters=frozen.user_attrs["hyperparameters"],
-            seed=(experiment.spec.strategy.sampler.seed or 0) + number,
+            seed=seed,
             on_epoch=on_epoch,
         )
     train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)

@@ -1,0 +1,84 @@
+"""How much does kubetune's trainer cost over a plain, hand-written PyTorch loop?
+
+Same model (a 3-block Conv1d net on MNIST-1D), same data, batch size, optimizer and epochs, each
+epoch followed by a validation pass in both; one CPU thread for both. The two are run in
+alternating rounds so that machine noise hits both alike, and the median epoch time is compared.
+The target is a ratio of at most 1.2.
+
+Run: ``python benchmarks/trainer_efficiency.py [--epochs 3] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from kubetune.data import load_split
+from kubetune.nas import build_model
+from kubetune.train import train_model
+
+ARCHITECTURE = {"blocks": [{"kind": "conv", "width": 64, "kernelSize": 5, "norm": "batch"}] * 3}
+BATCH_SIZE = 64
+LR = 1e-3
+
+
+def plain_loop(model: nn.Module, split, *, epochs: int, seed: int) -> list[float]:
+    """The loop one would write by hand: in-memory tensors, random index batches, Adam, no_grad validation."""
+    torch.manual_seed(seed)
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    x_val, y_val = torch.from_numpy(split.x_val), torch.from_numpy(split.y_val)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    loss_fn = nn.CrossEntropyLoss()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        permutation = torch.randperm(len(y))
+        for i in range(0, len(y), BATCH_SIZE):
+            index = permutation[i:i + BATCH_SIZE]
+            loss = loss_fn(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(x_val[i:i + 512]).argmax(1) == y_val[i:i + 512]).sum().item()
+                          for i in range(0, len(y_val), 512))
+        assert correct > 0
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def kubetune_loop(model: nn.Module, split, *, epochs: int, seed: int) -> list[float]:
+    result = train_model(model, split, epochs=epochs, seed=seed, device="cpu",
+                         hyperparameters={"lr": LR, "optimizer": "adam", "batchSize": BATCH_SIZE})
+    assert result.status == "complete", result.reason
+    return [row["seconds"] for row in result.history]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    split = load_split({"source": "builtin:mnist1d"})
+    times: dict[str, list[float]] = {"plain": [], "kubetune": []}
+    for round_ in range(args.rounds):
+        for name, loop in (("plain", plain_loop), ("kubetune", kubetune_loop)):
+            model = build_model(ARCHITECTURE, input_shape=split.input_shape, num_classes=split.num_classes)
+            times[name] += loop(model, split, epochs=args.epochs, seed=round_)
+    plain, ours = statistics.median(times["plain"]), statistics.median(times["kubetune"])
+    print(f"MNIST-1D, {len(split.y_train)} training samples, batch {BATCH_SIZE}, 1 thread, "
+          f"{args.rounds} rounds x {args.epochs} epochs each")
+    print(f"plain PyTorch loop : {plain:.3f} s/epoch (median)")
+    print(f"kubetune train_model: {ours:.3f} s/epoch (median)")
+    print(f"ratio kubetune/plain: {ours / plain:.3f} (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
