@@ -106,6 +106,19 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     run_with_progress(experiment, verbose=verbose)
 
 
+@cli.command("dev-stack")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Keep the servers' data here (reused next time). Default: a temporary directory.")
+def dev_stack(directory: str | None) -> None:
+    """Start PostgreSQL, an S3 server and an MLflow server locally; print the variables to export."""
+    from kubetune.devstack import ServiceError, run_dev_stack
+
+    try:
+        run_dev_stack(directory, echo=click.echo)
+    except ServiceError as error:
+        raise UsageProblem(str(error)) from None
+
+
 def main() -> None:
     cli(prog_name="kubetune")
 

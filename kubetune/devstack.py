@@ -442,7 +442,7 @@ class Postgres:
             raise ServiceError("PostgreSQL has no port yet: call start() first.")
         return f"{driver}://{self.superuser}:{self.password}@{_HOST}:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, driver: str = "postgresql+psycopg") -> str:
         """Create database ``name`` unless it exists; return its URL (see :meth:`url`)."""
         from psycopg import sql
 
@@ -452,7 +452,7 @@ class Postgres:
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             if conn.execute(query, (name,)).fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.url(name)
+        return self.url(name, driver)
 
     def __enter__(self) -> Postgres:
         return self.start()

@@ -65,14 +65,16 @@ def evaluate_trial(experiment: Experiment, *, number: int, result: dict, model_p
         metrics=metrics,
         model_path=model_path if state == TrialState.COMPLETE else None,
     )
-    _record(study, frozen, run_id=run_id, metrics=metrics, reason=result.get("reason"))
+    _record(study, frozen, run_id=run_id, metrics=metrics, result=result)
     tell_once(study, number, state=state, values=values)
     return {"number": number, "state": state.name, "values": values, "metrics": metrics, "mlflow_run_id": run_id}
 
 
-def _record(study, frozen, *, run_id: str, metrics: dict, reason: str | None) -> None:
+def _record(study, frozen, *, run_id: str, metrics: dict, result: dict) -> None:
+    """Store the outcome on the trial before the tell (a finished trial's attributes are frozen)."""
     storage = study._storage
     storage.set_trial_user_attr(frozen._trial_id, "mlflow_run_id", run_id)
     storage.set_trial_user_attr(frozen._trial_id, "metrics", metrics)
-    if reason:
-        storage.set_trial_user_attr(frozen._trial_id, "reason", reason)
+    storage.set_trial_user_attr(frozen._trial_id, "train_seconds", float(result.get("train_seconds", 0.0)))
+    if result.get("reason"):
+        storage.set_trial_user_attr(frozen._trial_id, "reason", result["reason"])

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs, parse_qsl, urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,14 +108,15 @@ class DataSpec(_Model):
     @classmethod
     def _known_source(cls, value: str) -> str:
         url = urlparse(value)
+        if url.username or url.password or SECRET_QUERY_KEYS & {k.lower() for k in parse_qs(url.query)}:
+            # Checked first, and the value is shown redacted: error messages end up in logs.
+            raise ValueError(
+                "must not carry credentials; give S3 keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                f"in the environment (a Kubernetes Secret in a cluster), but got {_redacted(url)!r}"
+            )
         if url.scheme not in DATA_SCHEMES:
             raise ValueError(
                 f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {value!r}"
-            )
-        if url.username or url.password or SECRET_QUERY_KEYS & {k.lower() for k in parse_qs(url.query)}:
-            raise ValueError(
-                "must not carry credentials; give S3 keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                "in the environment (a Kubernetes Secret in a cluster)"
             )
         if url.scheme == "builtin" and url.path not in ("digits", "mnist1d"):
             raise ValueError(f"builtin datasets are builtin:digits and builtin:mnist1d but got {value!r}")
@@ -131,6 +132,17 @@ class DataSpec(_Model):
         if urlparse(self.source).scheme in ("https", "http") and not self.sha256:
             raise _FieldError("sha256", "is required for an https:// source, so the download can be verified")
         return self
+
+
+def _redacted(url: ParseResult) -> str:
+    """The URL with its user info and signed-query values replaced by ***."""
+    host = url.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in url.netloc else host
+    query = "&".join(
+        f"{key}=***" if key.lower() in SECRET_QUERY_KEYS else f"{key}={val}"
+        for key, val in parse_qsl(url.query, keep_blank_values=True)
+    )
+    return url._replace(netloc=netloc, query=query).geturl()
 
 
 class Objective(_Model):

@@ -45,6 +45,8 @@ __all__ = [
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# kubetune records heartbeats itself for ask/tell trials (see `heartbeat`), so Optuna's hint does not apply.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 TRACKED_PACKAGES = ("kubetune", "optuna", "torch", "mlflow", "kfp", "numpy", "scikit-learn")
 

@@ -1,0 +1,124 @@
+"""One lane in-process (no KFP): suggest -> train -> evaluate against a real SQLite study and MLflow store."""
+
+import math
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState, create_trial
+
+from kubetune.data import load_split, save_split
+from kubetune.evaluate import evaluate_trial
+from kubetune.search import suggest_trial, train_trial
+from kubetune.segments import finish_segment, start_segment
+from kubetune.spec import parse_experiment
+from kubetune.study import get_trial, load_study
+
+
+def _experiment(name="lane", **strategy):
+    return parse_experiment({
+        "apiVersion": "kubetune/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": name},
+        "spec": {
+            "data": {"source": "builtin:digits"},
+            "objective": {"metric": "val_accuracy"},
+            "parameters": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                           "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                           "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": ["sgd"]}}},
+            "architecture": {"blocks": {"low": 1, "high": 2}, "block": {"kind": {"choices": ["conv", "mlp"]}}},
+            "strategy": strategy or {"sampler": {"name": "random", "seed": 1}},
+            "budget": {"maxTrials": 3, "parallelTrials": 1, "trialsPerSegment": 3},
+            "trial": {"epochs": 2},
+        },
+    })
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
+    monkeypatch.delenv("KUBETUNE_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", "1")
+    save_split(load_split({"source": "builtin:digits"}), tmp_path / "split.npz")
+    return tmp_path
+
+
+def _lane(experiment, home, slot=0):
+    number = suggest_trial(experiment, segment=0, slot=slot)
+    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / f"m{number}.pt"))
+    return number, result
+
+
+def _child_runs(home, experiment, number):
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    mlflow_experiment = client.get_experiment_by_name(experiment.name)
+    return client.search_runs([mlflow_experiment.experiment_id], filter_string=f"tags.`kubetune.trial` = '{number}'")
+
+
+def test_a_lane_trains_evaluates_and_tells_once(home):
+    experiment = _experiment()
+    assert start_segment(experiment, segment=0) == [0, 1, 2]
+    number, result = _lane(experiment, home)
+    assert result["status"] == "complete" and len(result["history"]) == 2
+    first = evaluate_trial(experiment, number=number, result=result, model_path=str(home / "m0.pt"),
+                           split_path=str(home / "split.npz"))
+    again = evaluate_trial(experiment, number=number, result=result, model_path=str(home / "m0.pt"),
+                           split_path=str(home / "split.npz"))
+    trial = get_trial(load_study(experiment), number)
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == pytest.approx(first["metrics"]["val_accuracy"]) and trial.value > 0.5
+    assert again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert len(_child_runs(home, experiment, number)) == 1
+    assert set(trial.intermediate_values) == {1, 2}
+
+
+def test_conditional_parameter_is_recorded_only_when_enabled(home):
+    experiment = _experiment()
+    start_segment(experiment, segment=0)
+    for slot in range(3):
+        number = suggest_trial(experiment, segment=0, slot=slot)
+        hyper = get_trial(load_study(experiment), number).user_attrs["hyperparameters"]
+        assert (hyper["optimizer"] == "sgd") == ("momentum" in get_trial(load_study(experiment), number).params)
+
+
+def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
+    experiment = _experiment("pruned", sampler={"name": "random", "seed": 0},
+                             pruner={"name": "median", "startupTrials": 1, "warmupSteps": 0})
+    start_segment(experiment, segment=0)
+    study = load_study(experiment)
+    for _ in range(2):  # two finished trials that were perfect from the first epoch
+        study.add_trial(create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
+    number, result = _lane(experiment, home)
+    assert result["status"] == "pruned" and result["epochs_run"] == 1
+    evaluate_trial(experiment, number=number, result=result, model_path=str(home / f"m{number}.pt"),
+                   split_path=str(home / "split.npz"))
+    assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
+    (run,) = _child_runs(home, experiment, number)
+    assert run.data.tags["kubetune.state"] == "PRUNED"
+
+
+def test_a_failed_training_fails_the_trial_and_the_search_goes_on(home):
+    experiment = _experiment("diverged")
+    start_segment(experiment, segment=0)
+    number = suggest_trial(experiment, segment=0, slot=0)
+    failed = {"status": "failed", "reason": "loss became nan at epoch 1", "epochs_run": 0, "train_seconds": 0.1, "history": []}
+    outcome = evaluate_trial(experiment, number=number, result=failed, model_path=str(home / "none.pt"),
+                             split_path=str(home / "split.npz"))
+    trial = get_trial(load_study(experiment), number)
+    assert outcome["state"] == "FAIL" and trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"] == "loss became nan at epoch 1"
+    assert finish_segment(experiment, segment=0).go_on  # one failure does not end the experiment
+    following, result = _lane(experiment, home, slot=1)
+    assert following == number + 1 and result["status"] == "complete"
+
+
+def test_training_a_finished_trial_is_skipped(home):
+    experiment = _experiment("finished")
+    start_segment(experiment, segment=0)
+    number = suggest_trial(experiment, segment=0, slot=0)
+    load_study(experiment).tell(number, 0.5)
+    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / "x.pt"))
+    assert result["status"] == "skipped"
+    assert math.isclose(get_trial(load_study(experiment), number).value, 0.5)
+    assert isinstance(optuna.__version__, str)
