@@ -19,7 +19,7 @@ def _format_value(value) -> str:
 
 def run_with_progress(experiment: Experiment, *, verbose: bool = False, console: Console | None = None) -> dict:
     """Run the experiment locally with a live progress bar; print and return the summary."""
-    from kubetune import local, report
+    from kubetune import local, registry, report
     from kubetune.study import load_study
 
     console = console or Console()
@@ -44,6 +44,9 @@ def run_with_progress(experiment: Experiment, *, verbose: bool = False, console:
     summary = report.summarize(study, experiment)
     summary["stop_reason"] = reason
     summary["run_seconds"] = round(time.monotonic() - started, 1)
+    champion = registry.champion(experiment)
+    if champion:
+        summary["champion"] = f"models:/{experiment.model_name}@{experiment.spec.registry.alias} (version {champion['version']}, trial {champion['trial']})"
     print_summary(summary, report.where_to_look(experiment), console=console)
     return summary
 
@@ -69,6 +72,7 @@ def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> 
         )
     if summary.get("pareto_front") is not None:
         rows["pareto front (trials)"] = ", ".join(map(str, summary["pareto_front"]))
+    rows["registered model"] = summary.get("champion")
     rows["MLflow UI"] = where["mlflow"]
     rows["Optuna dashboard"] = where["optuna_dashboard"]
     for key, value in rows.items():

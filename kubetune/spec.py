@@ -66,7 +66,7 @@ class _FieldError(ValueError):
 
 def parse_duration(text: str) -> int:
     """Seconds in a duration such as ``90s``, ``10m`` or ``1h30m``."""
-    match = DURATION.match(text.strip())
+    match = DURATION.fullmatch(text.strip())
     if not text.strip() or not match:
         raise ValueError(f"must be a duration such as 90s, 10m or 1h30m but got {text!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
@@ -88,7 +88,7 @@ class Metadata(_Model):
     @field_validator("name")
     @classmethod
     def _dns1123(cls, value: str) -> str:
-        if not DNS1123.match(value):
+        if not DNS1123.fullmatch(value):  # match() would accept a trailing newline
             raise ValueError(
                 "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
                 f"with a letter or digit, e.g. 'digits-cnn', but got {value!r}"
@@ -347,7 +347,7 @@ class Resources(_Model):
     @classmethod
     def _quantity(cls, value: Any) -> str:
         text = str(value)
-        if not QUANTITY.match(text):
+        if not QUANTITY.fullmatch(text):
             raise ValueError(f"must be a Kubernetes quantity such as 500m, 2, 4Gi but got {value!r}")
         return text
 
@@ -509,7 +509,8 @@ class Experiment(_Model):
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        # Not sort_keys: parameter order is meaningful (a `when` refers to an earlier parameter).
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def search_space_fingerprint(self) -> str:
         """A hash of what defines the search (data, objective, space); budget changes keep it."""

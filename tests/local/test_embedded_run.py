@@ -32,7 +32,7 @@ TINY = {
 
 
 def _run(spec_path, home):
-    env = {**os.environ, "KUBETUNE_HOME": str(home)}
+    env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
     env.pop("KUBETUNE_STORAGE", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
@@ -82,6 +82,7 @@ def test_summary_is_printed_with_where_to_look(searched):
     _, _, result = searched
     assert "maxTrials reached" in result.stdout
     assert "best val accuracy" in result.stdout
+    assert "models:/tiny-digits-model@champion (version 1" in result.stdout
     assert "mlflow ui --backend-store-uri" in result.stdout and "optuna-dashboard" in result.stdout
 
 

@@ -1,0 +1,76 @@
+"""Embedded throughput: `kubetune run` (kfp.local, one subprocess per step) against plain Optuna in-process.
+
+    python benchmarks/embedded_throughput.py [--example examples/mnist1d.yaml] [--trials 12]
+
+Prints trials per minute of each, their ratio (target >= 0.5 on mnist1d), and the per-trial
+orchestration overhead: lane time not spent inside training, per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inprocess import run_inprocess  # noqa: E402
+
+from kubetune.spec import parse_experiment  # noqa: E402
+
+
+def _spec(example: str, trials: int) -> dict:
+    data = yaml.safe_load(Path(example).read_text())
+    data["metadata"]["name"] = f"bench-{data['metadata']['name']}"
+    data["spec"]["budget"].update(maxTrials=trials, trialsPerSegment=trials)
+    data["spec"]["budget"].pop("maxDuration", None)
+    return data
+
+
+def run_kubetune(data: dict) -> tuple[float, float, int]:
+    """Wall seconds, seconds inside training, trials finished."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "experiment.yaml"
+        path.write_text(yaml.safe_dump(data))
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI")}
+        env["KUBETUNE_HOME"] = str(Path(folder) / "home")
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(path)], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        wall = time.monotonic() - started
+        study = optuna.load_study(study_name=data["metadata"]["name"], storage=f"sqlite:///{env['KUBETUNE_HOME']}/optuna.db")
+        trained = sum(t.user_attrs.get("train_seconds", 0.0) for t in study.trials)
+        return wall, trained, len(study.trials)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", default="examples/mnist1d.yaml")
+    parser.add_argument("--trials", type=int, default=12)
+    args = parser.parse_args()
+    data = _spec(args.example, args.trials)
+    experiment = parse_experiment(data)
+    lanes = min(experiment.spec.budget.parallel_trials, 2)
+
+    k_wall, k_train, k_trials = run_kubetune(data)
+    plain = run_inprocess(experiment)
+    k_rate, p_rate = 60 * k_trials / k_wall, 60 * plain.trials / plain.wall_seconds
+    print(f"example {args.example}: {args.trials} trials, {lanes} lanes, {os.cpu_count()} CPUs")
+    print(f"{'':22}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}")
+    for name, wall, trained, trials, rate in (
+        ("kubetune run", k_wall, k_train, k_trials, k_rate),
+        ("plain optuna n_jobs", plain.wall_seconds, plain.train_seconds, plain.trials, p_rate),
+    ):
+        overhead = (wall * lanes - trained) / trials
+        print(f"{name:22}{wall:9.1f}{trained:9.1f}{rate:12.2f}{overhead:18.2f}")
+    print(f"throughput ratio kubetune/plain = {k_rate / p_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

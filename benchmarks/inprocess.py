@@ -1,0 +1,82 @@
+"""The simplest alternative to kubetune: a plain Optuna script training the same models in one process.
+
+Same spec, data split, search space, sampler, pruner and trainer as `kubetune run`; trials run in
+threads (``n_jobs`` = parallelTrials) against an in-memory study. Benchmarks compare against it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from kubetune import nas, space, train
+from kubetune.data import load_split
+from kubetune.spec import Experiment
+from kubetune.study import make_pruner, make_sampler
+
+
+@dataclass
+class SearchRun:
+    wall_seconds: float
+    train_seconds: float
+    values: list[tuple[float, float, int]]  # (seconds since start, value, trial number + 1) per completed trial
+    trials: int
+
+    @property
+    def best(self) -> float:
+        return max((v for _, v, _ in self.values), default=float("nan"))
+
+    def first_reaching(self, target: float) -> tuple[float, int] | None:
+        """(seconds, trials asked so far) when a trial first reached ``target``, or None."""
+        for seconds, value, trials in self.values:
+            if value >= target:
+                return seconds, trials
+        return None
+
+
+def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: int | None = None) -> SearchRun:
+    """Run ``experiment``'s whole budget in this process; optionally swap the sampler name or seed."""
+    spec = experiment.spec
+    overrides = {}
+    if sampler is not None or seed is not None:
+        strategy = spec.strategy.model_copy(update={"sampler": spec.strategy.sampler.model_copy(
+            update={k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None})})
+        overrides["strategy"] = strategy
+    experiment = experiment.model_copy(update={"spec": spec.model_copy(update=overrides)})
+    spec = experiment.spec
+    lanes = spec.budget.parallel_trials
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // min(lanes, 2)))
+    split = load_split(experiment.to_dict()["spec"]["data"])
+    study = optuna.create_study(directions=spec.directions, sampler=make_sampler(experiment), pruner=make_pruner(experiment))
+    metric = spec.objectives[0].metric
+    started = time.monotonic()
+    values: list[tuple[float, float, int]] = []
+    trained = []
+
+    def objective(trial: optuna.Trial) -> float:
+        chosen, architecture = space.sample(trial, spec)
+        architecture = architecture or nas.default_architecture(split.input_shape)
+        seed_value = (spec.strategy.sampler.seed or 0) + trial.number
+        model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed_value)
+
+        def on_epoch(epoch: int, metrics: dict) -> bool:
+            trial.report(metrics[metric], epoch)
+            return trial.should_prune()
+
+        result = train.train_model(model, split, epochs=spec.trial.epochs, seed=seed_value, on_epoch=on_epoch,
+                                   hyperparameters=space.trainer_hyperparameters(spec, chosen))
+        trained.append(result.train_seconds)
+        if result.status == "pruned":
+            raise optuna.TrialPruned()
+        if result.status == "failed":
+            raise RuntimeError(result.reason)
+        value = train.evaluate_model(model, split.x_val, split.y_val)["accuracy"]
+        values.append((time.monotonic() - started, value, trial.number + 1))
+        return value
+
+    study.optimize(objective, n_trials=spec.budget.max_trials, n_jobs=lanes, catch=(RuntimeError,))
+    return SearchRun(time.monotonic() - started, sum(trained), values, len(study.trials))

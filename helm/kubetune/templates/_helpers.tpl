@@ -1,0 +1,329 @@
+{{/*
+Helpers for the kubetune chart. Every helper is prefixed with the chart name.
+*/}}
+
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 40 characters so that every derived name
+("<fullname>-postgresql-hl", "<fullname>-trial-defaults", Job names with a hash) stays a valid DNS label.
+*/}}
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version, as used by the chart label. */}}
+{{- define "kubetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ include "kubetune.chart" . }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of one component: (dict "ctx" $ "component" "mlflow"). */}}
+{{- define "kubetune.componentLabels" -}}
+{{ include "kubetune.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "mlflow"). */}}
+{{- define "kubetune.componentSelectorLabels" -}}
+{{ include "kubetune.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The label that NetworkPolicies require to reach PostgreSQL and MinIO. */}}
+{{- define "kubetune.accessLabel" -}}
+kubetune.io/access: "true"
+{{- end }}
+
+{{/* ServiceAccount of the pipeline pods and the chart's Jobs. */}}
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference from (dict "image" <values> "default" <tag when empty>).
+A digest wins over the tag.
+*/}}
+{{- define "kubetune.imageRef" -}}
+{{- $img := .image -}}
+{{- $repo := $img.repository -}}
+{{- if $img.registry }}{{ $repo = printf "%s/%s" $img.registry $img.repository }}{{ end -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .default $img.tag | toString) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.runtimeImage" -}}
+{{- include "kubetune.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) -}}
+{{- end }}
+
+{{- define "kubetune.trainerImage" -}}
+{{- include "kubetune.imageRef" (dict "image" .Values.trainerImage "default" .Chart.AppVersion) -}}
+{{- end }}
+
+{{/* Names of the objects other templates refer to. */}}
+{{- define "kubetune.postgresql.fullname" -}}{{ include "kubetune.fullname" . }}-postgresql{{- end }}
+{{- define "kubetune.minio.fullname" -}}{{ include "kubetune.fullname" . }}-minio{{- end }}
+{{- define "kubetune.mlflow.fullname" -}}{{ include "kubetune.fullname" . }}-mlflow{{- end }}
+{{- define "kubetune.dashboard.fullname" -}}{{ include "kubetune.fullname" . }}-dashboard{{- end }}
+{{- define "kubetune.passwordsSecretName" -}}{{ include "kubetune.fullname" . }}-passwords{{- end }}
+{{- define "kubetune.configMapName" -}}{{ include "kubetune.fullname" . }}-config{{- end }}
+{{- define "kubetune.trialDefaultsName" -}}{{ include "kubetune.fullname" . }}-trial-defaults{{- end }}
+
+{{/* ---------------------------------------------------------------- database */}}
+
+{{- define "kubetune.db.host" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- printf "%s.%s.svc" (include "kubetune.postgresql.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.externalDatabase.host -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.db.port" -}}
+{{- if .Values.postgresql.enabled }}5432{{ else }}{{ .Values.externalDatabase.port | int }}{{ end -}}
+{{- end }}
+
+{{- define "kubetune.db.user" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.auth.username }}{{ else }}{{ .Values.externalDatabase.user }}{{ end -}}
+{{- end }}
+
+{{- define "kubetune.db.database" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.auth.database }}{{ else }}{{ .Values.externalDatabase.database }}{{ end -}}
+{{- end }}
+
+{{- define "kubetune.db.mlflowDatabase" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.auth.mlflowDatabase }}{{ else }}{{ .Values.externalDatabase.mlflowDatabase }}{{ end -}}
+{{- end }}
+
+{{/* "?sslmode=..." or nothing. */}}
+{{- define "kubetune.db.query" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.sslMode -}}
+?sslmode={{ .Values.externalDatabase.sslMode }}
+{{- end -}}
+{{- end }}
+
+{{/* Secret and key that hold the database password. */}}
+{{- define "kubetune.db.secretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- default (include "kubetune.passwordsSecretName" .) .Values.postgresql.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.db.secretKey" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- if .Values.postgresql.auth.existingSecret }}{{ .Values.postgresql.auth.existingSecretPasswordKey }}{{ else }}postgres-password{{ end -}}
+{{- else -}}
+{{- .Values.externalDatabase.existingSecretPasswordKey -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Connection URL of a database *without* the password: libpq (psycopg 2 and 3) reads the password from
+PGPASSWORD, which the pods take from a Secret, so no env literal ever holds it.
+(dict "ctx" $ "driver" "postgresql+psycopg" "database" "optuna")
+*/}}
+{{- define "kubetune.db.urlWithoutPassword" -}}
+{{- $ctx := .ctx -}}
+{{- printf "%s://%s@%s:%s/%s%s" .driver (include "kubetune.db.user" $ctx) (include "kubetune.db.host" $ctx) (include "kubetune.db.port" $ctx) .database (include "kubetune.db.query" $ctx) -}}
+{{- end }}
+
+{{/* env entry PGPASSWORD from the database Secret. */}}
+{{- define "kubetune.db.passwordEnv" -}}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetune.db.secretName" . }}
+      key: {{ include "kubetune.db.secretKey" . }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- object store */}}
+
+{{- define "kubetune.s3.endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "http://%s.%s.svc:9000" (include "kubetune.minio.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.externalS3.endpoint -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.s3.bucket" -}}
+{{- if .Values.minio.enabled }}{{ .Values.minio.bucket }}{{ else }}{{ .Values.externalS3.bucket }}{{ end -}}
+{{- end }}
+
+{{- define "kubetune.s3.region" -}}
+{{- if .Values.minio.enabled }}us-east-1{{ else }}{{ .Values.externalS3.region }}{{ end -}}
+{{- end }}
+
+{{- define "kubetune.s3.secretName" -}}
+{{- if .Values.minio.enabled -}}
+{{- default (include "kubetune.passwordsSecretName" .) .Values.minio.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.externalS3.existingSecret -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.s3.accessKeyIdKey" -}}
+{{- if .Values.minio.enabled -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.rootUserKey }}{{ else }}minio-root-user{{ end -}}
+{{- else -}}
+{{- .Values.externalS3.accessKeyIdKey -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.s3.secretAccessKeyKey" -}}
+{{- if .Values.minio.enabled -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.rootPasswordKey }}{{ else }}minio-root-password{{ end -}}
+{{- else -}}
+{{- .Values.externalS3.secretAccessKeyKey -}}
+{{- end -}}
+{{- end }}
+
+{{/* env entries AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the object store Secret. */}}
+{{- define "kubetune.s3.credentialsEnv" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetune.s3.secretName" . }}
+      key: {{ include "kubetune.s3.accessKeyIdKey" . }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetune.s3.secretName" . }}
+      key: {{ include "kubetune.s3.secretAccessKeyKey" . }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- secrets */}}
+
+{{/* "true" when the chart generates the PostgreSQL password / the MinIO root credentials. */}}
+{{- define "kubetune.generatesDbPassword" -}}
+{{- if and .Values.postgresql.enabled (not .Values.postgresql.auth.existingSecret) }}true{{ end -}}
+{{- end }}
+
+{{- define "kubetune.generatesS3Credentials" -}}
+{{- if and .Values.minio.enabled (not .Values.minio.auth.existingSecret) }}true{{ end -}}
+{{- end }}
+
+{{/* Secret that pipeline pods load as env (KUBETUNE_STORAGE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). */}}
+{{- define "kubetune.pipelineSecretName" -}}
+{{- default (printf "%s-credentials" (include "kubetune.fullname" .)) .Values.pipelineSecret.existingSecret -}}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- pods */}}
+
+{{/* Restricted security context of containers that run the kubetune runtime image. */}}
+{{- define "kubetune.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/* env shared by every container that runs the kubetune runtime image. */}}
+{{- define "kubetune.runtimeEnv" -}}
+- name: HOME
+  value: /tmp
+- name: KUBETUNE_TRIAL_DEFAULTS
+  value: {{ include "kubetune.trialDefaultsName" . }}
+{{- if .Values.kfp.multiUser }}
+- name: KF_PIPELINES_SA_TOKEN_PATH
+  value: /var/run/secrets/kubeflow/pipelines/token
+{{- end }}
+{{- end }}
+
+{{/* Volumes of a pod that runs the runtime image: a writable /tmp and, in multi-user KFP, the API token. */}}
+{{- define "kubetune.runtimeVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- if .Values.kfp.multiUser }}
+- name: kfp-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: pipelines.kubeflow.org
+          expirationSeconds: 7200
+          path: token
+{{- end }}
+{{- end }}
+
+{{- define "kubetune.runtimeVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.kfp.multiUser }}
+- name: kfp-token
+  mountPath: /var/run/secrets/kubeflow/pipelines
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kubetune.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- experiments */}}
+
+{{/*
+Every experiment Job as a list of dicts {name, jobName, source, key, configMap, hash}, shared by the
+ConfigMap and Job templates. The hash covers the spec (or the referenced ConfigMap's content when the
+cluster can be read), the runtime image and the KFP host: Jobs are immutable, so anything that changes
+the Job's pod template must change its name too.
+*/}}
+{{- define "kubetune.experimentJobs" -}}
+{{- $jobs := list -}}
+{{- $fullname := include "kubetune.fullname" . -}}
+{{- $salt := printf "%s|%s" (include "kubetune.runtimeImage" .) .Values.kfp.host -}}
+{{- range $i, $exp := .Values.experiments -}}
+{{- $name := dig "metadata" "name" "" $exp -}}
+{{- $hash := sha256sum (printf "%s|%s" (toJson $exp) $salt) | trunc 8 -}}
+{{- $jobs = append $jobs (dict "name" $name "hash" $hash "configMap" (printf "%s-experiments" $fullname) "key" (printf "%s.yaml" $name) "inline" true) -}}
+{{- end -}}
+{{- range $i, $ref := .Values.experimentConfigMaps -}}
+{{- $key := default "experiment.yaml" $ref.key -}}
+{{- $content := "" -}}
+{{- $cm := lookup "v1" "ConfigMap" $.Release.Namespace ($ref.configMap | default "") -}}
+{{- if $cm }}{{ $content = dig "data" $key "" $cm }}{{ end -}}
+{{- $hash := sha256sum (printf "%s/%s|%s|%s" $ref.configMap $key $content $salt) | trunc 8 -}}
+{{- $jobs = append $jobs (dict "name" $ref.name "hash" $hash "configMap" $ref.configMap "key" $key "inline" false) -}}
+{{- end -}}
+{{- toJson (dict "jobs" $jobs) -}}
+{{- end }}

