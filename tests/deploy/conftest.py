@@ -16,7 +16,6 @@ import deploy_support as ds  # noqa: E402
 @pytest.fixture(scope="session")
 def scenario_objects() -> dict[str, list[dict[str, Any]]]:
     """Rendered objects of the chart for every helm/kubetune/ci/*-values.yaml, rendered once."""
-    pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
     return {name: ds.render_objects(ds.ci_values(name)) for name in ds.SCENARIOS}
 
 

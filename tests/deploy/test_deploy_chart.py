@@ -14,8 +14,8 @@ import yaml
 
 import deploy_support as ds
 
-helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+import helm_python as helm  # noqa: E402
+import kubernetes_validate  # noqa: E402
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

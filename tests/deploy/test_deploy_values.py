@@ -17,7 +17,7 @@ import yaml
 
 import deploy_support as ds
 
-helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
+import helm_python as helm  # noqa: E402
 
 EXPERIMENT = {
     "apiVersion": "kubetune/v1alpha1",
