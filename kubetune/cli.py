@@ -72,25 +72,88 @@ def validate(experiment_file: str) -> None:
     click.echo(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
 
 
+def cluster_options(command):
+    """The options that say how steps run in a cluster, shared by compile, submit and register-pipeline."""
+    options = [
+        click.option("--image", envvar="KUBETUNE_IMAGE", help="Runtime image of the steps. Env: KUBETUNE_IMAGE."),
+        click.option("--trainer-image", envvar="KUBETUNE_TRAINER_IMAGE",
+                     help="Image of GPU trial pods. Env: KUBETUNE_TRAINER_IMAGE."),
+        click.option("--secret", envvar="KUBETUNE_CREDENTIALS_SECRET", default="kubetune-credentials", show_default=True,
+                     help="Kubernetes Secret holding KUBETUNE_STORAGE and the S3 keys, injected as environment variables."),
+        click.option("--config-map", envvar="KUBETUNE_CONFIG_MAP", default="kubetune-config", show_default=True,
+                     help="ConfigMap holding MLFLOW_TRACKING_URI, the S3 endpoint and the KFP host."),
+        click.option("--image-pull-secret", "image_pull_secrets", multiple=True,
+                     help="Image pull Secret for every step (repeatable)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _cluster(image, trainer_image, secret, config_map, image_pull_secrets):
+    from kubetune.pipelines import ClusterSettings
+
+    overrides = {k: v for k, v in {"image": image, "trainer_image": trainer_image}.items() if v}
+    return ClusterSettings(secret=secret, config_map=config_map, image_pull_secrets=tuple(image_pull_secrets), **overrides)
+
+
+host_option = click.option("--host", envvar="KUBETUNE_KFP_HOST",
+                           help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888. Env: KUBETUNE_KFP_HOST.")
+
+
 @cli.command()
 @experiment_argument
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pipeline YAML to write (default: NAME.pipeline.yaml).")
-@click.option("--image", envvar="KUBETUNE_IMAGE", help="Runtime image of the steps. Env: KUBETUNE_IMAGE.")
-@click.option("--trainer-image", envvar="KUBETUNE_TRAINER_IMAGE", help="Image of GPU trial pods. Env: KUBETUNE_TRAINER_IMAGE.")
-@click.option("--secret", default="kubetune-credentials", show_default=True,
-              help="Kubernetes Secret holding KUBETUNE_STORAGE and the S3 keys, injected as environment variables.")
-@click.option("--config-map", default="kubetune-config", show_default=True,
-              help="ConfigMap holding MLFLOW_TRACKING_URI and the S3 endpoint.")
-@click.option("--image-pull-secret", "image_pull_secrets", multiple=True, help="Image pull Secret for every step (repeatable).")
-def compile(experiment_file: str, output: str | None, image, trainer_image, secret, config_map, image_pull_secrets) -> None:
+@cluster_options
+def compile(experiment_file: str, output: str | None, **cluster) -> None:
     """Write the KFP pipeline YAML to upload in the Kubeflow UI."""
-    from kubetune.pipelines import ClusterSettings, compile_pipeline
+    from kubetune.pipelines import compile_pipeline
 
     experiment = _load(experiment_file)
-    overrides = {k: v for k, v in {"image": image, "trainer_image": trainer_image}.items() if v}
-    cluster = ClusterSettings(secret=secret, config_map=config_map, image_pull_secrets=tuple(image_pull_secrets), **overrides)
-    path = compile_pipeline(experiment, output or f"{experiment.name}.pipeline.yaml", cluster)
+    path = compile_pipeline(experiment, output or f"{experiment.name}.pipeline.yaml", _cluster(**cluster))
     click.echo(f"wrote {path}: upload it in the Kubeflow UI (Pipelines > Upload pipeline), then Create run.")
+
+
+@cli.command()
+@experiment_argument
+@host_option
+@cluster_options
+def submit(experiment_file: str, host: str | None, **cluster) -> None:
+    """Start the experiment's first segment as a KFP run (the same spec again starts nothing)."""
+    from kubetune.cluster import submit_segment
+
+    experiment = _load(experiment_file)
+    submission = submit_segment(experiment, segment=0, cluster=_cluster(**cluster), host=host)
+    state = "submitted" if submission.created else "already submitted, nothing new started:"
+    click.echo(f"{state} run {submission.run_name} (id {submission.run_id}) in KFP experiment {experiment.name}")
+
+
+@cli.command("register-pipeline")
+@host_option
+@click.option("--name", default="kubetune-search", show_default=True, help="Pipeline name in KFP.")
+@click.option("--version", "version", required=True, help="Pipeline version name, e.g. the chart and app version.")
+@click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False), default=None,
+              help="Spec whose pipeline is registered (its spec is the run's default parameter). Default: the digits example.")
+@cluster_options
+def register_pipeline(host: str | None, name: str, version: str, experiment_file: str | None, **cluster) -> None:
+    """Upload the search pipeline to KFP as a new version (idempotent), so the UI can start runs."""
+    from kubetune.cluster import register_search_pipeline
+    from kubetune.examples import default_experiment
+
+    experiment = _load(experiment_file) if experiment_file else default_experiment()
+    pipeline_id, created = register_search_pipeline(experiment, name=name, version=version, cluster=_cluster(**cluster), host=host)
+    click.echo(f"pipeline {name} version {version} {'registered' if created else 'already registered'} (pipeline id {pipeline_id})")
+
+
+@cli.command()
+@click.argument("name")
+@home_option
+def status(name: str, home: str | None) -> None:
+    """Show an experiment's progress from the study and MLflow: trials, best value, champion, segment, stop reason."""
+    _set_home(home)
+    from kubetune.status import experiment_status, print_status
+
+    print_status(experiment_status(name))
 
 
 @cli.command()

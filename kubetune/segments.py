@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 
 from kubetune import report, tracking
+from kubetune.cluster import continue_experiment
 from kubetune.spec import Experiment
 from kubetune.study import Decision, decide, ensure_study, load_study, plan_slots
 
@@ -23,13 +24,15 @@ def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
     return plan_slots(study, experiment)
 
 
-def finish_segment(experiment: Experiment, *, segment: int) -> Decision:
-    """Record that ``segment`` ran; when the experiment stops, attach the summary and plots to MLflow."""
+def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: str = "") -> Decision:
+    """Record that ``segment`` ran; submit the next one in a cluster, or attach the summary and plots to MLflow."""
     study = load_study(experiment)
     if study.user_attrs.get("segment", 0) <= segment:
         study.set_user_attr("segment", segment + 1)
     decision = decide(study, experiment, segment=segment)
-    if not decision.go_on:
+    if decision.go_on:
+        continue_experiment(experiment, study, segment=segment, cluster_settings=cluster_settings)
+    else:
         study.set_user_attr("stop_reason", decision.reason)
         summary = report.summarize(study, experiment)
         with tempfile.TemporaryDirectory() as folder:

@@ -19,6 +19,7 @@ from kubetune.spec import (
     ExperimentSpec,
     IntParam,
     Range,
+    sampling_order,
 )
 
 __all__ = ["sample", "grid_space", "trainer_hyperparameters"]
@@ -82,7 +83,8 @@ def sample(trial: optuna.Trial, spec: ExperimentSpec) -> tuple[dict, dict | None
     Returns ``(hyperparameters, architecture)``; ``architecture`` is None without an architecture space.
     """
     chosen: dict[str, Any] = {}
-    for name, param in spec.parameters.items():
+    for name in sampling_order(spec.parameters):
+        param = spec.parameters[name]
         if _enabled(param, chosen):
             chosen[name] = _suggest_param(trial, name, param)
     architecture = _sample_architecture(trial, spec.architecture) if spec.architecture else None

@@ -459,20 +459,29 @@ class ExperimentSpec(_Model):
 
 
 def _check_conditions(parameters: dict[str, Any]) -> None:
-    """`when: {other: [values]}` may only refer to an earlier categorical parameter's choices."""
-    seen: dict[str, Any] = {}
+    """`when: {other: [values]}` may only refer to another categorical parameter's choices, without cycles."""
     for name, param in parameters.items():
         for other, values in (param.when or {}).items():
-            parent = seen.get(other)
-            if not isinstance(parent, CategoricalParam):
-                raise _FieldError(
-                    f"{name}.when.{other}",
-                    f"refers to {other!r}, which must be a categorical parameter listed before {name!r}",
-                )
+            parent = parameters.get(other)
+            if not isinstance(parent, CategoricalParam) or other == name:
+                raise _FieldError(f"{name}.when.{other}", f"refers to {other!r}, which must be another categorical parameter")
             bad = [v for v in values if v not in parent.choices]
             if bad:
                 raise _FieldError(f"{name}.when.{other}", f"values must be among {parent.choices} but got {bad}")
-        seen[name] = param
+    sampling_order(parameters)
+
+
+def sampling_order(parameters: dict[str, Any]) -> list[str]:
+    """Parameter names with every parent before the parameters whose `when` refers to it."""
+    ordered: list[str] = []
+    pending = list(parameters)
+    while pending:
+        ready = [n for n in pending if all(p in ordered for p in (parameters[n].when or {}))]
+        if not ready:
+            raise ValueError(f"the `when` conditions of {pending} refer to each other in a cycle")
+        ordered += ready
+        pending = [n for n in pending if n not in ready]
+    return ordered
 
 
 def _check_finite(spec: ExperimentSpec) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 
 from kubetune import __version__
+from kubetune.cluster import settings_json
 from kubetune.components import build
 from kubetune.spec import Experiment
 
@@ -101,12 +102,14 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
         description=f"kubetune search segment for experiment {experiment.name}: suggest, train and evaluate "
         f"up to {experiment.spec.budget.trials_per_segment} trials, {lanes} at a time, then register the best model.",
     )
-    def search_segment(experiment_spec: str = experiment.to_json(), segment: int = 0):
+    def search_segment(experiment_spec: str = experiment.to_json(), segment: int = 0,
+                       cluster_settings: str = settings_json(cluster) if cluster else ""):
         """One segment of a kubetune search.
 
         Args:
             experiment_spec: The experiment spec as JSON (apiVersion kubetune/v1alpha1). The default is the spec this pipeline was compiled from; it holds no credentials.
             segment: Index of this segment, 0 for the first run. The next-segment step submits the run for segment + 1.
+            cluster_settings: Images, Secret and ConfigMap names the next segment's run is compiled with (JSON, names only, no credentials); empty under kfp.local, where the local runner starts the next segment.
         """
         data = settle(steps["retrieve-data"](experiment_spec=experiment_spec))
         plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
@@ -125,7 +128,8 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
                 dataset=data.outputs["dataset"],
             ))
         registered = settle(steps["register-best"](experiment_spec=experiment_spec, outcomes=dsl.Collected(evaluated.outputs["Output"])))
-        settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment, registration=registered.output))
+        settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment, registration=registered.output,
+                                     cluster_settings=cluster_settings))
 
     return search_segment
 

@@ -17,6 +17,7 @@ from kubetune.spec import parse_experiment
 from kubetune.study import make_sampler, tell_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
 def _study(seed: int = 0) -> optuna.Study:

@@ -154,13 +154,13 @@ REJECTED = [
      ["spec.parameters.optimizer", "must be categorical"]),
     # conditions
     ("when-unknown-parent", {"spec.parameters.momentum.when": {"solver": ["sgd"]}},
-     ["spec.parameters.momentum.when.solver", "'solver'", "listed before 'momentum'"]),
-    ("when-later-parent", {"spec.parameters": {
-        "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": ["sgd"]}},
-        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-    }}, ["spec.parameters.momentum.when.optimizer", "listed before 'momentum'"]),
+     ["spec.parameters.momentum.when.solver", "'solver'", "another categorical parameter"]),
     ("when-self", {"spec.parameters.momentum.when": {"momentum": [0.5]}},
-     ["spec.parameters.momentum.when.momentum", "listed before"]),
+     ["spec.parameters.momentum.when.momentum", "another categorical parameter"]),
+    ("when-cycle", {"spec.parameters": {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"], "when": {"batchSize": [32]}},
+        "batchSize": {"type": "categorical", "choices": [32, 64], "when": {"optimizer": ["sgd"]}},
+    }}, ["spec.parameters", "cycle"]),
     ("when-non-categorical-parent", {"spec.parameters.momentum.when": {"lr": [0.01]}},
      ["spec.parameters.momentum.when.lr", "categorical"]),
     ("when-value-not-a-choice", {"spec.parameters.momentum.when": {"optimizer": ["sgd", "rmsprop"]}},
@@ -527,3 +527,14 @@ def test_fingerprint_is_stable(digits_spec):
     first = _fingerprint(digits_spec)
     assert first == _fingerprint(copy.deepcopy(digits_spec))
     assert len(first) == 16 and int(first, 16) >= 0
+
+
+def test_a_condition_may_refer_to_a_parameter_listed_after_it():
+    from kubetune.spec import sampling_order
+
+    data = yaml.safe_load(open("examples/digits.yaml"))
+    parameters = data["spec"]["parameters"]
+    data["spec"]["parameters"] = {"momentum": parameters.pop("momentum"), **parameters}
+    experiment = parse_experiment(data)
+    order = sampling_order(experiment.spec.parameters)
+    assert order.index("optimizer") < order.index("momentum")

@@ -1,0 +1,82 @@
+"""Cluster mode: submit an experiment's segments as KFP runs, and the next one when a segment ends.
+
+The run name is ``<experiment>-<spec hash>-s<segment>``: the same spec submitted twice finds its run,
+a changed spec starts a new one. The study records which run continued which segment (the idempotency
+key), so a re-run next-segment step never submits the following segment twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from kubetune.errors import UserError
+from kubetune.kfp_api import KfpGateway, Submission
+from kubetune.spec import Experiment
+
+__all__ = ["run_name", "submit_segment", "continue_experiment", "register_search_pipeline"]
+
+HOST_ENV = "KUBETUNE_KFP_HOST"
+
+
+def _host(host: str | None) -> str:
+    host = host or os.environ.get(HOST_ENV)
+    if not host:
+        raise UserError(f"no KFP API host: pass --host or set {HOST_ENV} (e.g. http://ml-pipeline.kubeflow.svc:8888)")
+    return host
+
+
+def run_name(experiment: Experiment, segment: int) -> str:
+    digest = hashlib.sha256(experiment.to_json().encode()).hexdigest()[:8]
+    return f"{experiment.name}-{digest}-s{segment}"
+
+
+def submit_segment(experiment: Experiment, *, segment: int, cluster, host: str | None = None) -> Submission:
+    """Compile the segment pipeline with ``cluster`` settings and start it, unless it already runs."""
+    from kubetune.pipelines import compile_pipeline
+
+    gateway = KfpGateway(_host(host))
+    with tempfile.TemporaryDirectory() as folder:
+        package = compile_pipeline(experiment, Path(folder) / "pipeline.yaml", cluster)
+        return gateway.submit(
+            str(package),
+            experiment_name=experiment.name,
+            run_name=run_name(experiment, segment),
+            arguments={"experiment_spec": experiment.to_json(), "segment": segment},
+        )
+
+
+def continue_experiment(experiment: Experiment, study, *, segment: int, cluster_settings: str) -> str | None:
+    """From the next-segment step: submit segment + 1 once; returns its run id (None in embedded mode)."""
+    if not cluster_settings:
+        return None
+    from kubetune.pipelines import ClusterSettings
+
+    submitted = dict(study.user_attrs.get("submitted_segments", {}))
+    key = str(segment + 1)
+    if key in submitted:
+        return submitted[key]
+    cluster = ClusterSettings(**json.loads(cluster_settings))
+    submission = submit_segment(experiment, segment=segment + 1, cluster=cluster)
+    submitted[key] = submission.run_id
+    study.set_user_attr("submitted_segments", submitted)
+    return submission.run_id
+
+
+def register_search_pipeline(experiment: Experiment, *, name: str, version: str, cluster, host: str | None = None):
+    """Upload the pipeline compiled from ``experiment`` (its spec is the default parameter) as a version."""
+    from kubetune.pipelines import compile_pipeline
+
+    gateway = KfpGateway(_host(host))
+    with tempfile.TemporaryDirectory() as folder:
+        package = compile_pipeline(experiment, Path(folder) / "pipeline.yaml", cluster)
+        return gateway.register_pipeline(str(package), name=name, version=version)
+
+
+def settings_json(cluster) -> str:
+    """ClusterSettings as the JSON the pipeline carries to its next-segment step (no credentials in it)."""
+    return json.dumps(asdict(cluster), sort_keys=True)

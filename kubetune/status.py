@@ -1,0 +1,46 @@
+"""`kubetune status`: where an experiment stands, read from the study and the MLflow registry."""
+
+from __future__ import annotations
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from kubetune import registry, settings
+from kubetune.spec import parse_experiment
+from kubetune.study import StudyError, best_trial, count_trials
+
+__all__ = ["experiment_status", "print_status"]
+
+
+def experiment_status(name: str) -> dict:
+    """Trials done, best value, champion version, current segment and stop reason of study ``name``."""
+    url = settings.storage_url()
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise StudyError(f"no experiment {name!r} in the study database {settings.redact(url)}; "
+                         "check the name and KUBETUNE_STORAGE") from None
+    experiment = parse_experiment(study.user_attrs["spec"])
+    counts = count_trials(study)
+    best = best_trial(study, experiment)
+    champion = registry.champion(experiment)
+    return {
+        "experiment": name,
+        "trials": f"{counts.consumed} of {experiment.spec.budget.max_trials} done "
+        f"({counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed, {counts.running} running)",
+        "best": None if best is None else f"{experiment.spec.objectives[0].metric}={best.values[0]:.4g} (trial {best.number})",
+        "champion": None if champion is None else
+        f"models:/{experiment.model_name}@{experiment.spec.registry.alias} version {champion['version']}",
+        "segment": study.user_attrs.get("segment", 0),
+        "stop_reason": study.user_attrs.get("stop_reason") or "running or not started",
+        "submitted_runs": study.user_attrs.get("submitted_segments", {}),
+    }
+
+
+def print_status(status: dict, *, console: Console | None = None) -> None:
+    table = Table(title=f"kubetune experiment {status['experiment']}", show_header=False)
+    for key in ("trials", "best", "champion", "segment", "stop_reason", "submitted_runs"):
+        value = status[key]
+        table.add_row(key.replace("_", " "), "-" if value in (None, {}) else str(value))
+    (console or Console()).print(table)
