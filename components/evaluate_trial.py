@@ -1,6 +1,6 @@
 """Component: held-out metrics, the MLflow child run, and the study's tell, done once."""
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def evaluate_trial(
@@ -8,6 +8,7 @@ def evaluate_trial(
     trial_number: int,
     train_result: str,
     model: Input[Model],
+    predictions: Input[Artifact],
     dataset: Input[Dataset],
     metrics: Output[Metrics],
 ) -> str:
@@ -22,6 +23,7 @@ def evaluate_trial(
         number=int(trial_number),
         result=json.loads(train_result),
         model_path=model.path,
+        predictions_path=predictions.path,
         split_path=dataset.path,
     )
     for name, value in outcome["metrics"].items():

@@ -19,26 +19,25 @@ __all__ = ["evaluate_trial"]
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
 
-def _held_out_metrics(model_path: str, split_path: str, result: dict) -> dict[str, float]:
+def _held_out_metrics(predictions_path: str, split_path: str, result: dict) -> dict[str, float]:
+    """Score the trainer's class scores on the held-out splits against the labels it never trained on."""
+    import numpy as np
+
     from kubetune.data import read_split
-    from kubetune.nas import count_parameters
-    from kubetune.train import evaluate_model, load_model
+    from kubetune.metrics import classification_metrics
 
     split = read_split(split_path)
-    model, _ = load_model(model_path)
-    validation = evaluate_model(model, split.x_val, split.y_val)
-    test = evaluate_model(model, split.x_test, split.y_test) if len(split.y_test) else {}
-    metrics = {
-        "val_accuracy": validation["accuracy"],
-        "val_loss": validation["loss"],
-        "params": float(count_parameters(model)),
-        "train_seconds": float(result["train_seconds"]),
-    }
-    metrics.update({f"test_{key}": value for key, value in test.items()})
+    metrics = {"params": float(result["params"]), "train_seconds": float(result["train_seconds"])}
+    with np.load(predictions_path) as scores:
+        for name, labels in (("val", split.y_val), ("test", split.y_test)):
+            if name in scores:
+                metrics.update({f"{name}_{k}": v for k, v in classification_metrics(scores[name], labels).items()})
     return metrics
 
 
-def evaluate_trial(experiment: Experiment, *, number: int, result: dict, model_path: str, split_path: str) -> dict:
+def evaluate_trial(
+    experiment: Experiment, *, number: int, result: dict, model_path: str, predictions_path: str, split_path: str
+) -> dict:
     """Returns ``{"number", "state", "values", "metrics", "mlflow_run_id"}`` for the trial."""
     study = load_study(experiment)
     frozen = get_trial(study, number)
@@ -49,7 +48,7 @@ def evaluate_trial(experiment: Experiment, *, number: int, result: dict, model_p
     metrics: dict[str, float] = {}
     values = None
     if state == TrialState.COMPLETE:
-        metrics = _held_out_metrics(model_path, split_path, result)
+        metrics = _held_out_metrics(predictions_path, split_path, result)
         values = [metrics[o.metric] for o in experiment.spec.objectives]
         if not all(math.isfinite(v) for v in values):
             state, result = TrialState.FAIL, {**result, "reason": f"objective is not finite: {values}"}

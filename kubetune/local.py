@@ -105,7 +105,7 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     os.environ.update(settings.embedded_environment())
     os.environ.setdefault("KUBETUNE_TRAIN_THREADS", _train_threads(experiment))
     home = settings.home()
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"))
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True)
     start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
     study = load_study(experiment)
     segment = study.user_attrs.get("segment", 0)

@@ -40,11 +40,14 @@ def train_threads(experiment: Experiment) -> int:
     return max(1, math.floor(cores))
 
 
-def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str) -> dict:
+def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str) -> dict:
     """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
 
-    Returns ``{"status", "reason", "epochs_run", "train_seconds", "history"}``.
+    Saves the model and its class scores on the held-out validation and test sets (for the evaluate
+    step). Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
     """
+    import numpy as np
+
     import torch
 
     from kubetune import nas, train
@@ -55,7 +58,7 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
     frozen = get_trial(study, number)
     if frozen.state.is_finished():
         return {"status": "skipped", "reason": f"trial already {frozen.state.name}", "epochs_run": 0,
-                "train_seconds": 0.0, "history": []}
+                "train_seconds": 0.0, "params": 0, "history": []}
     split = read_split(split_path)
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
     seed = (experiment.spec.strategy.sampler.seed or 0) + number
@@ -80,10 +83,14 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
             on_epoch=on_epoch,
         )
     train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
+    held_out = {name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test)) if len(x)}
+    with open(predictions_path, "wb") as file:
+        np.savez(file, **held_out)
     return {
         "status": result.status,
         "reason": result.reason,
         "epochs_run": result.epochs_run,
         "train_seconds": result.train_seconds,
+        "params": nas.count_parameters(model),
         "history": result.history,
     }

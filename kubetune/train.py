@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ from kubetune.data import SplitData
 from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
 from kubetune.nas import build_model
 
-__all__ = ["TrainResult", "HYPERPARAMETERS", "OPTIMIZERS", "train_model", "evaluate_model", "pick_device",
+__all__ = ["TrainResult", "HYPERPARAMETERS", "OPTIMIZERS", "train_model", "evaluate_model", "predict_logits", "pick_device",
            "save_model", "load_model"]
 
 
@@ -116,6 +117,16 @@ def evaluate_model(model: nn.Module, x, y, *, batch_size: int = 512, device: str
     model.to(device)
     return _evaluate(model, _features(x, device), _labels(y, device), batch_size=batch_size,
                      amp=device.startswith("cuda"))
+
+
+def predict_logits(model: nn.Module, x, *, batch_size: int = 512, device: str | None = None) -> np.ndarray:
+    """Class scores of ``model`` on ``x`` in eval mode, as float32 NumPy: what the evaluate step scores."""
+    device = pick_device(device)
+    model.to(device).eval()
+    features = _features(x, device)
+    with torch.inference_mode():
+        batches = [model(features[start:start + batch_size]).float() for start in range(0, len(features), batch_size)]
+    return torch.cat(batches).cpu().numpy() if batches else np.zeros((0, 0), dtype=np.float32)
 
 
 def pick_device(requested: str | None = None) -> str:

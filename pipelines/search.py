@@ -93,8 +93,8 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
     train = build("train-trial", image=_trainer_image(experiment, cluster) if cluster else image)
     lanes = experiment.spec.budget.parallel_trials
 
-    def settle(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        task.set_caching_options(False)
+    def settle(task: dsl.PipelineTask, *, cache: bool = False) -> dsl.PipelineTask:
+        task.set_caching_options(cache)
         return _cluster_step(task, cluster) if cluster else task
 
     @dsl.pipeline(
@@ -111,7 +111,8 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
             segment: Index of this segment, 0 for the first run. The next-segment step submits the run for segment + 1.
             cluster_settings: Images, Secret and ConfigMap names the next segment's run is compiled with (JSON, names only, no credentials); empty under kfp.local, where the local runner starts the next segment.
         """
-        data = settle(steps["retrieve-data"](experiment_spec=experiment_spec))
+        # The only cached step: the same spec yields the same split, so later segments reuse it.
+        data = settle(steps["retrieve-data"](experiment_spec=experiment_spec), cache=True)
         plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
         with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
             suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
@@ -125,6 +126,7 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
                 trial_number=suggested.output,
                 train_result=trained.outputs["Output"],
                 model=trained.outputs["model"],
+                predictions=trained.outputs["predictions"],
                 dataset=data.outputs["dataset"],
             ))
         registered = settle(steps["register-best"](experiment_spec=experiment_spec, outcomes=dsl.Collected(evaluated.outputs["Output"])))

@@ -2,7 +2,6 @@
 
 import math
 
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
@@ -46,7 +45,8 @@ def home(tmp_path, monkeypatch):
 
 def _lane(experiment, home, slot=0):
     number = suggest_trial(experiment, segment=0, slot=slot)
-    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / f"m{number}.pt"))
+    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / f"m{number}.pt"),
+                         predictions_path=str(home / f"p{number}.npz"))
     return number, result
 
 
@@ -61,16 +61,17 @@ def test_a_lane_trains_evaluates_and_tells_once(home):
     assert start_segment(experiment, segment=0) == [0, 1, 2]
     number, result = _lane(experiment, home)
     assert result["status"] == "complete" and len(result["history"]) == 2
-    first = evaluate_trial(experiment, number=number, result=result, model_path=str(home / "m0.pt"),
-                           split_path=str(home / "split.npz"))
-    again = evaluate_trial(experiment, number=number, result=result, model_path=str(home / "m0.pt"),
-                           split_path=str(home / "split.npz"))
+    paths = {"model_path": str(home / "m0.pt"), "predictions_path": str(home / "p0.npz"), "split_path": str(home / "split.npz")}
+    first = evaluate_trial(experiment, number=number, result=result, **paths)
+    again = evaluate_trial(experiment, number=number, result=result, **paths)
     trial = get_trial(load_study(experiment), number)
     assert trial.state == TrialState.COMPLETE
     assert trial.value == pytest.approx(first["metrics"]["val_accuracy"]) and trial.value > 0.5
     assert again["mlflow_run_id"] == first["mlflow_run_id"]
     assert len(_child_runs(home, experiment, number)) == 1
     assert set(trial.intermediate_values) == {1, 2}
+    assert first["metrics"]["val_accuracy"] == pytest.approx(result["history"][-1]["val_accuracy"])
+    assert 0.0 < first["metrics"]["test_accuracy"] <= 1.0 and first["metrics"]["params"] > 0
 
 
 def test_conditional_parameter_is_recorded_only_when_enabled(home):
@@ -92,7 +93,7 @@ def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
     number, result = _lane(experiment, home)
     assert result["status"] == "pruned" and result["epochs_run"] == 1
     evaluate_trial(experiment, number=number, result=result, model_path=str(home / f"m{number}.pt"),
-                   split_path=str(home / "split.npz"))
+                   predictions_path=str(home / f"p{number}.npz"), split_path=str(home / "split.npz"))
     assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
     (run,) = _child_runs(home, experiment, number)
     assert run.data.tags["kubetune.state"] == "PRUNED"
@@ -104,7 +105,7 @@ def test_a_failed_training_fails_the_trial_and_the_search_goes_on(home):
     number = suggest_trial(experiment, segment=0, slot=0)
     failed = {"status": "failed", "reason": "loss became nan at epoch 1", "epochs_run": 0, "train_seconds": 0.1, "history": []}
     outcome = evaluate_trial(experiment, number=number, result=failed, model_path=str(home / "none.pt"),
-                             split_path=str(home / "split.npz"))
+                             predictions_path=str(home / "none.npz"), split_path=str(home / "split.npz"))
     trial = get_trial(load_study(experiment), number)
     assert outcome["state"] == "FAIL" and trial.state == TrialState.FAIL
     assert trial.user_attrs["reason"] == "loss became nan at epoch 1"
@@ -118,7 +119,7 @@ def test_training_a_finished_trial_is_skipped(home):
     start_segment(experiment, segment=0)
     number = suggest_trial(experiment, segment=0, slot=0)
     load_study(experiment).tell(number, 0.5)
-    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / "x.pt"))
+    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / "x.pt"),
+                         predictions_path=str(home / "x.npz"))
     assert result["status"] == "skipped"
     assert math.isclose(get_trial(load_study(experiment), number).value, 0.5)
-    assert isinstance(optuna.__version__, str)
