@@ -28,13 +28,14 @@ from kubetune.spec import parse_experiment  # noqa: E402
 def _spec(example: str, trials: int) -> dict:
     data = yaml.safe_load(Path(example).read_text())
     data["metadata"]["name"] = f"bench-{data['metadata']['name']}"
-    data["spec"]["budget"].update(maxTrials=trials, trialsPerSegment=trials)
+    budget = data["spec"]["budget"]
+    budget.update(maxTrials=trials, trialsPerSegment=min(trials, budget.get("trialsPerSegment", trials)))
     data["spec"]["budget"].pop("maxDuration", None)
     return data
 
 
-def run_kubetune(data: dict) -> tuple[float, float, int]:
-    """Wall seconds, seconds inside training, trials finished."""
+def run_kubetune(data: dict) -> tuple[float, float, int, float]:
+    """Wall seconds, seconds inside training, trials finished, best value."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "experiment.yaml"
         path.write_text(yaml.safe_dump(data))
@@ -46,7 +47,7 @@ def run_kubetune(data: dict) -> tuple[float, float, int]:
         wall = time.monotonic() - started
         study = optuna.load_study(study_name=data["metadata"]["name"], storage=f"sqlite:///{env['KUBETUNE_HOME']}/optuna.db")
         trained = sum(t.user_attrs.get("train_seconds", 0.0) for t in study.trials)
-        return wall, trained, len(study.trials)
+        return wall, trained, len(study.trials), study.best_value
 
 
 def main() -> None:
@@ -58,17 +59,17 @@ def main() -> None:
     experiment = parse_experiment(data)
     lanes = min(experiment.spec.budget.parallel_trials, 2)
 
-    k_wall, k_train, k_trials = run_kubetune(data)
+    k_wall, k_train, k_trials, k_best = run_kubetune(data)
     plain = run_inprocess(experiment)
     k_rate, p_rate = 60 * k_trials / k_wall, 60 * plain.trials / plain.wall_seconds
     print(f"example {args.example}: {args.trials} trials, {lanes} lanes, {os.cpu_count()} CPUs")
-    print(f"{'':22}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}")
-    for name, wall, trained, trials, rate in (
-        ("kubetune run", k_wall, k_train, k_trials, k_rate),
-        ("plain optuna n_jobs", plain.wall_seconds, plain.train_seconds, plain.trials, p_rate),
+    print(f"{'':22}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}{'best':>8}")
+    for name, wall, trained, trials, rate, best in (
+        ("kubetune run", k_wall, k_train, k_trials, k_rate, k_best),
+        ("plain optuna n_jobs", plain.wall_seconds, plain.train_seconds, plain.trials, p_rate, plain.best),
     ):
         overhead = (wall * lanes - trained) / trials
-        print(f"{name:22}{wall:9.1f}{trained:9.1f}{rate:12.2f}{overhead:18.2f}")
+        print(f"{name:22}{wall:9.1f}{trained:9.1f}{rate:12.2f}{overhead:18.2f}{best:8.4f}")
     print(f"throughput ratio kubetune/plain = {k_rate / p_rate:.2f}")
 
 

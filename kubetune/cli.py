@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -82,19 +81,37 @@ def cluster_options(command):
                      help="Kubernetes Secret holding KUBETUNE_STORAGE and the S3 keys, injected as environment variables."),
         click.option("--config-map", envvar="KUBETUNE_CONFIG_MAP", default="kubetune-config", show_default=True,
                      help="ConfigMap holding MLFLOW_TRACKING_URI, the S3 endpoint and the KFP host."),
-        click.option("--image-pull-secret", "image_pull_secrets", multiple=True,
-                     help="Image pull Secret for every step (repeatable)."),
+        click.option("--image-pull-secret", "image_pull_secrets", multiple=True, envvar="KUBETUNE_IMAGE_PULL_SECRETS",
+                     help="Image pull Secret for every step (repeatable). Env: KUBETUNE_IMAGE_PULL_SECRETS (space-separated)."),
+        click.option("--gpu-node-selector", envvar="KUBETUNE_GPU_NODE_SELECTOR", default="{}", callback=_json_option,
+                     help="JSON node selector added to GPU trial pods (the spec's own wins). Env: KUBETUNE_GPU_NODE_SELECTOR."),
+        click.option("--gpu-tolerations", envvar="KUBETUNE_GPU_TOLERATIONS", default="[]", callback=_json_option,
+                     help="JSON list of tolerations added to GPU trial pods. Env: KUBETUNE_GPU_TOLERATIONS."),
+        click.option("--service-account", envvar="KUBETUNE_SERVICE_ACCOUNT",
+                     help="ServiceAccount the runs use. Env: KUBETUNE_SERVICE_ACCOUNT."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _cluster(image, trainer_image, secret, config_map, image_pull_secrets):
+def _json_option(ctx: click.Context, param: click.Parameter, value: str):
+    try:
+        return json.loads(value) if value else None
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"must be JSON, e.g. '{param.default}', but got {value!r} ({error.msg})") from None
+
+
+def _cluster(image, trainer_image, secret, config_map, image_pull_secrets, gpu_node_selector, gpu_tolerations,
+             service_account):
     from kubetune.pipelines import ClusterSettings
 
     overrides = {k: v for k, v in {"image": image, "trainer_image": trainer_image}.items() if v}
-    return ClusterSettings(secret=secret, config_map=config_map, image_pull_secrets=tuple(image_pull_secrets), **overrides)
+    return ClusterSettings(
+        secret=secret, config_map=config_map, image_pull_secrets=tuple(image_pull_secrets),
+        gpu_node_selector=gpu_node_selector or {}, gpu_tolerations=tuple(gpu_tolerations or ()),
+        service_account=service_account, **overrides,
+    )
 
 
 host_option = click.option("--host", envvar="KUBETUNE_KFP_HOST",

@@ -47,6 +47,7 @@ def submit_segment(experiment: Experiment, *, segment: int, cluster, host: str |
             experiment_name=experiment.name,
             run_name=run_name(experiment, segment),
             arguments={"experiment_spec": experiment.to_json(), "segment": segment},
+            service_account=cluster.service_account,
         )
 
 
@@ -60,7 +61,9 @@ def continue_experiment(experiment: Experiment, study, *, segment: int, cluster_
     key = str(segment + 1)
     if key in submitted:
         return submitted[key]
-    cluster = ClusterSettings(**json.loads(cluster_settings))
+    fields = json.loads(cluster_settings)
+    cluster = ClusterSettings(**{**fields, "image_pull_secrets": tuple(fields.get("image_pull_secrets", ())),
+                                 "gpu_tolerations": tuple(fields.get("gpu_tolerations", ()))})
     submission = submit_segment(experiment, segment=segment + 1, cluster=cluster)
     submitted[key] = submission.run_id
     study.set_user_attr("submitted_segments", submitted)

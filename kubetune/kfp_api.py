@@ -60,7 +60,9 @@ class KfpGateway:
         runs = self._call("list runs", self._client.list_runs, experiment_id=experiment_id, filter=_by_name(run_name))
         return runs.runs[0].run_id if runs.runs else None
 
-    def submit(self, package: str, *, experiment_name: str, run_name: str, arguments: dict) -> Submission:
+    def submit(
+        self, package: str, *, experiment_name: str, run_name: str, arguments: dict, service_account: str | None = None
+    ) -> Submission:
         """Start the run unless a run of that name already exists in the KFP experiment."""
         experiment_id = self._call("find the experiment", self._experiment_id, experiment_name)
         existing = self.find_run(experiment_id, run_name)
@@ -68,7 +70,8 @@ class KfpGateway:
             return Submission(existing, run_name, created=False)
         result = self._call(
             "create the run", self._client.create_run_from_pipeline_package,
-            package, arguments=arguments, run_name=run_name, experiment_id=experiment_id, enable_caching=False,
+            package, arguments=arguments, run_name=run_name, experiment_id=experiment_id,
+            service_account=service_account,
         )
         return Submission(result.run_id, run_name, created=True)
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from kubetune import settings
 from kubetune.errors import UserError
-from kubetune.spec import Experiment
+from kubetune.periodic import every
 from kubetune.segments import start_segment
+from kubetune.spec import Experiment
 from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots
 
 __all__ = ["Progress", "StepFailed", "run_experiment"]
@@ -53,22 +53,12 @@ def _train_threads(experiment: Experiment) -> str:
     return str(max(1, (os.cpu_count() or 1) // lanes))
 
 
-@contextlib.contextmanager
 def _poll(study, experiment: Experiment, segment: int, report: Callable[[Progress], None]):
-    stop = threading.Event()
+    def refresh() -> None:
+        with contextlib.suppress(Exception):  # a busy SQLite file: skip this refresh
+            report(_progress(study, experiment, segment))
 
-    def loop() -> None:
-        while not stop.wait(1.0):
-            with contextlib.suppress(Exception):  # a busy SQLite file: skip this refresh
-                report(_progress(study, experiment, segment))
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return every(1.0, refresh, name="progress")
 
 
 def _run_segment(experiment: Experiment, segment: int, log_path: Path, *, verbose: bool) -> None:

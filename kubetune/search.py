@@ -23,6 +23,8 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     """Ask the study for a trial just in time and record what the trainer needs; returns its number."""
     study = load_study(experiment, seed_offset=lane_seed(segment, slot))
     trial = study.ask()
+    # A first heartbeat now: a lane that dies before training starts leaves a trial that goes stale and is retried.
+    study._storage.record_heartbeat(trial._trial_id)
     chosen, architecture = space.sample(trial, experiment.spec)
     trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
     trial.set_user_attr("architecture", architecture)
@@ -47,7 +49,6 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
     step). Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
     """
     import numpy as np
-
     import torch
 
     from kubetune import nas, train

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
 from kubetune.errors import UserError
+from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
 
 __all__ = [
     "API_VERSION",

@@ -11,11 +11,9 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import platform
-import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -23,9 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from kubetune import settings
+from kubetune.errors import UserError
+from kubetune.periodic import every
 from kubetune.space import grid_space
 from kubetune.spec import Experiment
-from kubetune.errors import UserError
 
 __all__ = [
     "StudyError",
@@ -312,29 +311,18 @@ def tell_once(study: optuna.Study, number: int, *, state: TrialState, values: Se
     return True
 
 
-@contextmanager
-def heartbeat(study: optuna.Study, number: int, *, interval: float) -> Iterator[None]:
-    """Record the trial's heartbeat every ``interval`` seconds while the body runs."""
+def heartbeat(study: optuna.Study, number: int, *, interval: float):
+    """A context that records the trial's heartbeat every ``interval`` seconds while the body runs."""
     storage = study._storage
     trial_id = get_trial(study, number)._trial_id
-    stop = threading.Event()
 
     def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except SQLAlchemyError:
-                pass  # the database is briefly away (a restart); the next beat retries
-            if stop.wait(interval):
-                return
+        try:
+            storage.record_heartbeat(trial_id)
+        except SQLAlchemyError:
+            pass  # the database is briefly away (a restart); the next beat retries
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return every(interval, beat, name=f"heartbeat-{number}")
 
 
 def lane_seed(segment: int, slot: int) -> int:

@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kubetune import settings
-from kubetune.spec import Experiment
 from kubetune.errors import UserError
+from kubetune.spec import Experiment
 
 __all__ = ["TrackingError", "client", "ensure_parent_run", "find_trial_run", "log_trial", "flatten_architecture"]
 

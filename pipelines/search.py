@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
+from kubetune.components import build
 
 from kubetune import __version__
 from kubetune.cluster import settings_json
-from kubetune.components import build
 from kubetune.spec import Experiment
 
 __all__ = ["ClusterSettings", "build_pipeline", "compile_pipeline"]
@@ -47,6 +47,9 @@ class ClusterSettings:
     secret: str = "kubetune-credentials"
     config_map: str = "kubetune-config"
     image_pull_secrets: tuple[str, ...] = ()
+    gpu_node_selector: dict = field(default_factory=dict)
+    gpu_tolerations: tuple[dict, ...] = ()
+    service_account: str | None = None
     shm_size: str = "1Gi"
     trial_timeout_seconds: int = 6 * 3600
     infrastructure_retries: int = 2
@@ -67,14 +70,15 @@ def _trial_pod(task: dsl.PipelineTask, experiment: Experiment, settings: Cluster
     trial = experiment.spec.trial
     task.set_cpu_request(trial.resources.cpu).set_cpu_limit(trial.resources.cpu)
     task.set_memory_request(trial.resources.memory).set_memory_limit(trial.resources.memory)
+    node_selector, tolerations = dict(trial.node_selector), [t.model_dump() for t in trial.tolerations]
     if trial.resources.gpu:
         task.set_accelerator_type(trial.resources.gpu_type).set_accelerator_limit(trial.resources.gpu)
-    for key, value in trial.node_selector.items():
+        node_selector = {**settings.gpu_node_selector, **node_selector}  # the spec wins over cluster defaults
+        tolerations = [*settings.gpu_tolerations, *(t for t in tolerations if t not in settings.gpu_tolerations)]
+    for key, value in node_selector.items():
         kubernetes.add_node_selector(task, key, value)
-    for toleration in trial.tolerations:
-        kubernetes.add_toleration(
-            task, key=toleration.key, operator=toleration.operator, value=toleration.value, effect=toleration.effect
-        )
+    for toleration in tolerations:
+        kubernetes.add_toleration(task, **{k: toleration.get(k) for k in ("key", "operator", "value", "effect")})
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)
     kubernetes.set_timeout(task, settings.trial_timeout_seconds)
     task.set_retry(num_retries=settings.infrastructure_retries, backoff_duration="30s", backoff_factor=2.0)

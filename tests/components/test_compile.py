@@ -116,3 +116,46 @@ def test_cpu_only_experiment_trains_on_the_runtime_image(tmp_path):
     train = _executor(pipeline, "train-trial")
     assert train["image"] == IMAGE
     assert "accelerator" not in train.get("resources", {})
+
+
+def test_cluster_gpu_defaults_join_the_spec_placement_and_the_spec_wins(tmp_path, gpu_experiment):
+    cluster = ClusterSettings(
+        image=IMAGE,
+        gpu_node_selector={"cloud.google.com/gke-accelerator": "nvidia-a100", "pool": "gpu"},
+        gpu_tolerations=({"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},),
+    )
+    _, platform = _documents(compile_pipeline(gpu_experiment, tmp_path / "p.yaml", cluster))
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-trial"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "pool": "gpu"}
+    assert [t["key"] for t in train["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+
+
+def test_cli_reads_cluster_settings_from_the_environment(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from kubetune.cli import cli
+
+    monkeypatch.setenv("KUBETUNE_IMAGE", "env/runtime:1")
+    monkeypatch.setenv("KUBETUNE_GPU_NODE_SELECTOR", '{"pool": "gpu"}')
+    monkeypatch.setenv("KUBETUNE_IMAGE_PULL_SECRETS", "regcred other")
+    data = yaml.safe_load(open("examples/digits.yaml"))
+    data["spec"]["trial"]["resources"]["gpu"] = 1
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = CliRunner().invoke(cli, ["compile", str(spec), "-o", str(tmp_path / "out.yaml")])
+    assert result.exit_code == 0, result.output
+    pipeline, platform = _documents(tmp_path / "out.yaml")
+    assert _executor(pipeline, "suggest-trial")["image"] == "env/runtime:1"
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-trial"]
+    assert train["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert [s["secretName"] for s in train["imagePullSecret"]] == ["regcred", "other"]
+
+
+def test_cli_rejects_a_malformed_json_setting(monkeypatch):
+    from click.testing import CliRunner
+
+    from kubetune.cli import cli
+
+    monkeypatch.setenv("KUBETUNE_GPU_TOLERATIONS", "[not json")
+    result = CliRunner().invoke(cli, ["compile", "examples/digits.yaml", "-o", "/dev/null"])
+    assert result.exit_code == 2 and "must be JSON" in result.output
