@@ -179,6 +179,9 @@ def status(name: str, home: str | None) -> None:
 @click.option("--verbose", is_flag=True, help="Show every step's log instead of the progress bar.")
 def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     """Run the search on this machine (kfp.local); re-running resumes it."""
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # schema set-up chatter would tear the progress bar
     _set_home(home)
     experiment = _load(experiment_file)
     from kubetune.console import run_with_progress

@@ -91,7 +91,6 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     """Run segments until the budget or a stop rule ends the experiment; returns the stop reason."""
     import kfp.local
 
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # schema set-up chatter would tear the progress bar
     os.environ.update(settings.embedded_environment())
     os.environ.setdefault("KUBETUNE_TRAIN_THREADS", _train_threads(experiment))
     home = settings.home()

@@ -75,8 +75,14 @@ def test_default_stack(default_objects: list[dict[str, Any]]) -> None:
         "KUBETUNE_S3_BUCKET": "kubetune",
         "AWS_DEFAULT_REGION": "us-east-1",
         "KUBETUNE_KFP_HOST": "http://ml-pipeline.kubeflow.svc:8888",
-        "KUBETUNE_TRIAL_DEFAULTS": "kubetune-trial-defaults",
+        "KUBETUNE_IMAGE": "ghcr.io/kubetune/runtime:0.1.0",
+        "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer-cuda:0.1.0",
+        "KUBETUNE_CONFIG_MAP": "kubetune-config",
         "KUBETUNE_CREDENTIALS_SECRET": "kubetune-credentials",
+        "KUBETUNE_SERVICE_ACCOUNT": "kubetune",
+        "KUBETUNE_IMAGE_PULL_SECRETS": "",
+        "KUBETUNE_GPU_NODE_SELECTOR": "{}",
+        "KUBETUNE_GPU_TOLERATIONS": "[]",
     }
     secret = ds.decoded_secret_values(objs)
     assert set(secret) == {
@@ -99,8 +105,13 @@ def test_default_stack(default_objects: list[dict[str, Any]]) -> None:
 
 
 def test_fullname_follows_the_release_name() -> None:
-    names = {o["metadata"]["name"] for o in ds.render_objects({}, name="search")}
-    assert {"search-kubetune-mlflow", "search-kubetune-config", "search-kubetune-credentials", "search-kubetune-trial-defaults"} <= names
+    objs = ds.render_objects({}, name="search")
+    names = {o["metadata"]["name"] for o in objs}
+    assert {"search-kubetune-mlflow", "search-kubetune-config", "search-kubetune-credentials", "search-kubetune"} <= names
+    config = ds.one(objs, "ConfigMap", "search-kubetune-config")["data"]
+    assert config["KUBETUNE_CONFIG_MAP"] == "search-kubetune-config"
+    assert config["KUBETUNE_CREDENTIALS_SECRET"] == "search-kubetune-credentials"
+    assert config["KUBETUNE_SERVICE_ACCOUNT"] == "search-kubetune"
     long_release = "a-very-long-release-name-for-kubetune-deployments"
     for obj in ds.render_objects({}, name=long_release):
         assert len(obj["metadata"]["name"]) <= 63
@@ -137,7 +148,7 @@ def test_images_are_pinned(scenario_objects: dict[str, list[dict[str, Any]]]) ->
     assert ds.one(objs, "StatefulSet", "kubetune-postgresql")["spec"]["template"]["spec"]["containers"][0]["image"] == (
         f"docker.io/library/postgres@{digest}"
     )
-    assert ds.one(objs, "ConfigMap", "kubetune-trial-defaults")["data"]["image"] == f"ghcr.io/kubetune/runtime@{digest}"
+    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_IMAGE"] == f"ghcr.io/kubetune/runtime@{digest}"
 
 
 # ------------------------------------------------------------------------------- Kubernetes validation
@@ -225,17 +236,14 @@ def test_network_policies_admit_only_the_access_label(scenario: str, scenario_ob
     assert "kubetune-postgresql" not in labelled and "kubetune-minio" not in labelled
     if scenario == "dashboard-values":
         assert "kubetune-dashboard" in labelled
+    experiment_jobs = {j["metadata"]["name"] for j in ds.find(objs, "Job") if j["metadata"]["name"].startswith("kubetune-exp-")}
+    assert not experiment_jobs & labelled, "the experiment Jobs only talk to KFP"
     if scenario == "experiments-values":
-        assert {j["metadata"]["name"] for j in ds.find(objs, "Job") if j["metadata"]["name"].startswith("kubetune-exp-")} <= labelled
+        assert experiment_jobs
 
 
 def test_network_policies_can_be_disabled() -> None:
     assert not ds.find(ds.render_objects({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
-
-
-def test_trial_defaults_document_the_access_label(default_objects: list[dict[str, Any]]) -> None:
-    data = ds.one(default_objects, "ConfigMap", "kubetune-trial-defaults")["data"]
-    assert json.loads(data["podLabels"]) == ds.ACCESS_LABEL
 
 
 # ----------------------------------------------------------------------------------------------- RBAC
@@ -335,8 +343,6 @@ def test_external_database(scenario_objects: dict[str, list[dict[str, Any]]]) ->
     )
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-database", "key": "password"}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-minio", "key": "root-user"}
-    defaults = ds.one(objs, "ConfigMap", "kubetune-trial-defaults")["data"]
-    assert defaults["secret"] == "kubetune-pipeline-credentials"
     assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_CREDENTIALS_SECRET"] == "kubetune-pipeline-credentials"
 
 
@@ -358,18 +364,94 @@ def test_existing_secrets(scenario_objects: dict[str, list[dict[str, Any]]]) -> 
     assert ("kubetune-credentials", "AWS_SECRET_ACCESS_KEY") in refs
 
 
-def test_gpu_trial_defaults(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_gpu_cluster_settings(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
     values = ds.ci_values("gpu-values")
-    data = ds.one(scenario_objects["gpu-values"], "ConfigMap", "kubetune-trial-defaults")["data"]
-    assert json.loads(data["nodeSelector"]) == values["trial"]["gpuNodeSelector"]
-    assert json.loads(data["tolerations"]) == values["trial"]["gpuTolerations"]
-    assert json.loads(data["imagePullSecrets"]) == ["registry-example-com"]
-    assert data["trainerImage"] == "registry.example.com/ml/kubetune-trainer-cuda:0.1.0"
-    assert data["serviceAccountName"] == "kubetune"
-    empty = ds.one(scenario_objects["default-values"], "ConfigMap", "kubetune-trial-defaults")["data"]
-    assert (json.loads(empty["nodeSelector"]), json.loads(empty["tolerations"])) == ({}, [])
+    data = ds.one(scenario_objects["gpu-values"], "ConfigMap", "kubetune-config")["data"]
+    assert json.loads(data["KUBETUNE_GPU_NODE_SELECTOR"]) == values["trial"]["gpuNodeSelector"]
+    assert json.loads(data["KUBETUNE_GPU_TOLERATIONS"]) == values["trial"]["gpuTolerations"]
+    assert data["KUBETUNE_IMAGE_PULL_SECRETS"].split() == ["registry-example-com"]
+    trainer = values["trainerImage"]
+    assert data["KUBETUNE_TRAINER_IMAGE"] == f"{trainer['repository']}:{trainer['tag']}" == (
+        "registry.example.com/ml/kubetune-trainer-cuda:0.1.0"
+    )
+    assert data["KUBETUNE_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0"
+    assert data["KUBETUNE_SERVICE_ACCOUNT"] == "kubetune"
+    assert data["KUBETUNE_CONFIG_MAP"] == "kubetune-config"
+    assert data["KUBETUNE_CREDENTIALS_SECRET"] == "kubetune-credentials"
+    empty = ds.one(scenario_objects["default-values"], "ConfigMap", "kubetune-config")["data"]
+    assert (json.loads(empty["KUBETUNE_GPU_NODE_SELECTOR"]), json.loads(empty["KUBETUNE_GPU_TOLERATIONS"])) == ({}, [])
+    assert empty["KUBETUNE_IMAGE_PULL_SECRETS"] == ""
     pull = ds.one(scenario_objects["gpu-values"], "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["imagePullSecrets"]
     assert pull == [{"name": "registry-example-com"}]
+
+
+def test_image_pull_secrets_for_pipeline_pods() -> None:
+    # trial.imagePullSecrets first, then the chart-wide ones (the steps run the runtime image too), no duplicates.
+    objs = ds.render_objects({"imagePullSecrets": ["chart-registry", "shared"], "trial": {"imagePullSecrets": ["gpu-registry", "shared"]}})
+    data = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
+    assert data["KUBETUNE_IMAGE_PULL_SECRETS"] == "gpu-registry shared chart-registry"
+    only_chart = ds.one(ds.render_objects({"imagePullSecrets": ["chart-registry"]}), "ConfigMap", "kubetune-config")["data"]
+    assert only_chart["KUBETUNE_IMAGE_PULL_SECRETS"] == "chart-registry"
+
+
+def test_no_trial_defaults_configmap(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    # The CLI reads env only: the former `<fullname>-trial-defaults` ConfigMap and its env var are gone.
+    for name, objs in scenario_objects.items():
+        assert not [o for o in ds.find(objs, "ConfigMap") if o["metadata"]["name"].endswith("-trial-defaults")], name
+        assert "TRIAL_DEFAULTS" not in json.dumps(objs), name
+    rendered = ds.render({"dashboard": {"enabled": True}, "kfp": {"multiUser": True}})
+    assert not any("trial-defaults" in text or "TRIAL_DEFAULTS" in text for text in rendered.values())
+    for path in [*ds.CHART.rglob("*"), *ds.MANIFESTS.rglob("*")]:
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".tpl", ".txt", ".md", ".json", ".py"):
+            text = path.read_text()
+            assert "TRIAL_DEFAULTS" not in text and "trial-defaults" not in text and "trialDefaults" not in text, path
+
+
+@pytest.mark.parametrize("scenario", ["default-values", "gpu-values", "experiments-values", "dashboard-values"])
+def test_cli_jobs_load_the_settings_as_env(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    """register-pipeline and submit run the CLI, which reads its cluster settings from env (no ConfigMap reads)."""
+    objs = scenario_objects[scenario]
+    jobs = [j for j in ds.find(objs, "Job") if j["metadata"]["name"] == "kubetune-register-pipeline" or j["metadata"]["name"].startswith("kubetune-exp-")]
+    assert jobs
+    multi_user = bool(ds.ci_values(scenario).get("kfp", {}).get("multiUser"))
+    for job in jobs:
+        spec = job["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["command"][0] == "kubetune"
+        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], "the settings, and no credentials"
+        env = ds.env_of(container)
+        assert not any("valueFrom" in entry for entry in env.values()), "no Secret values"
+        assert "KUBETUNE_TRIAL_DEFAULTS" not in env
+        assert ("KF_PIPELINES_SA_TOKEN_PATH" in env) is multi_user
+        assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("scenario", ["default-values", "gpu-values"])
+@pytest.mark.parametrize("command", ["submit", "register-pipeline"])
+def test_cli_reads_the_configmap_as_env(
+    command: str, scenario: str, scenario_objects: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cluster setting of the CLI has its key in the ConfigMap, and the CLI parses the rendered values."""
+    from kubetune.cli import cli
+
+    data = ds.one(scenario_objects[scenario], "ConfigMap", "kubetune-config")["data"]
+    cmd = cli.commands[command]
+    envvars = {p.envvar for p in cmd.params if isinstance(p.envvar, str) and p.envvar.startswith("KUBETUNE_")}
+    assert envvars - {"KUBETUNE_HOME"} <= set(data), envvars - set(data)
+    for name in envvars:
+        monkeypatch.delenv(name, raising=False)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    args = ["spec.yaml"] if command == "submit" else ["--version", "0.1.0-0.1.0"]
+    with cmd.make_context(command, args) as ctx:
+        params = ctx.params
+    values = ds.ci_values(scenario)
+    assert params["host"] == data["KUBETUNE_KFP_HOST"]
+    assert params["image"] == data["KUBETUNE_IMAGE"] and params["trainer_image"] == data["KUBETUNE_TRAINER_IMAGE"]
+    assert (params["secret"], params["config_map"], params["service_account"]) == ("kubetune-credentials", "kubetune-config", "kubetune")
+    assert (params["gpu_node_selector"] or {}) == values.get("trial", {}).get("gpuNodeSelector", {})
+    assert list(params["gpu_tolerations"] or []) == values.get("trial", {}).get("gpuTolerations", [])
+    assert list(params["image_pull_secrets"]) == values.get("trial", {}).get("imagePullSecrets", [])
 
 
 def test_dashboard(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:

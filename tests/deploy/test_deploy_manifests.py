@@ -141,6 +141,25 @@ def test_production_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
     assert _env(objs, "Job", "kubetune-minio-make-bucket", "make-bucket")["BUCKET"]["value"] == "kubetune-production"
 
 
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/production"])
+def test_overlay_image_reaches_the_cli_settings(overlay: str, manifests_copy: Path, tmp_path: Path) -> None:
+    # KUBETUNE_IMAGE (the image of the pipeline steps) follows the overlay's `images:` override.
+    import shutil
+
+    objs = ds.kustomize_build(manifests_copy / overlay)
+    job_image = ds.one(objs, "Job", "kubetune-register-pipeline")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_IMAGE"] == job_image
+    copy = tmp_path / "manifests"
+    shutil.copytree(manifests_copy, copy)
+    kustomization = copy / overlay / "kustomization.yaml"
+    data = yaml.safe_load(kustomization.read_text())
+    (runtime,) = [i for i in data["images"] if i["name"] == "ghcr.io/kubetune/runtime"]
+    runtime["newTag"] = "9.9.9"
+    kustomization.write_text(yaml.safe_dump(data, sort_keys=False))
+    objs = ds.kustomize_build(copy / overlay)
+    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_IMAGE"] == "ghcr.io/kubetune/runtime:9.9.9"
+
+
 def test_dev_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
     objs = built["overlays/dev"]
     assert ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["replicas"] == 1
@@ -159,8 +178,13 @@ def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
     chart_config = ds.one(ds.render_objects({}), "ConfigMap", "kubetune-config")["data"]
     base_config = ds.one(built["base"], "ConfigMap", "kubetune-config")["data"]
     assert set(chart_config) == set(base_config)
-    chart_defaults = ds.one(ds.render_objects({}), "ConfigMap", "kubetune-trial-defaults")["data"]
-    assert chart_defaults == ds.one(built["base"], "ConfigMap", "kubetune-trial-defaults")["data"]
+    # The CLI's cluster settings are namespace-independent, so they are equal; the endpoints differ only in
+    # short vs. namespaced Service names.
+    cli_settings = {key for key in chart_config if key.startswith("KUBETUNE_") and key not in ("KUBETUNE_S3_ENDPOINT", "KUBETUNE_KFP_HOST")}
+    assert {"KUBETUNE_IMAGE", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_CONFIG_MAP", "KUBETUNE_CREDENTIALS_SECRET", "KUBETUNE_SERVICE_ACCOUNT",
+            "KUBETUNE_IMAGE_PULL_SECRETS", "KUBETUNE_GPU_NODE_SELECTOR", "KUBETUNE_GPU_TOLERATIONS"} <= cli_settings
+    assert {key: base_config[key] for key in cli_settings} == {key: chart_config[key] for key in cli_settings}
+    assert not [o for o in built["base"] if "trial-defaults" in o["metadata"]["name"]]
     for policy in ds.find(built["base"], "NetworkPolicy"):
         for peer in policy["spec"]["ingress"][0]["from"]:
             assert peer == {"podSelector": {"matchLabels": ds.ACCESS_LABEL}}
@@ -180,11 +204,10 @@ def test_experiments_kustomization(built: dict[str, list[dict[str, Any]]]) -> No
     assert job["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Force=true,Replace=true"
     assert job["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"] == "enabled"
     pod = job["spec"]["template"]
-    assert pod["metadata"]["labels"]["kubetune.io/access"] == "true"
+    assert "kubetune.io/access" not in pod["metadata"]["labels"], "submit only talks to KFP"
     (container,) = pod["spec"]["containers"]
     assert 'kubetune submit "$spec" --host "$KUBETUNE_KFP_HOST"' in container["args"][0]
-    assert {"secretRef": {"name": "kubetune-credentials"}} in container["envFrom"]
-    assert {"configMapRef": {"name": "kubetune-config"}} in container["envFrom"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], "settings as env, no credentials"
     (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "experiments"]
     assert volume["configMap"]["name"] == config["metadata"]["name"]
 

@@ -286,8 +286,8 @@ def test_experiment_job_runs_kubetune_submit(scenario_objects: dict[str, list[di
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         assert container["command"] == ["kubetune", "submit", f"/experiments/{name}.yaml", "--host", "$(KUBETUNE_KFP_HOST)"]
-        assert {"configMapRef": {"name": "kubetune-config"}} in container["envFrom"]
-        assert {"secretRef": {"name": "kubetune-credentials"}} in container["envFrom"]
+        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], "settings as env, no credentials"
+        assert "kubetune.io/access" not in job["spec"]["template"]["metadata"]["labels"], "submit only talks to KFP"
         assert {"name": "experiment", "mountPath": "/experiments", "readOnly": True} in container["volumeMounts"]
         (volume,) = [v for v in spec["volumes"] if v["name"] == "experiment"]
         assert volume["configMap"]["items"][0]["path"] == f"{name}.yaml"

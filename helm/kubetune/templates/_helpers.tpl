@@ -9,7 +9,7 @@ Helpers for the kubetune chart. Every helper is prefixed with the chart name.
 
 {{/*
 Fully qualified app name, truncated to 40 characters so that every derived name
-("<fullname>-postgresql-hl", "<fullname>-trial-defaults", Job names with a hash) stays a valid DNS label.
+("<fullname>-postgresql-hl", "<fullname>-kfp-pipelines", Job names with a hash) stays a valid DNS label.
 */}}
 {{- define "kubetune.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -103,7 +103,6 @@ A digest wins over the tag.
 {{- define "kubetune.dashboard.fullname" -}}{{ include "kubetune.fullname" . }}-dashboard{{- end }}
 {{- define "kubetune.passwordsSecretName" -}}{{ include "kubetune.fullname" . }}-passwords{{- end }}
 {{- define "kubetune.configMapName" -}}{{ include "kubetune.fullname" . }}-config{{- end }}
-{{- define "kubetune.trialDefaultsName" -}}{{ include "kubetune.fullname" . }}-trial-defaults{{- end }}
 
 {{/* ---------------------------------------------------------------- database */}}
 
@@ -257,8 +256,6 @@ PGPASSWORD, which the pods take from a Secret, so no env literal ever holds it.
 {{- define "kubetune.runtimeEnv" -}}
 - name: HOME
   value: /tmp
-- name: KUBETUNE_TRIAL_DEFAULTS
-  value: {{ include "kubetune.trialDefaultsName" . }}
 {{- if .Values.kfp.multiUser }}
 - name: KF_PIPELINES_SA_TOKEN_PATH
   value: /var/run/secrets/kubeflow/pipelines/token
