@@ -185,8 +185,12 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     _set_home(home)
     experiment = _load(experiment_file)
     from kubetune.console import run_with_progress
+    from kubetune.local import StepFailed
 
-    run_with_progress(experiment, verbose=verbose)
+    try:
+        run_with_progress(experiment, verbose=verbose)
+    except StepFailed as error:  # not the user's input: exit 1, with the step's log to read
+        raise click.ClickException(str(error)) from None
 
 
 @cli.command("dev-stack")

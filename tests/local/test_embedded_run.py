@@ -156,3 +156,19 @@ def test_changed_search_space_is_refused_with_exit_code_2(searched, tmp_path):
     assert result.returncode == 2
     assert "different data, objective or search space" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failing_step_exits_1_and_points_at_its_log(tmp_path):
+    spec = {**TINY, "metadata": {"name": "broken-step"},
+            "spec": {**TINY["spec"], "budget": {"maxTrials": 1, "parallelTrials": 1, "trialsPerSegment": 1}}}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "KUBETUNE_HOME": str(tmp_path / "home"), "KUBETUNE_TRAIN_THREADS": "not-a-number"}
+    for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(path)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 1
+    assert "a pipeline step failed" in result.stderr and "Traceback" not in result.stderr
+    log = re.search(r"see the step's log in (\S+)", result.stderr).group(1)
+    assert "not-a-number" in open(log).read()
