@@ -146,6 +146,21 @@ def test_rerun_resumes_and_counts_earlier_trials(searched):
     assert len(versions) == len(set(versions))
 
 
+def test_status_reports_trials_champion_segment_and_stop_reason(searched):
+    _, home, _ = searched
+    env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
+    for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    shown = subprocess.run([sys.executable, "-m", "kubetune.cli", "status", "tiny-digits"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"trials\s+\S*\s*\d+ of \d+ done", shown.stdout)
+    assert "models:/tiny-digits-model@champion version" in shown.stdout and "maxTrials reached" in shown.stdout
+    unknown = subprocess.run([sys.executable, "-m", "kubetune.cli", "status", "no-such-experiment"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert unknown.returncode == 2 and "no experiment 'no-such-experiment'" in unknown.stderr
+
+
 def test_changed_search_space_is_refused_with_exit_code_2(searched, tmp_path):
     _, home, _ = searched
     changed = yaml.safe_load(yaml.safe_dump(TINY))
