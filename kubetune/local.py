@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,6 +88,18 @@ def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
     return StepFailed(f"a pipeline step failed: {str(error).splitlines()[0][:300]}; see the step's log {where}")
 
 
+def _wait_for_slots(study, experiment: Experiment, segment: int):
+    """Wait while trials of an earlier, killed run still hold the rest of the budget, until they go stale.
+
+    Their heartbeats stop, so after the grace period `start_segment` fails them and queues their retries.
+    """
+    while not plan_slots(study, experiment) and count_trials(study).running:
+        time.sleep(experiment.spec.trial.heartbeat_seconds)
+        start_segment(experiment, segment=segment)
+        study = load_study(experiment)
+    return study
+
+
 def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None], verbose: bool = False) -> str:
     """Run segments until the budget or a stop rule ends the experiment; returns the stop reason."""
     import kfp.local
@@ -106,8 +119,7 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     (home / "logs").mkdir(exist_ok=True)
     while True:
         report(_progress(study, experiment, segment))
-        if not plan_slots(study, experiment):
-            return "the rest of the budget is held by trials still running elsewhere"
+        study = _wait_for_slots(study, experiment, segment)
         with _poll(study, experiment, segment, report):
             _run_segment(experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log", verbose=verbose)
         study = load_study(experiment)
