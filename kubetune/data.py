@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from kubetune.errors import UserError
+
 __all__ = ["DataError", "SplitData", "load_split", "save_split", "read_split"]
 
 OPTIONS = {"source": None, "sha256": None, "labelColumn": "label", "validationFraction": 0.2, "testFraction": 0.2,
@@ -50,7 +52,7 @@ DOWNLOAD_TIMEOUT_S = 60
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset that cannot be retrieved or used; the message says which source, what rule, how to fix."""
 
 
@@ -260,11 +262,46 @@ def _read_file(url) -> bytes:
         raise DataError(f"data.source {url.geturl()}: cannot read {path}: {error.strerror}") from None
 
 
+# S3 error codes, as MinIO, AWS and rclone name them, and what the user should check.
+S3_MISSING_BUCKET = {"NoSuchBucket"}
+S3_MISSING_KEY = {"NoSuchKey", "NoSuchObject"}
+S3_CREDENTIALS = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken",
+                  "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
+
+
+def _s3_error_code(error) -> tuple[str | None, int | None]:
+    """(S3 error code, HTTP status) of a minio error; rclone answers errors as text/xml, which minio
+    does not parse (InvalidResponseError), so the code is read from the body then."""
+    code = getattr(error, "code", None)
+    status = getattr(getattr(error, "response", None), "status", None) or getattr(error, "_code", None)
+    if not code:
+        found = re.search(r"<Code>([^<]+)</Code>", str(getattr(error, "_body", "") or ""))
+        code = found.group(1) if found else None
+    return code, status
+
+
+def _s3_problem(code: str | None, status: int | None, bucket: str, key: str, endpoint: str) -> str:
+    if code in S3_MISSING_BUCKET or (code is None and status == 404 and not key):
+        return f"bucket {bucket!r} does not exist at S3 endpoint {endpoint}; check the bucket name in data.source"
+    if code in S3_MISSING_KEY or (code is None and status == 404):
+        return f"key {key!r} does not exist in bucket {bucket!r} at S3 endpoint {endpoint}; check the key in data.source"
+    if code in S3_CREDENTIALS or status in (401, 403):
+        given = "" if os.environ.get("AWS_ACCESS_KEY_ID") else " (AWS_ACCESS_KEY_ID is not set)"
+        return (
+            f"S3 endpoint {endpoint} refused the credentials{given} ({code or f'HTTP {status}'}); check "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that they may read this bucket"
+        )
+    return f"S3 endpoint {endpoint} answered {code or f'HTTP {status}'}; check the bucket, the key and the credentials"
+
+
 def _read_s3(url) -> bytes:
     from minio import Minio
-    from minio.error import S3Error
+    from minio.error import MinioException
 
     source = f"s3://{url.netloc}{url.path}"
+    bucket, key = url.netloc, url.path.lstrip("/")
+    if not bucket or not key:
+        raise DataError(f"data.source {source} must name a bucket and a key: s3://bucket/path/data.npz")
     endpoint = os.environ.get("KUBETUNE_S3_ENDPOINT") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     if not endpoint:
         raise DataError(
@@ -272,26 +309,30 @@ def _read_s3(url) -> bytes:
             "for example http://minio:9000"
         )
     server = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    client = Minio(
-        server.netloc,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        region=os.environ.get("AWS_REGION", "us-east-1"),
-        secure=server.scheme == "https",
-    )
+    shown = _display(endpoint)
     response = None
     try:
-        response = client.get_object(url.netloc, url.path.lstrip("/"))
+        client = Minio(
+            server.netloc,
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            region=os.environ.get("AWS_REGION", "us-east-1"),
+            secure=server.scheme == "https",
+        )
+        response = client.get_object(bucket, key)
         return response.read()
-    except S3Error as error:
-        raise DataError(
-            f"data.source {source}: S3 endpoint {_display(endpoint)} answered {error.code}; check the bucket, the "
-            "key and the credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-        ) from None
+    except MinioException as error:  # S3Error from MinIO/AWS, InvalidResponseError from rclone and others
+        code, status = _s3_error_code(error)
+        if code is None and status is None:
+            raise DataError(
+                f"data.source {source}: S3 endpoint {shown} failed ({type(error).__name__}); check KUBETUNE_S3_ENDPOINT"
+            ) from None
+        raise DataError(f"data.source {source}: {_s3_problem(code, status, bucket, key, shown)}") from None
     except Exception as error:  # urllib3 raises many connection errors; the message names the endpoint instead
         raise DataError(
-            f"data.source {source}: cannot reach S3 endpoint {_display(endpoint)} ({type(error).__name__}); "
-            "check KUBETUNE_S3_ENDPOINT"
+            f"data.source {source}: cannot reach S3 endpoint {shown} ({type(error).__name__}); "
+            "check KUBETUNE_S3_ENDPOINT and that the server is up"
         ) from None
     finally:
         if response is not None:
@@ -305,7 +346,10 @@ def _read_http(url) -> bytes:
         with urllib.request.urlopen(url.geturl(), timeout=DOWNLOAD_TIMEOUT_S) as response:
             return response.read()
     except urllib.error.HTTPError as error:
-        raise DataError(f"data.source {source}: the server answered HTTP {error.code} {error.reason}") from None
+        hint = {401: "; kubetune sends no credentials to https sources: use a public address or s3://",
+                403: "; kubetune sends no credentials to https sources: use a public address or s3://",
+                404: "; check the address"}.get(error.code, "")
+        raise DataError(f"data.source {source}: the server answered HTTP {error.code} {error.reason}{hint}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DataError(f"data.source {source}: cannot download ({reason}); check the address") from None

@@ -1,7 +1,10 @@
 """Register the best trial's model in the MLflow Model Registry and move the alias only if it wins.
 
 A version is tied to the trial's MLflow run, so registering the same best trial again finds the
-existing version instead of creating a second one.
+existing version instead of creating a second one. Registration is retried as a whole (look up,
+log, register, move the alias) with the bounded backoff of :func:`kubetune.tracking.with_retries`,
+so a registry or artifact store that is briefly down delays it, one that stays down ends it with a
+TrackingError naming the endpoint, and a later run registers the model exactly once.
 """
 
 from __future__ import annotations
@@ -26,20 +29,24 @@ def _beats(value: float, current: float, direction: str) -> bool:
 
 def champion(experiment: Experiment) -> dict | None:
     """The version the alias points at, with its recorded objective value, or None."""
-    client = tracking.client()
+    return _champion(tracking.client(), experiment)
+
+
+def _champion(client, experiment: Experiment) -> dict | None:
     try:
         version = client.get_model_version_by_alias(experiment.model_name, experiment.spec.registry.alias)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise  # the registry did not answer: not the same as "no champion yet"
         return None
     return {"version": int(version.version), "value": float(version.tags.get(TAG_VALUE, "nan")),
             "trial": version.tags.get(tracking.TAG_TRIAL)}
 
 
 def _existing_version(client, name: str, run_id: str):
-    try:
-        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:
-        return None
+    """The version registered from ``run_id``, if any. Errors propagate: reading "none" from a server
+    that failed to answer would register a second version."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return found[0] if found else None
 
 
@@ -51,20 +58,27 @@ def _log_pytorch_model(run_id: str) -> str:
 
     from kubetune.train import load_model
 
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     client = tracking.client()
+    # The run's own artifact repository, not client.download_artifacts: that one turns every failure
+    # (an artifact store that is down included) into "does not exist", which must not be retried.
+    repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
     with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(run_id, tracking.MODEL_FILE, folder)
+        path = repository.download_artifacts(tracking.MODEL_FILE, folder)
         model, info = load_model(path)
     # A batch of two: torch.export (MLflow's pt2 format) keeps a batch dimension of 1 static.
     example = np.zeros((2, *info["input_shape"]), dtype=np.float32)
     model.eval()
-    with mlflow.start_run(run_id=run_id):
-        logged = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-        )
+    # run_id, not `with mlflow.start_run(...)`: a failed upload must not mark the trial's run FAILED
+    # nor leave an active run behind for the next attempt.
+    logged = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        run_id=run_id,
+    )
     return logged.model_uri
 
 
@@ -78,7 +92,8 @@ def register_best(experiment: Experiment) -> dict:
     name, alias = experiment.model_name, experiment.spec.registry.alias
     value, direction = best.values[0], experiment.spec.directions[0]
     client = tracking.client()
-    try:
+
+    def register() -> tuple[int, bool]:
         version = _existing_version(client, name, run_id)
         if version is None:
             version = mlflow.register_model(
@@ -86,13 +101,14 @@ def register_best(experiment: Experiment) -> dict:
                 name,
                 tags={tracking.TAG_STUDY: experiment.name, tracking.TAG_TRIAL: str(best.number), TAG_VALUE: str(value)},
             )
-        current = champion(experiment)
+        current = _champion(client, experiment)
         moved = current is None or (
             current["version"] != int(version.version) and _beats(value, current["value"], direction)
         )
         if moved:
             client.set_registered_model_alias(name, alias, version.version)
-    except MlflowException as error:
-        raise tracking.TrackingError(tracking.describe(error)) from None
-    return {"registered": True, "model": name, "version": int(version.version), "trial": best.number,
+        return int(version.version), moved
+
+    number, moved = tracking.with_retries(register, what=f"registering trial {best.number} as model {name!r}")
+    return {"registered": True, "model": name, "version": number, "trial": best.number,
             "value": value, "alias": alias, "alias_moved": moved}

@@ -7,18 +7,29 @@ and `ensure_study` fails the stale trials, which Optuna's retry callback re-enqu
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
 import hashlib
 import importlib.metadata
+import logging
+import os
 import platform
+import random
+import threading
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import optuna
+from optuna.samplers._tpe import sampler as _tpe
+from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from kubetune import settings
 from kubetune.errors import UserError
@@ -54,28 +65,422 @@ class StudyError(UserError, RuntimeError):
     """A study that cannot be used as asked (unreachable database, changed search space)."""
 
 
-def open_storage(experiment: Experiment, url: str | None = None) -> RDBStorage:
-    """The RDB storage with heartbeats, stale-trial retries and connections that survive a DB restart."""
-    url = url or settings.storage_url()
+# How long a study operation waits out a database that went away (a restart, a failover), and how
+# long the first connection of a process waits for a database that is not up yet.
+RETRY_SECONDS_ENV = "KUBETUNE_DB_RETRY_SECONDS"
+CONNECT_SECONDS_ENV = "KUBETUNE_DB_CONNECT_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0
+DEFAULT_CONNECT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5  # one TCP connection attempt (libpq connect_timeout)
+# Backoff between attempts: doubles from the first value up to the cap, with +-20% jitter.
+FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.05, 1.0
+# Errors that will not go away by waiting: a wrong password, a missing database or role, an unknown host.
+PERMANENT_MARKERS = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "could not translate host name",
+    "failed to resolve host",
+    "name or service not known",
+    "nodename nor servname",
+    "invalid dsn",
+    "invalid connection option",
+    "permission denied",
+    "authentication failed",
+)
+
+_log = logging.getLogger(__name__)
+
+
+def _seconds_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise StudyError(f"{name} must be a number of seconds, at least 0, but got {raw!r}")
+    return value
+
+
+def _error_chain(error: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _is_transient(error: BaseException) -> bool:
+    """True for a database that is away for now (refused, reset, restarting, locked), not misconfigured."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    transient = False
+    for link in _error_chain(error):
+        if isinstance(link, DBAPIError) and link.connection_invalidated:
+            return True
+        if isinstance(link, (OperationalError, InterfaceError)) or type(link).__name__ in (
+            "OperationalError", "InterfaceError"  # psycopg, psycopg2, sqlite3 themselves
+        ):
+            transient = True
+    if not transient:
+        return False
+    text = " ".join(str(link) for link in _error_chain(error)).lower()
+    return not any(marker in text for marker in PERMANENT_MARKERS)
+
+
+def _summary(error: BaseException, url: str) -> str:
+    """The innermost database error on one line, with the password (if any) removed."""
+    links = list(_error_chain(error))
+    innermost = next((link for link in links if type(link).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3")),
+                     links[-1])
+    text = " ".join(str(innermost).split())[:300].rstrip(" .?")  # the caller ends the sentence
+    return f"{type(innermost).__name__}: {_scrub(text, url)}"
+
+
+def _scrub(text: str, url: str) -> str:
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _backoff(attempt: int) -> float:
+    delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt)
+    return delay * random.uniform(0.8, 1.2)
+
+
+class _ReconnectingStorage(RDBStorage):
+    """An RDBStorage whose calls wait out a database outage instead of failing the step.
+
+    A call that fails because the database is unreachable (refused, reset, restarting) is retried
+    with backoff for up to ``retry_seconds``; a fresh pooled connection is pre-pinged, so the first
+    call after the database is back succeeds. Other errors pass through at once. Only the outermost
+    call retries (storage methods call each other). Heartbeats are not retried here: the heartbeat
+    thread simply beats again at its next interval.
+
+    A retried write is safe: a tell that had committed before the connection broke is refused as
+    already finished (``tell_once`` treats that as told); a trial created twice leaves a RUNNING
+    trial whose heartbeat never starts, which ``ensure_study`` fails as stale.
+
+    Parameter writes are batched: Optuna writes each suggested parameter in its own transaction (a
+    commit, and with PostgreSQL's default durability a disk flush, per parameter: about 20 for
+    kubetune's architecture space). Here they wait in the process until its next call to the
+    database of any kind, which first writes them all in one transaction. Every read and every other
+    write of this process therefore sees them, and a tell always stores a trial's parameters before
+    its state. Other processes see a trial's parameters once its ask is done (the suggest step then
+    writes the trial's attributes) instead of one by one while it samples. An error a parameter
+    write would raise (a finished trial, an incompatible distribution) is raised by that next call.
+    """
+
+    _RETRIED = (
+        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+        "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+        "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+        "create_new_trial", "_create_new_trial", "get_trial_param",
+        "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+        "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
+        "_get_best_trial_id", "_get_stale_trial_ids",
+    )
+
+    def __init__(self, url: str, *, retry_seconds: float, **kwargs) -> None:
+        self.retry_seconds = retry_seconds
+        super().__init__(url, **kwargs)
+
+    def __getstate__(self) -> dict:
+        self._flush_params()
+        state = super().__getstate__()
+        for key in ("_calls", "_params", "_params_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._params_lock = threading.Lock()
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution) -> None:
+        with self._lock_params():
+            self.__dict__.setdefault("_params", []).append(
+                (trial_id, param_name, param_value_internal, distribution, previous_distribution)
+            )
+
+    def _lock_params(self) -> threading.Lock:
+        lock = self.__dict__.get("_params_lock")
+        return lock if lock is not None else self.__dict__.setdefault("_params_lock", threading.Lock())
+
+    def _flush_params(self) -> None:
+        """Write the waiting parameters in one transaction (Optuna's checks, one trial lookup per trial)."""
+        from optuna import distributions
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with self._lock_params():
+            pending = self.__dict__.get("_params")
+            if not pending:
+                return
+            try:
+                with _create_scoped_session(self.scoped_session, True) as session:
+                    study_ids: dict[int, int] = {}
+                    for trial_id, name, value, distribution, previous in pending:
+                        if trial_id not in study_ids:
+                            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                            self.check_trial_is_updatable(trial_id, trial.state)
+                            study_ids[trial_id] = trial.study_id
+                        if previous is None:
+                            record = (
+                                session.query(models.TrialParamModel)
+                                .join(models.TrialModel)
+                                .filter(models.TrialModel.study_id == study_ids[trial_id])
+                                .filter(models.TrialParamModel.param_name == name)
+                                .first()
+                            )
+                            if record is not None:
+                                previous = distributions.json_to_distribution(record.distribution_json)
+                        if previous is not None:
+                            distributions.check_distribution_compatibility(previous, distribution)
+                        session.add(models.TrialParamModel(
+                            trial_id=trial_id, param_name=name, param_value=value,
+                            distribution_json=distributions.distribution_to_json(distribution),
+                        ))
+            except Exception as error:
+                if not _is_transient(error):
+                    pending.clear()  # they can never be written; the error says why
+                raise
+            # Written (or, after a retry whose first commit had gone through, already there).
+            pending.clear()
+
+    def _call_depth(self) -> threading.local:
+        calls = self.__dict__.get("_calls")
+        if calls is None:
+            calls = self.__dict__.setdefault("_calls", threading.local())
+        return calls
+
+    def _retrying(self, method, *args, **kwargs):
+        calls = self._call_depth()
+        if getattr(calls, "depth", 0):
+            return method(self, *args, **kwargs)
+        deadline, attempt, warned = None, 0, False
+        while True:
+            calls.depth = 1
+            try:
+                self._flush_params()
+                return method(self, *args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - classified below, re-raised unless transient
+                if not _is_transient(error):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.retry_seconds
+                if now >= deadline:
+                    raise StudyError(
+                        f"the study database {settings.redact(self.url)} did not answer for "
+                        f"{self.retry_seconds:g} s ({_summary(error, self.url)}). Check that it is up; "
+                        f"{RETRY_SECONDS_ENV} sets how long to wait."
+                    ) from None
+                if not warned:
+                    _log.warning("study database %s unreachable (%s); retrying for up to %g s",
+                                 settings.redact(self.url), _summary(error, self.url), self.retry_seconds)
+                    warned = True
+                time.sleep(min(_backoff(attempt), max(0.0, deadline - now)))
+                attempt += 1
+            finally:
+                calls.depth = 0
+
+
+def _with_retries(name: str):
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._retrying(method, *args, **kwargs)
+
+    return call
+
+
+for _name in _ReconnectingStorage._RETRIED:
+    setattr(_ReconnectingStorage, _name, _with_retries(_name))
+
+
+def _engine_kwargs(url: str) -> dict:
+    """Pre-ping pooled connections (a restarted server leaves dead ones); a small pool per process."""
     engine_kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs.update(pool_size=2, max_overflow=2, pool_recycle=300)
-    heartbeat_seconds = experiment.spec.trial.heartbeat_seconds
+        return engine_kwargs
+    engine_kwargs.update(pool_size=2, max_overflow=2, pool_recycle=300, pool_timeout=60)
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=experiment.spec.trial.retries),
-        )
-    except (SQLAlchemyError, OSError, ImportError, ValueError) as error:
-        raise StudyError(
-            f"cannot open the study database {settings.redact(url)}: {type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}. Check KUBETUNE_STORAGE and that the database is up."
-        ) from None
+        query = make_url(url).query
+    except (ArgumentError, ValueError):
+        query = {}
+    if url.startswith("postgresql") and "connect_timeout" not in query:
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return engine_kwargs
+
+
+# One storage (one engine, one bounded connection pool) per database and settings in a process: a
+# step opens the study several times, and a new engine each time would grow the connections.
+_STORAGES: dict[tuple, RDBStorage] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def open_storage(experiment: Experiment, url: str | None = None) -> RDBStorage:
+    """The RDB storage with heartbeats, stale-trial retries and connections that survive a DB restart.
+
+    Storages are shared within a process (keyed by URL and heartbeat settings), so the process keeps
+    one small connection pool (pre-pinged, at most 4 connections to PostgreSQL) however often the
+    study is opened.
+
+    The first connection waits up to ``KUBETUNE_DB_CONNECT_SECONDS`` (default 10) for a database that
+    refuses connections (one starting up); later calls wait up to ``KUBETUNE_DB_RETRY_SECONDS``
+    (default 60) for one that went away. A wrong password, database or host fails at once.
+    """
+    url = url or settings.storage_url()
+    heartbeat_seconds = experiment.spec.trial.heartbeat_seconds
+    retries = experiment.spec.trial.retries
+    retry_seconds = _seconds_setting(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
+    key = (os.getpid(), url, heartbeat_seconds, retries, retry_seconds)
+    with _STORAGES_LOCK:
+        if key in _STORAGES:
+            return _STORAGES[key]
+    connect_deadline = time.monotonic() + _seconds_setting(CONNECT_SECONDS_ENV, DEFAULT_CONNECT_SECONDS)
+    attempt = 0
+    while True:
+        try:
+            storage = _ReconnectingStorage(
+                url,
+                retry_seconds=retry_seconds,
+                engine_kwargs=_engine_kwargs(url),
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+            )
+            with _STORAGES_LOCK:
+                return _STORAGES.setdefault(key, storage)
+        except (SQLAlchemyError, OSError, ImportError, ValueError) as error:
+            racing = "already exists" in str(error)  # another process created the tables meanwhile
+            if (racing or _is_transient(error)) and time.monotonic() < connect_deadline:
+                time.sleep(_backoff(attempt))
+                attempt += 1
+                continue
+            raise StudyError(
+                f"cannot open the study database {settings.redact(url)}: {_summary(error, url)}. "
+                "Check KUBETUNE_STORAGE (driver, host, port, database, user, password) and that the database is up."
+            ) from None
+
+
+_UNSEEN = object()
+
+
+class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
+    """Optuna's group decomposition, adding each finished trial once instead of all trials every time.
+
+    A finished trial never changes and adding the same parameter set again leaves the groups as they
+    are, so the groups are exactly Optuna's; the cost per trial no longer grows with the study.
+    """
+
+    def __init__(self, include_pruned: bool = False) -> None:
+        super().__init__(include_pruned)
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def calculate(self, study: optuna.Study, use_cache: bool = False) -> _SearchSpaceGroup:
+        if self._study_id is None:
+            self._study_id = study._study_id
+        elif self._study_id != study._study_id:
+            raise ValueError("`_GroupDecomposedSearchSpace` cannot handle multiple studies.")
+        states = (TrialState.COMPLETE, TrialState.PRUNED) if self._include_pruned else (TrialState.COMPLETE,)
+        with self._lock:
+            for trial in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+                if trial.number not in self._seen:
+                    self._search_space.add_distributions(trial.distributions)
+                    self._seen.add(trial.number)
+            return copy.deepcopy(self._search_space)
+
+
+class _TPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE sampler, doing the work its parameter groups share once per trial.
+
+    With ``group=True`` TPE samples each group of parameters that appear together on its own (here:
+    the hyperparameters, each architecture block, each conditional kernel size), and for every group
+    it read all trials from the database again (constant liar bypasses Optuna's per-trial cache to see
+    running trials) and split them into good and bad again. Neither depends on the group: this
+    sampler reads and splits once per trial, from the trials as the ask saw them (running ones
+    included), and shares that between the groups. The same trials, the same split, the same random
+    draws, so it suggests what TPESampler suggests; only a lane that starts within the same
+    milliseconds may be seen a group later than before. The group decomposition is incremental (see
+    :class:`_GroupsSeenOnce`), and each finished trial's observations are computed once per group.
+    Measured in benchmarks/study_throughput.py, which also checks that the suggestions are Optuna's.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self._group_decomposed_search_space is not None:
+            self._group_decomposed_search_space = _GroupsSeenOnce(True)
+        self._shared = threading.local()
+        self._rows: dict[tuple, dict[int, tuple | None]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_shared", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._shared = threading.local()
+
+    def _split(self, study: optuna.Study, trial: FrozenTrial) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+        key = (id(study), study._study_id, trial._trial_id)
+        if getattr(self._shared, "key", None) != key:
+            states = [TrialState.COMPLETE, TrialState.PRUNED]
+            if self._constant_liar:
+                states.append(TrialState.RUNNING)
+            # The per-ask cache: filled after this trial was created, so it holds every trial running then.
+            trials = study._get_trials(deepcopy=False, states=states, use_cache=True)
+            if self._constant_liar:
+                trials = [t for t in trials if t.number != trial.number]
+            if self._gamma is None:
+                self._gamma = _tpe.default_gamma if len(study.directions) <= 1 else _tpe.default_gamma_multiobjective
+            n = sum(t.state != TrialState.RUNNING for t in trials)
+            self._shared.split = _tpe._split_trials(study, trials, self._gamma(n))
+            self._shared.key = key
+        return self._shared.split
+
+    def _get_internal_repr(self, trials: list[FrozenTrial], search_space: dict, study: optuna.Study) -> dict:
+        """Optuna's per-group observations, remembering each finished trial's row (it never changes)."""
+        names = list(search_space)
+        cache = self._rows.setdefault((study._study_id, tuple(search_space.items())), {})
+        rows = []
+        for trial in trials:
+            finished = trial.state.is_finished()
+            row = cache.get(trial.number, _UNSEEN) if finished else _UNSEEN
+            if row is _UNSEEN:
+                params = self._get_params(trial, study)
+                row = (tuple(search_space[name].to_internal_repr(params[name]) for name in names)
+                       if search_space.keys() <= params.keys() else None)
+                if finished:
+                    cache[trial.number] = row
+            if row is not None:
+                rows.append(row)
+        columns = list(zip(*rows)) if rows else [[] for _ in names]
+        return {name: np.asarray(column) for name, column in zip(names, columns)}
+
+    def _sample(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        below_trials, above_trials = self._split(study, trial)
+        mpe_below = self._build_parzen_estimator(study, search_space, below_trials, handle_below=True)
+        mpe_above = self._build_parzen_estimator(study, search_space, above_trials, handle_below=False)
+        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+        ret = optuna.samplers.TPESampler._compare(samples_below, acq_func_vals)
+        for param_name, dist in search_space.items():
+            ret[param_name] = dist.to_external_repr(ret[param_name])
+        return ret
 
 
 def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -86,9 +491,7 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
     name = spec.strategy.sampler.name
     startup = max(3, min(10, spec.budget.max_trials // 4))
     if name == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
-        )
+        return _TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -300,9 +703,15 @@ def tell_once(study: optuna.Study, number: int, *, state: TrialState, values: Se
     if get_trial(study, number).state.is_finished():
         return False
     try:
-        study.tell(number, values=values if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        # Not skip_if_finished: it returns quietly when a racing tell got there first, and this call
+        # would then claim it told. The storage refuses the second write under a row lock instead.
+        study.tell(number, values=values if state == TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
+    except ValueError:
+        if get_trial(study, number).state.is_finished():  # "Cannot tell a COMPLETE trial.": a racer won
+            return False
+        raise
     except RuntimeError as error:
         # GridSampler calls study.stop() once the grid is covered, which raises outside optimize();
         # Optuna has stored the trial's state by then (tell stores it in a `finally`).
@@ -319,7 +728,7 @@ def heartbeat(study: optuna.Study, number: int, *, interval: float):
     def beat() -> None:
         try:
             storage.record_heartbeat(trial_id)
-        except SQLAlchemyError:
+        except Exception:  # noqa: BLE001 - Optuna wraps SQLAlchemy errors in StorageInternalError
             pass  # the database is briefly away (a restart); the next beat retries
 
     return every(interval, beat, name=f"heartbeat-{number}")

@@ -2,15 +2,29 @@
 
 Every write looks its run up by tags first, so a re-run step never logs a trial twice. Only the
 client API is used (no global active run), so lanes in threads or processes cannot interfere.
+
+MLflow or its artifact store may be briefly away (a restart). Every write here is retried with
+bounded exponential backoff: ``KUBETUNE_RETRY_ATTEMPTS`` attempts (default 5), waiting
+``KUBETUNE_RETRY_BACKOFF_SECONDS`` (default 2) after the first failure and twice as long after each
+next one (30 s in all by default). Then a :class:`TrackingError` names the tracking URI, never a
+password. MLflow's own per-request retries (7 by default, minutes long) are lowered to one unless
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set, so that this policy is the bound. Before its first call
+to an MLflow server a process checks that the server answers at all, so a wrong
+``MLFLOW_TRACKING_URI`` fails in seconds, not after MLflow's long timeouts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -21,7 +35,17 @@ from kubetune import settings
 from kubetune.errors import UserError
 from kubetune.spec import Experiment
 
-__all__ = ["TrackingError", "client", "ensure_parent_run", "find_trial_run", "log_trial", "flatten_architecture"]
+__all__ = [
+    "TrackingError",
+    "client",
+    "ensure_parent_run",
+    "find_trial_run",
+    "log_trial",
+    "log_summary",
+    "flatten_architecture",
+    "retry_policy",
+    "with_retries",
+]
 
 TAG_STUDY = "kubetune.study"
 TAG_ROLE = "kubetune.role"
@@ -29,14 +53,174 @@ TAG_TRIAL = "kubetune.trial"
 MODEL_FILE = "model.pt"
 
 
+RETRY_ATTEMPTS_ENV = "KUBETUNE_RETRY_ATTEMPTS"
+RETRY_BACKOFF_ENV = "KUBETUNE_RETRY_BACKOFF_SECONDS"
+DEFAULT_RETRY_ATTEMPTS = 5
+DEFAULT_RETRY_BACKOFF_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 60.0
+PROBE_TIMEOUT_SECONDS = 5.0
+# MLflow error codes that no amount of waiting fixes.
+PERMANENT_CODES = {
+    "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
+    "UNAUTHENTICATED", "INVALID_STATE", "BAD_REQUEST", "FEATURE_DISABLED", "NOT_FOUND", "ENDPOINT_NOT_FOUND",
+}
+# Environment variables whose values are secrets: scrubbed from every message this module writes.
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+_log = logging.getLogger(__name__)
+_answered: set[str] = set()  # MLflow servers this process has seen answer
+T = TypeVar("T")
+
+
 class TrackingError(UserError, RuntimeError):
     """MLflow could not be reached or refused a write; the message names the tracking URI."""
 
 
+def retry_policy() -> tuple[int, float]:
+    """``(attempts, first backoff in seconds)`` from the environment; see the module docstring."""
+    attempts, backoff = DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BACKOFF_SECONDS
+    raw = os.environ.get(RETRY_ATTEMPTS_ENV, "").strip()
+    if raw:
+        try:
+            attempts = int(raw)
+        except ValueError:
+            attempts = 0
+        if not 1 <= attempts <= 100:
+            raise TrackingError(f"{RETRY_ATTEMPTS_ENV} must be a whole number from 1 to 100 but got {raw!r}")
+    raw = os.environ.get(RETRY_BACKOFF_ENV, "").strip()
+    if raw:
+        try:
+            backoff = float(raw)
+        except ValueError:
+            backoff = -1.0
+        if not 0 <= backoff <= MAX_BACKOFF_SECONDS:
+            raise TrackingError(
+                f"{RETRY_BACKOFF_ENV} must be a number of seconds from 0 to {MAX_BACKOFF_SECONDS:g} but got {raw!r}"
+            )
+    return attempts, backoff
+
+
 def client() -> MlflowClient:
+    """An MLflow client for ``MLFLOW_TRACKING_URI``, once the server there has been seen to answer."""
     uri = settings.tracking_uri()
+    retry_policy()  # a malformed setting is reported as itself, not as an unreachable server
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the retries are ours: see the module docstring
+    if _is_http(uri) and uri not in _answered:
+        _probe(uri)
+        _answered.add(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _probe(uri: str) -> None:
+    """Raise a TrackingError unless something answers HTTP at ``uri`` (any status: a server is there)."""
+    import requests
+
+    def answer() -> None:
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_SECONDS, allow_redirects=False)
+        except requests.exceptions.SSLError:
+            pass  # a server is there; MLflow's own TLS settings (MLFLOW_TRACKING_INSECURE_TLS, ...) apply to real calls
+
+    try:
+        _retry(answer, what="reaching it", transient=lambda error: isinstance(error, requests.RequestException),
+               level=logging.INFO)  # the final message says it all; no chatter before it
+    except TrackingError as error:
+        raise TrackingError(
+            f"MLflow at {redact_uri(uri)} does not answer ({error}). Check MLFLOW_TRACKING_URI and that the server is up."
+        ) from None
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without user info or query string: fit for messages and logs."""
+    if not _is_http(uri):
+        return settings.redact(uri) if "://" in uri and not uri.startswith("file:") else uri
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _scrub(text: str) -> str:
+    """``text`` with the values of secret variables (and the storage password) replaced by ***."""
+    secrets = [os.environ.get(name, "") for name in SECRET_VARIABLES]
+    for uri in (os.environ.get("KUBETUNE_STORAGE", ""), os.environ.get("MLFLOW_TRACKING_URI", "")):
+        try:
+            secrets.append(urllib.parse.unquote(urllib.parse.urlsplit(uri).password or ""))
+        except ValueError:
+            continue
+    for secret in sorted({value for value in secrets if len(value) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
+    return text
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another attempt: the server or its artifact store did not answer, or answered 5xx/429."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in PERMANENT_CODES
+    try:
+        import requests
+
+        if isinstance(error, requests.HTTPError) and error.response is not None:
+            return error.response.status_code >= 500 or error.response.status_code == 429
+        if isinstance(error, requests.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, (BotoCoreError, ClientError)):
+            return True
+    except ImportError:
+        pass
+    return isinstance(error, (ConnectionError, TimeoutError, OSError))
+
+
+def _retry(action: Callable[[], T], *, what: str, transient: Callable[[BaseException], bool],
+           level: int = logging.WARNING) -> T:
+    attempts, backoff = retry_policy()
+    waited = 0.0
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except TrackingError:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified by `transient`
+            if not transient(error):
+                raise TrackingError(f"{what} failed: {_reason(error)}") from None
+            if attempt == attempts:
+                tries = f"{attempts} attempts over {waited:.1f} s" if attempts > 1 else "1 attempt"
+                raise TrackingError(f"{what} failed after {tries}: {_reason(error)}") from None
+            delay = min(MAX_BACKOFF_SECONDS, backoff * 2 ** (attempt - 1))
+            _log.log(level, "%s failed (attempt %d of %d, retrying in %.1f s): %s", what, attempt, attempts, delay,
+                     _reason(error))
+            time.sleep(delay)
+            waited += delay
+    raise AssertionError("unreachable")
+
+
+def _reason(error: BaseException) -> str:
+    """The error on one line, secrets removed; for a refused or timed-out connection just that."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    socket_error = re.search(r"(\[Errno -?\d+\] [^'\")]+|timed out|Read timed out)", text)
+    if socket_error and ("HTTPConnectionPool" in text or "HTTPSConnectionPool" in text):
+        where = re.search(r"url: (\S+)", text)
+        text = f"{socket_error.group(1).strip()} ({where.group(1) if where else 'connection'})"
+    return _scrub(f"{type(error).__name__}: {text[:300]}")
+
+
+def with_retries(action: Callable[[], T], *, what: str) -> T:
+    """Run ``action`` (which talks to MLflow) with the retry policy; a TrackingError naming the URI at the end."""
+    try:
+        return _retry(action, what=what, transient=_transient)
+    except TrackingError as error:
+        raise TrackingError(describe(error)) from None
 
 
 def _experiment_id(mlflow_client: MlflowClient, experiment: Experiment) -> str:
@@ -47,8 +231,11 @@ def _experiment_id(mlflow_client: MlflowClient, experiment: Experiment) -> str:
         return mlflow_client.create_experiment(
             experiment.name, artifact_location=_artifact_location(experiment), tags={TAG_STUDY: experiment.name}
         )
-    except MlflowException:  # created meanwhile by a racing step
-        return mlflow_client.get_experiment_by_name(experiment.name).experiment_id
+    except MlflowException:  # created meanwhile by a racing step, or the server is away (retried by the caller)
+        found = mlflow_client.get_experiment_by_name(experiment.name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def _artifact_location(experiment: Experiment) -> str | None:
@@ -64,26 +251,37 @@ def _search(mlflow_client: MlflowClient, experiment_id: str, tags: dict[str, str
 def ensure_parent_run(experiment: Experiment) -> str:
     """The experiment's parent run, created once, holding the spec and the recorded versions."""
     mlflow_client = client()
-    try:
+
+    def ensure() -> str:
         experiment_id = _experiment_id(mlflow_client, experiment)
         found = _search(mlflow_client, experiment_id, {TAG_ROLE: "parent", TAG_STUDY: experiment.name})
         if found:
-            return found[0].info.run_id
-        run = mlflow_client.create_run(
-            experiment_id, run_name=experiment.name, tags={TAG_ROLE: "parent", TAG_STUDY: experiment.name}
-        )
-        mlflow_client.log_dict(run.info.run_id, experiment.to_dict(), "experiment.json")
-        mlflow_client.log_param(run.info.run_id, "fingerprint", experiment.search_space_fingerprint())
-        return run.info.run_id
-    except MlflowException as error:
-        raise TrackingError(describe(error)) from None
+            run_id = found[0].info.run_id
+            if "fingerprint" in found[0].data.params:
+                return run_id
+        else:
+            run_id = mlflow_client.create_run(
+                experiment_id, run_name=experiment.name, tags={TAG_ROLE: "parent", TAG_STUDY: experiment.name}
+            ).info.run_id
+        # Also completes a parent run whose creation was interrupted before these were written.
+        mlflow_client.log_dict(run_id, experiment.to_dict(), "experiment.json")
+        mlflow_client.log_param(run_id, "fingerprint", experiment.search_space_fingerprint())
+        return run_id
+
+    return with_retries(ensure, what=f"creating the parent run of experiment {experiment.name!r}")
 
 
 def describe(error: Exception) -> str:
-    return (
-        f"MLflow at {settings.redact(settings.tracking_uri())} refused or did not answer: "
-        f"{str(error).splitlines()[0][:200]}. Check MLFLOW_TRACKING_URI and that the server is up."
-    )
+    """One line naming the tracking URI (password-free), what failed, and what to check."""
+    uri = settings.tracking_uri()
+    message = f"MLflow at {redact_uri(uri)} refused or did not answer: {_scrub(str(error).splitlines()[0][:400])}"
+    if not message.rstrip().endswith("."):
+        message += "."
+    hint = " Check MLFLOW_TRACKING_URI and that the server is up"
+    store = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if store and _is_http(uri):
+        hint += f", and that its artifact store answers (MLFLOW_S3_ENDPOINT_URL {redact_uri(store)})"
+    return message + hint + "."
 
 
 def flatten_architecture(architecture: dict | None) -> dict[str, Any]:
@@ -97,10 +295,16 @@ def flatten_architecture(architecture: dict | None) -> dict[str, Any]:
 
 
 def find_trial_run(experiment: Experiment, parent_run_id: str, number: int) -> str | None:
+    """The trial's child run, once it was completely logged (see :func:`log_trial`)."""
     mlflow_client = client()
-    parent = mlflow_client.get_run(parent_run_id)
-    found = _search(mlflow_client, parent.info.experiment_id, {TAG_STUDY: experiment.name, TAG_TRIAL: str(number)})
-    return found[0].info.run_id if found else None
+
+    def find():
+        parent = mlflow_client.get_run(parent_run_id)
+        found = _search(mlflow_client, parent.info.experiment_id, {TAG_STUDY: experiment.name, TAG_TRIAL: str(number)})
+        return found[0] if found else None
+
+    run = with_retries(find, what=f"looking up the run of trial {number}")
+    return run.info.run_id if run is not None and run.info.status != "RUNNING" else None
 
 
 def log_trial(
@@ -115,13 +319,20 @@ def log_trial(
     metrics: dict[str, float],
     model_path: str | None,
 ) -> str:
-    """Log one trial as a child run (params, per-epoch metrics, final metrics, model file) once."""
-    existing = find_trial_run(experiment, parent_run_id, number)
-    if existing:
-        return existing
+    """Log one trial as a child run (params, per-epoch metrics, final metrics, model file) once.
+
+    The run is terminated last, so a run still RUNNING was left half-written by an attempt that
+    failed or was killed: it is deleted and written again.
+    """
     mlflow_client = client()
-    try:
+
+    def log() -> str:
         parent = mlflow_client.get_run(parent_run_id)
+        found = _search(mlflow_client, parent.info.experiment_id, {TAG_STUDY: experiment.name, TAG_TRIAL: str(number)})
+        if found and found[0].info.status != "RUNNING":
+            return found[0].info.run_id
+        for partial in found:
+            mlflow_client.delete_run(partial.info.run_id)
         run = mlflow_client.create_run(
             parent.info.experiment_id,
             run_name=f"trial-{number}",
@@ -147,8 +358,8 @@ def log_trial(
         status = RunStatus.to_string(RunStatus.FINISHED if state != "FAIL" else RunStatus.FAILED)
         mlflow_client.set_terminated(run_id, status=status)
         return run_id
-    except MlflowException as error:
-        raise TrackingError(describe(error)) from None
+
+    return with_retries(log, what=f"logging trial {number}")
 
 
 def _metric_entities(history: list[dict], final: dict[str, float]) -> list:
@@ -174,7 +385,8 @@ def _log_file(mlflow_client: MlflowClient, run_id: str, source: str, name: str) 
 def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> None:
     """Attach the end-of-run summary and the plot files to the parent run."""
     mlflow_client = client()
-    try:
+
+    def log() -> None:
         mlflow_client.log_dict(parent_run_id, summary, "summary.json")
         for path in plots.values():
             mlflow_client.log_artifact(parent_run_id, path, artifact_path="plots")
@@ -187,5 +399,5 @@ def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> Non
             ],
         )
         mlflow_client.set_tag(parent_run_id, "kubetune.summary", json.dumps(summary)[:4900])
-    except MlflowException as error:
-        raise TrackingError(describe(error)) from None
+
+    with_retries(log, what="attaching the summary to the parent run")
