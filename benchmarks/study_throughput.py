@@ -12,8 +12,9 @@ study, which is the shared part every lane waits on.
 
 Prints one table of trials/s (wall clock, all lanes together) and the ask+tell latency (p50/p99
 per call, in the lanes), then ask+tell latency with ``--latency-trials`` trials already in a
-PostgreSQL study, with the same calls on an in-memory study beside it to show how much of it the
-sampler costs and how much the database. PostgreSQL runs durably (fsync on) in a throwaway cluster
+PostgreSQL study (a long-lived lane), with the same calls on an in-memory study beside it to show
+how much of it the sampler costs and how much the database, and what one suggest step costs in a
+process of its own (how kubetune's pipeline runs it: it reads the whole study first). PostgreSQL runs durably (fsync on) in a throwaway cluster
 (kubetune.devstack.Postgres); ``--fast-postgres`` turns fsync off as the tests do.
 
 Targets (issue 3): >= 30 trials/s with 2 lanes on PostgreSQL; p99 < 250 ms at 5,000 trials.
@@ -122,6 +123,28 @@ def measure(kind: str, url: str, spec_path: str, lanes: int, trials: int) -> dic
             "p99_ms": 1e3 * np.percentile(latencies, 99), "wall_s": wall}
 
 
+def cold_suggest(url: str, spec_path: str, results) -> None:
+    """What a suggest step does in its own process: open the study, read it, ask once, record the trial."""
+    began = time.perf_counter()
+    import optuna
+
+    from kubetune import space
+    from kubetune.spec import load_experiment
+    from kubetune.study import load_study, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    imported = time.perf_counter()
+    experiment = load_experiment(spec_path)
+    study = load_study(experiment, storage=open_storage(experiment, url), seed_offset=99)
+    study.get_trials(deepcopy=False)
+    loaded = time.perf_counter()
+    trial = study.ask()
+    chosen, architecture = space.sample(trial, experiment.spec)
+    trial.set_user_attr("architecture", architecture)
+    study.tell(trial, objective(chosen, architecture))
+    results.put((imported - began, loaded - imported, time.perf_counter() - loaded))
+
+
 def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
     """ask+tell latency with ``size`` finished trials already in the study: PostgreSQL and in memory."""
     import optuna
@@ -157,6 +180,14 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
             latencies.append(time.perf_counter() - tick)
         out[label] = {"p50_ms": 1e3 * np.percentile(latencies, 50), "p99_ms": 1e3 * np.percentile(latencies, 99),
                       "mean_ms": 1e3 * np.mean(latencies)}
+    results = SPAWN.Queue()
+    cold = []
+    for _ in range(3):
+        process = SPAWN.Process(target=cold_suggest, args=(url, spec_path, results))
+        process.start()
+        cold.append(results.get(timeout=600))
+        process.join()
+    out["cold"] = np.median(np.asarray(cold), axis=0)
     return out
 
 
@@ -229,6 +260,9 @@ def main() -> None:
             for label in ("postgresql", "in-memory"):
                 r = latency[label]
                 print(f"  {label:<11} p50 {r['p50_ms']:7.1f} ms   p99 {r['p99_ms']:7.1f} ms   mean {r['mean_ms']:7.1f} ms")
+            imports, read, ask = latency["cold"]
+            print(f"  a suggest step's own process (median of 3): imports {imports:.2f} s, open and read the study "
+                  f"{read:.2f} s, ask+sample+tell {ask:.2f} s")
         for kind, lanes, result in rows:
             if kind == "postgresql" and lanes == 2:
                 verdict = "meets" if result["trials_per_s"] >= 30 else "misses"
