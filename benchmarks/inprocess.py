@@ -38,8 +38,12 @@ class SearchRun:
         return None
 
 
-def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: int | None = None) -> SearchRun:
-    """Run ``experiment``'s whole budget in this process; optionally swap the sampler name or seed."""
+def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: int | None = None,
+                  replay: list[dict] | None = None) -> SearchRun:
+    """Run ``experiment``'s whole budget in this process; optionally swap the sampler name or seed.
+
+    ``replay`` (parameters of earlier trials, in order) makes it train exactly those trials instead.
+    """
     spec = experiment.spec
     overrides = {}
     if sampler is not None or seed is not None:
@@ -78,5 +82,8 @@ def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: i
         values.append((time.monotonic() - started, value, trial.number + 1))
         return value
 
-    study.optimize(objective, n_trials=spec.budget.max_trials, n_jobs=lanes, catch=(RuntimeError,))
+    for params in replay or []:
+        study.enqueue_trial(params)
+    study.optimize(objective, n_trials=len(replay) if replay else spec.budget.max_trials, n_jobs=lanes,
+                   catch=(RuntimeError,))
     return SearchRun(time.monotonic() - started, sum(trained), values, len(study.trials))

@@ -130,12 +130,13 @@ def cold_suggest(url: str, spec_path: str, results) -> None:
 
     from kubetune import space
     from kubetune.spec import load_experiment
-    from kubetune.study import load_study, open_storage
+    from kubetune.study import make_sampler, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     imported = time.perf_counter()
     experiment = load_experiment(spec_path)
-    study = load_study(experiment, storage=open_storage(experiment, url), seed_offset=99)
+    study = optuna.load_study(study_name="latency", storage=open_storage(experiment, url),
+                              sampler=make_sampler(experiment, seed_offset=99))
     study.get_trials(deepcopy=False)
     loaded = time.perf_counter()
     trial = study.ask()
@@ -185,8 +186,9 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
     for _ in range(3):
         process = SPAWN.Process(target=cold_suggest, args=(url, spec_path, results))
         process.start()
-        cold.append(results.get(timeout=600))
         process.join()
+        assert process.exitcode == 0, "the suggest step's process failed"
+        cold.append(results.get(timeout=10))
     out["cold"] = np.median(np.asarray(cold), axis=0)
     return out
 
@@ -220,7 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--backends", nargs="+", default=["postgresql", "sqlite", "journal"],
+    parser.add_argument("--backends", nargs="*", default=["postgresql", "sqlite", "journal"],
                         choices=["postgresql", "sqlite", "journal"])
     parser.add_argument("--latency-trials", type=int, default=5000, help="0 skips the latency measurement")
     parser.add_argument("--latency-samples", type=int, default=300)

@@ -15,11 +15,11 @@ def evaluate_trial(
     """Returns the trial's outcome as JSON: number, state, objective values, metrics, MLflow run id."""
     import json
 
-    from kubetune.evaluate import evaluate_trial as evaluate
-    from kubetune.spec import parse_experiment
+    from kubetune.steps import call
 
-    outcome = evaluate(
-        parse_experiment(json.loads(experiment_spec)),
+    outcome = call(
+        "evaluate.evaluate_trial",
+        experiment_spec,
         number=int(trial_number),
         result=json.loads(train_result),
         model_path=model.path,

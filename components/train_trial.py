@@ -9,11 +9,9 @@ def train_trial(
     """Returns the training result as JSON; writes the model and its held-out class scores."""
     import json
 
-    from kubetune.search import train_trial as train
-    from kubetune.spec import parse_experiment
+    from kubetune.steps import call
 
-    experiment = parse_experiment(json.loads(experiment_spec))
-    result = train(experiment, number=int(trial_number), split_path=dataset.path, model_path=model.path,
-                   predictions_path=predictions.path)
+    result = call("search.train_trial", experiment_spec, number=int(trial_number), split_path=dataset.path,
+                  model_path=model.path, predictions_path=predictions.path)
     model.metadata.update({"trial": int(trial_number), "status": result["status"]})
     return json.dumps(result)

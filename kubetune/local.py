@@ -19,6 +19,7 @@ from kubetune.errors import UserError
 from kubetune.periodic import every
 from kubetune.segments import start_segment
 from kubetune.spec import Experiment
+from kubetune.stepserver import serving
 from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots
 
 __all__ = ["Progress", "StepFailed", "run_experiment"]
@@ -117,13 +118,15 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
             return decision.reason
         study.set_user_attr("stop_reason", None)
     (home / "logs").mkdir(exist_ok=True)
-    while True:
-        report(_progress(study, experiment, segment))
-        study = _wait_for_slots(study, experiment, segment)
-        with _poll(study, experiment, segment, report):
-            _run_segment(experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log", verbose=verbose)
-        study = load_study(experiment)
-        report(_progress(study, experiment, segment))
-        if study.user_attrs.get("stop_reason"):
-            return study.user_attrs["stop_reason"]
-        segment += 1
+    with serving(home / "logs" / "step-server.log"):
+        while True:
+            report(_progress(study, experiment, segment))
+            study = _wait_for_slots(study, experiment, segment)
+            with _poll(study, experiment, segment, report):
+                _run_segment(experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log",
+                             verbose=verbose)
+            study = load_study(experiment)
+            report(_progress(study, experiment, segment))
+            if study.user_attrs.get("stop_reason"):
+                return study.user_attrs["stop_reason"]
+            segment += 1

@@ -1,0 +1,100 @@
+"""Step bodies run in-process, or in forks of the warm step server that `kubetune run` starts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kubetune.data import load_split, save_split
+from kubetune.search import suggest_trial
+from kubetune.segments import start_segment
+from kubetune.spec import parse_experiment
+from kubetune.stepserver import serving
+from kubetune.steps import SERVER_ENV, StepFailed, call
+from kubetune.study import get_trial, load_study
+
+
+def _spec(minimal_spec, **trial) -> str:
+    minimal_spec["spec"]["trial"] = {"epochs": 2, **trial}
+    minimal_spec["spec"]["strategy"] = {"sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}}
+    return json.dumps(minimal_spec)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("server") / "step-server.log") as path:
+        yield path
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _server_pid(path: str) -> int:
+    """The server is the only child of this test process listening on ``path``."""
+    pids = [pid for pid in _children(os.getpid()) if path in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(pids) == 1
+    return pids[0]
+
+
+def test_without_a_server_the_body_runs_in_the_step_process(minimal_spec, monkeypatch):
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", "3")
+    assert call("search.train_threads", _spec(minimal_spec)) == 3
+
+
+def test_the_server_runs_the_body_with_the_callers_environment(minimal_spec, server, monkeypatch):
+    monkeypatch.setenv(SERVER_ENV, server)
+    for threads in ("2", "5"):
+        monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", threads)
+        assert call("search.train_threads", _spec(minimal_spec)) == int(threads)
+
+
+def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log(minimal_spec, server, monkeypatch,
+                                                                                  capfd):
+    monkeypatch.setenv(SERVER_ENV, server)
+    with pytest.raises(StepFailed, match="AttributeError: .*no_such_function"):
+        call("search.no_such_function", _spec(minimal_spec))
+    assert "Traceback" in capfd.readouterr().err  # written by the fork to this process's own stderr
+
+
+def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tmp_path, monkeypatch):
+    """Like a trial pod that dies: its fork stops training, and the trial's heartbeats stop with it."""
+    monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
+    monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", "1")
+    monkeypatch.delenv("KUBETUNE_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = _spec(minimal_spec, epochs=10_000)
+    experiment = parse_experiment(json.loads(spec))
+    start_segment(experiment, segment=0)
+    number = suggest_trial(experiment, segment=0, slot=0)
+    save_split(load_split({"source": "builtin:digits"}), tmp_path / "split.npz")
+    arguments = dict(number=number, split_path=str(tmp_path / "split.npz"), model_path=str(tmp_path / "model.pt"),
+                     predictions_path=str(tmp_path / "predictions.npz"))
+    step = subprocess.Popen([sys.executable, "-c", "import sys, json; from kubetune.steps import call; "
+                             "call('search.train_trial', sys.argv[1], **json.loads(sys.argv[2]))", spec,
+                             json.dumps(arguments)], env={**os.environ, SERVER_ENV: server})
+    server_pid = _server_pid(server)
+
+    def epochs_reported() -> int:
+        return len(get_trial(load_study(experiment), number).intermediate_values)
+
+    deadline = time.monotonic() + 60
+    while epochs_reported() < 2:
+        assert time.monotonic() < deadline and step.poll() is None, "training did not start in the server"
+        time.sleep(0.2)
+    assert len(_children(server_pid)) == 1
+    step.send_signal(signal.SIGKILL)
+    step.wait()
+    deadline = time.monotonic() + 10
+    while _children(server_pid):
+        assert time.monotonic() < deadline, "the fork kept training after its step died"
+        time.sleep(0.1)
+    stopped_at = epochs_reported()
+    time.sleep(1.0)
+    assert epochs_reported() == stopped_at
