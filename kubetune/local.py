@@ -109,16 +109,16 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     os.environ.setdefault("KUBETUNE_TRAIN_THREADS", _train_threads(experiment))
     home = settings.home()
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True)
-    start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
-    study = load_study(experiment)
-    segment = study.user_attrs.get("segment", 0)
-    if segment:
-        decision = decide(study, experiment, segment=segment - 1)
-        if not decision.go_on:
-            return decision.reason
-        study.set_user_attr("stop_reason", None)
-    (home / "logs").mkdir(exist_ok=True)
-    with serving(home / "logs" / "step-server.log"):
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    with serving(home / "logs" / "step-server.log"):  # its imports overlap this process's first study work
+        start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
+        study = load_study(experiment)
+        segment = study.user_attrs.get("segment", 0)
+        if segment:
+            decision = decide(study, experiment, segment=segment - 1)
+            if not decision.go_on:
+                return decision.reason
+            study.set_user_attr("stop_reason", None)
         while True:
             report(_progress(study, experiment, segment))
             study = _wait_for_slots(study, experiment, segment)

@@ -29,9 +29,11 @@ from kubetune.steps import SERVER_ENV, receive_message, run_here, send_message
 __all__ = ["serving"]
 
 READY = "ready"
-# What every step would otherwise import for itself.
-PRELOAD = ("torch", "optuna", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-           "mlflow.store.model_registry.sqlalchemy_store", "kubetune.search", "kubetune.evaluate",
+# What every step would otherwise import for itself, including what the core imports lazily on first
+# use: torch._dynamo by a step's first optimizer (about 1 s), alembic by the first study or MLflow store.
+PRELOAD = ("torch", "torch._dynamo", "optuna", "alembic.command", "sqlalchemy.dialects.sqlite", "mlflow",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+           "mlflow.tracing.export", "mlflow.tracing.processor", "kubetune.search", "kubetune.evaluate",
            "kubetune.segments", "kubetune.train", "kubetune.nas", "kubetune.data")
 
 
@@ -71,6 +73,7 @@ def _exit_when_closed(connection: socket.socket) -> None:
 
 class _Server(socketserver.ForkingMixIn, socketserver.UnixStreamServer):
     max_children = 64
+    request_queue_size = 64
 
     def __init__(self, path: str) -> None:
         super().__init__(path, _Call)
@@ -83,12 +86,13 @@ class _Server(socketserver.ForkingMixIn, socketserver.UnixStreamServer):
 
 
 def main(path: str) -> None:
+    """Listen at once, then import: a step that connects meanwhile waits in the queue, not in a retry loop."""
     import importlib
 
-    for module in PRELOAD:
-        importlib.import_module(module)
     server = _Server(path)
     print(READY, flush=True)
+    for module in PRELOAD:
+        importlib.import_module(module)
     server.serve_forever(poll_interval=0.5)
 
 

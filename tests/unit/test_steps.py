@@ -98,3 +98,9 @@ def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tm
     stopped_at = epochs_reported()
     time.sleep(1.0)
     assert epochs_reported() == stopped_at
+
+
+def test_what_the_server_preloads_starts_no_thread_so_forking_it_is_safe():
+    code = ("import importlib, threading; from kubetune.stepserver import PRELOAD; "
+            "[importlib.import_module(m) for m in PRELOAD]; print(threading.active_count())")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"

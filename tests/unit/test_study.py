@@ -647,3 +647,17 @@ def test_sqlite_in_an_unwritable_place(make, tmp_path):
 
 def test_module_exports():
     assert set(kstudy.__all__) <= set(dir(kstudy))
+
+
+def test_a_study_read_freezes_the_loaded_history_out_of_full_collections(budget_study):
+    """Later full collections skip the trials just read (they are what made ask+tell's slow tail)."""
+    import gc
+
+    experiment, study = budget_study
+    for _ in range(3):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5))
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    trials = load_study(experiment, storage=study._storage).get_trials(deepcopy=False)
+    assert len(trials) == 3 and gc.get_freeze_count() > 0
+    gc.unfreeze()
