@@ -1,13 +1,14 @@
 """Embedded mode's warm step server: each step's body runs in a fork of one process that imported once.
 
 kfp.local starts a fresh Python process per step, and importing torch, Optuna and MLflow again in
-each cost about 4 s of CPU per trial, as much as training a small model. ``kubetune run`` starts this
+each cost about 5 s of CPU per trial, more than training a small model. ``kubetune run`` starts this
 server (``python -m kubetune.stepserver SOCKET``) with that stack imported but nothing opened: no
 thread, no database connection, no tensor op, so forking is safe. Each call gets its own fork, which
 writes to the calling step's stdout and stderr, runs one core function (:func:`kubetune.steps.run_here`)
 and exits without interpreter teardown; a trial therefore cannot leak state into the next one. When
-the step process dies (killed, or its pod gone in spirit), the fork notices the closed socket and
-exits too, so a killed step stops its training just as it would in a cluster.
+the step process dies (killed, like a lost pod), the fork notices the closed socket and exits too,
+so a killed step stops its training just as it would in a cluster. The socket lives in a private
+temporary folder (mode 0700), since requests carry the step's environment.
 """
 
 from __future__ import annotations

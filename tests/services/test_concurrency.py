@@ -7,95 +7,24 @@ PostgreSQL fixture holds the study and the real MLflow server (on the S3 server)
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import secrets
 import threading
-import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from lanes import SPAWN, run_lanes, small_experiment
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from kubetune.data import load_split, save_split
 from kubetune.segments import start_segment
-from kubetune.spec import Experiment, parse_experiment
+from kubetune.spec import parse_experiment
 from kubetune.study import count_trials, ensure_study, get_trial, load_study, tell_once
 
 LANES = 4
-SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter per lane, as in a pod
-
-
-def _experiment(name: str, *, max_trials: int, lanes: int) -> Experiment:
-    return parse_experiment({
-        "apiVersion": "kubetune/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {"name": name},
-        "spec": {
-            "data": {"source": "builtin:digits"},
-            "objective": {"metric": "val_accuracy"},
-            "parameters": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-            "architecture": {"blocks": {"low": 1, "high": 1},
-                             "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]}}},
-            "strategy": {"sampler": {"name": "tpe", "seed": 0}},
-            "budget": {"maxTrials": max_trials, "parallelTrials": lanes, "trialsPerSegment": max_trials},
-            "trial": {"epochs": 1, "heartbeatSeconds": 5},
-        },
-    })
-
-
-def run_lane(spec: str, slot: int, folder: str, out: str) -> None:
-    """One lane as the pipeline runs it: suggest -> train -> evaluate while the budget has room."""
-    import os
-
-    os.environ["KUBETUNE_TRAIN_THREADS"] = "1"
-    from kubetune.evaluate import evaluate_trial
-    from kubetune.search import suggest_trial, train_trial
-    from kubetune.study import load_study, plan_slots
-
-    experiment = parse_experiment(json.loads(spec))
-    told, error = [], None
-    try:
-        while plan_slots(load_study(experiment), experiment):
-            number = suggest_trial(experiment, segment=0, slot=slot)
-            paths = {name: str(Path(folder) / f"{name}-{number}") for name in ("model", "predictions")}
-            result = train_trial(experiment, number=number, split_path=str(Path(folder) / "split.npz"),
-                                 model_path=paths["model"], predictions_path=paths["predictions"])
-            evaluate_trial(experiment, number=number, result=result, model_path=paths["model"],
-                           predictions_path=paths["predictions"], split_path=str(Path(folder) / "split.npz"))
-            told.append(number)
-    except BaseException:  # reported to the test, which fails with it
-        error = traceback.format_exc()
-    Path(out).write_text(json.dumps({"told": told, "error": error}))
-
-
-def run_lanes(experiment: Experiment, folder: Path, lanes: int, *, during=None, timeout: float = 240) -> list[dict]:
-    """Start ``lanes`` lane processes, call ``during()`` while they run, and return what each did."""
-    processes = []
-    for slot in range(lanes):
-        out = folder / f"lane-{slot}.json"
-        process = SPAWN.Process(target=run_lane, args=(experiment.to_json(), slot, str(folder), str(out)))
-        process.start()
-        processes.append((process, out))
-    try:
-        if during is not None:
-            during()
-        deadline = time.monotonic() + timeout
-        for process, _ in processes:
-            process.join(max(1.0, deadline - time.monotonic()))
-            assert not process.is_alive(), f"a lane did not finish within {timeout} s"
-    finally:
-        for process, _ in processes:
-            if process.is_alive():
-                process.kill()
-    reports = [json.loads(out.read_text()) for _, out in processes]
-    errors = [r["error"] for r in reports if r["error"]]
-    assert not errors, errors[0]
-    return reports
 
 
 @pytest.fixture
@@ -107,7 +36,7 @@ def lane_folder(tmp_path: Path, use_stack_env, monkeypatch) -> Path:
 
 def test_concurrent_lanes_share_one_study_without_losing_or_overspending(lane_folder):
     budget = 8
-    experiment = _experiment(f"lanes-{secrets.token_hex(3)}", max_trials=budget, lanes=LANES)
+    experiment = small_experiment(f"lanes-{secrets.token_hex(3)}", max_trials=budget, lanes=LANES)
     assert start_segment(experiment, segment=0) == list(range(budget))
 
     reports = run_lanes(experiment, lane_folder, LANES)
@@ -136,7 +65,7 @@ def tell_in_process(url_env: dict, name: str, number: int, value: float, state: 
 
     os.environ.update(url_env)
     try:
-        experiment = _experiment(name, max_trials=4, lanes=2)
+        experiment = small_experiment(name, max_trials=4, lanes=2)
         study = load_study(experiment)
         barrier.wait(30)
         told = tell_once(study, number, state=TrialState[state], values=[value] if state == "COMPLETE" else None)
@@ -150,7 +79,7 @@ def test_racing_tells_of_one_trial_count_once(stack_env, monkeypatch, rival_stat
     """Two processes and two threads tell the same trial at once: one wins, none crashes, it counts once."""
     for key, value in stack_env.items():
         monkeypatch.setenv(key, value)
-    experiment = _experiment(f"race-{secrets.token_hex(3)}", max_trials=4, lanes=2)
+    experiment = small_experiment(f"race-{secrets.token_hex(3)}", max_trials=4, lanes=2)
     study = ensure_study(experiment)
     number = study.ask().number
     racers = [(0.25, "COMPLETE"), (0.5, rival_state), (0.75, "COMPLETE"), (1.0, rival_state)]

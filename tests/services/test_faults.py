@@ -17,20 +17,26 @@ database; that is exactly what the clock would have done.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import optuna
 import psycopg
 import pytest
 import yaml
+from lanes import (
+    SPAWN,
+    artifact_paths,
+    one_lane,
+    run_lanes,
+    small_document,
+    small_experiment,
+)
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -38,47 +44,6 @@ from kubetune.data import load_split, save_split
 from kubetune.segments import finish_segment, start_segment
 from kubetune.spec import Experiment, parse_experiment
 from kubetune.study import count_trials, get_trial, load_study
-
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def _document(name: str, *, max_trials: int = 3, lanes: int = 1, epochs: int = 1, parameters: dict | None = None,
-              model: str | None = None) -> dict:
-    return {
-        "apiVersion": "kubetune/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {"name": name},
-        "spec": {
-            "data": {"source": "builtin:digits"},
-            "objective": {"metric": "val_accuracy"},
-            "parameters": parameters or {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-            "architecture": {"blocks": {"low": 1, "high": 1},
-                             "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]}}},
-            "strategy": {"sampler": {"name": "tpe", "seed": 0}},
-            "budget": {"maxTrials": max_trials, "parallelTrials": lanes, "trialsPerSegment": max_trials},
-            "trial": {"epochs": epochs, "heartbeatSeconds": 5},
-            "registry": {"modelName": model or name},
-        },
-    }
-
-
-def _experiment(name: str, **options) -> Experiment:
-    return parse_experiment(_document(name, **options))
-
-
-def _paths(folder: Path, number: int) -> dict[str, str]:
-    return {"model_path": str(folder / f"model-{number}"), "predictions_path": str(folder / f"predictions-{number}")}
-
-
-def _lane(experiment: Experiment, folder: Path, *, slot: int = 0, segment: int = 0) -> dict:
-    """One suggest -> train -> evaluate, in this process, as the pipeline's steps run it."""
-    from kubetune.evaluate import evaluate_trial
-    from kubetune.search import suggest_trial, train_trial
-
-    number = suggest_trial(experiment, segment=segment, slot=slot)
-    split = str(folder / "split.npz")
-    result = train_trial(experiment, number=number, split_path=split, **_paths(folder, number))
-    return evaluate_trial(experiment, number=number, result=result, split_path=split, **_paths(folder, number))
 
 
 def _postgres_url(stack_env: dict) -> str:
@@ -116,11 +81,11 @@ def train_in_process(spec: str, number: int, folder: str) -> None:
     from kubetune.search import train_trial
 
     train_trial(parse_experiment(json.loads(spec)), number=number, split_path=str(Path(folder) / "split.npz"),
-                **_paths(Path(folder), number))
+                **artifact_paths(Path(folder), number))
 
 
 def test_a_killed_trainer_is_failed_after_the_grace_period_and_retried(folder, stack_env):
-    experiment = _experiment(f"killed-trainer-{secrets.token_hex(3)}", max_trials=3, epochs=20)
+    experiment = small_experiment(f"killed-trainer-{secrets.token_hex(3)}", max_trials=3, epochs=20)
     start_segment(experiment, segment=0)
     from kubetune.search import suggest_trial
 
@@ -151,7 +116,7 @@ def test_a_killed_trainer_is_failed_after_the_grace_period_and_retried(folder, s
     assert count_trials(study).consumed == 0 and slots == [0, 1, 2], "a retried failure costs no budget"
 
     while slots:  # the rest of the experiment, lane after lane
-        _lane(experiment, folder, slot=slots[0], segment=1)
+        one_lane(experiment, folder, slot=slots[0], segment=1)
         slots = start_segment(experiment, segment=1)
     study = load_study(experiment)
     counts = count_trials(study)
@@ -174,7 +139,7 @@ def _cli_env(stack_env: dict, home: Path) -> dict[str, str]:
 def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path, stack_env):
     name = f"killed-run-{secrets.token_hex(3)}"
     spec_path = tmp_path / "experiment.yaml"
-    spec_path.write_text(yaml.safe_dump(_document(name, max_trials=3, lanes=2)))
+    spec_path.write_text(yaml.safe_dump(small_document(name, max_trials=3, lanes=2)))
     env = _cli_env(stack_env, tmp_path / "home")
     command = [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)]
     storage = stack_env["KUBETUNE_STORAGE"]
@@ -239,48 +204,23 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path, s
 # 3. PostgreSQL restarted mid-search
 
 
-def lane_process(spec: str, slot: int, folder: str, out: str) -> None:
-    os.environ["KUBETUNE_TRAIN_THREADS"] = "1"
-    from kubetune.study import plan_slots
-
-    experiment = parse_experiment(json.loads(spec))
-    told, error = [], None
-    try:
-        while plan_slots(load_study(experiment), experiment):
-            told.append(_lane(experiment, Path(folder), slot=slot)["number"])
-    except BaseException:
-        error = traceback.format_exc()
-    Path(out).write_text(json.dumps({"told": told, "error": error}))
-
-
 def test_lanes_reconnect_after_a_postgres_restart(folder, postgres, stack_env):
     budget, lanes = 8, 2
-    experiment = _experiment(f"pg-restart-{secrets.token_hex(3)}", max_trials=budget, lanes=lanes)
+    experiment = small_experiment(f"pg-restart-{secrets.token_hex(3)}", max_trials=budget, lanes=lanes)
     start_segment(experiment, segment=0)
-    processes = []
-    for slot in range(lanes):
-        out = folder / f"lane-{slot}.json"
-        process = SPAWN.Process(target=lane_process, args=(experiment.to_json(), slot, str(folder), str(out)))
-        process.start()
-        processes.append((process, out))
-    try:
+    before: dict[int, float] = {}
+
+    def restart_mid_search() -> None:
         deadline = time.monotonic() + 180
         observer = optuna.load_study(study_name=experiment.name, storage=stack_env["KUBETUNE_STORAGE"])
-        while len(before := observer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
-            assert time.monotonic() < deadline and all(p.is_alive() for p, _ in processes)
+        while len(done := observer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+            assert time.monotonic() < deadline, "the lanes did not complete two trials"
             time.sleep(0.1)
-        before = {t.number: t.value for t in before}
+        before.update({t.number: t.value for t in done})
         assert len(before) < budget, "the restart comes mid-search"
         postgres.restart()
-        for process, _ in processes:
-            process.join(max(1.0, deadline - time.monotonic()))
-            assert not process.is_alive(), "a lane did not finish"
-    finally:
-        for process, _ in processes:
-            if process.is_alive():
-                process.kill()
-    reports = [json.loads(out.read_text()) for _, out in processes]
-    assert [r["error"] for r in reports if r["error"]] == []
+
+    reports = run_lanes(experiment, folder, lanes, during=restart_mid_search, timeout=180)
     assert all(r["told"] for r in reports), "both lanes worked"
 
     study = load_study(experiment)
@@ -300,7 +240,7 @@ def _register_with(experiment: Experiment, folder: Path, monkeypatch, stack_env,
     from kubetune.tracking import TrackingError
 
     start_segment(experiment, segment=0)
-    _lane(experiment, folder)
+    one_lane(experiment, folder)
     monkeypatch.setenv("KUBETUNE_RETRY_ATTEMPTS", "2")
     monkeypatch.setenv("KUBETUNE_RETRY_BACKOFF_SECONDS", "0.2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # one request per attempt: a shorter test
@@ -336,12 +276,12 @@ def _password(stack_env: dict) -> str:
 
 
 def test_registration_while_s3_is_down_retries_then_registers_once(folder, monkeypatch, stack_env, s3):
-    experiment = _experiment(f"s3-down-{secrets.token_hex(3)}", max_trials=1)
+    experiment = small_experiment(f"s3-down-{secrets.token_hex(3)}", max_trials=1)
     _register_with(experiment, folder, monkeypatch, stack_env, s3.stop, s3.start, stack_env["MLFLOW_TRACKING_URI"])
 
 
 def test_registration_while_mlflow_is_down_retries_then_registers_once(folder, monkeypatch, stack_env, mlflow_server):
-    experiment = _experiment(f"mlflow-down-{secrets.token_hex(3)}", max_trials=1)
+    experiment = small_experiment(f"mlflow-down-{secrets.token_hex(3)}", max_trials=1)
     _register_with(experiment, folder, monkeypatch, stack_env, mlflow_server.stop, mlflow_server.start,
                    mlflow_server.uri)
 
@@ -355,14 +295,14 @@ def test_diverged_and_out_of_memory_trials_fail_alone(folder, monkeypatch):
 
     from kubetune import train
 
-    experiment = _experiment(f"bad-trials-{secrets.token_hex(3)}", max_trials=4, epochs=2, parameters={
+    experiment = small_experiment(f"bad-trials-{secrets.token_hex(3)}", max_trials=4, epochs=2, parameters={
         "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
         "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
     })
     start_segment(experiment, segment=0)
     with pytest.warns(UserWarning, match="out of range"):  # Optuna warns about the enqueued lr, as it should
         load_study(experiment).enqueue_trial({"lr": 1e20, "optimizer": "sgd"})  # diverges in the first epoch
-        diverged = _lane(experiment, folder, slot=0)
+        diverged = one_lane(experiment, folder, slot=0)
 
     real_epoch = train._train_epoch
 
@@ -370,10 +310,10 @@ def test_diverged_and_out_of_memory_trials_fail_alone(folder, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(train, "_train_epoch", out_of_memory)
-    oom = _lane(experiment, folder, slot=1)
+    oom = one_lane(experiment, folder, slot=1)
     monkeypatch.setattr(train, "_train_epoch", real_epoch)
     assert finish_segment(experiment, segment=0).go_on, "two failures do not end the experiment"
-    rest = [_lane(experiment, folder, slot=slot, segment=1) for slot in range(2)]
+    rest = [one_lane(experiment, folder, slot=slot, segment=1) for slot in range(2)]
 
     study = load_study(experiment)
     assert [diverged["state"], oom["state"]] == ["FAIL", "FAIL"]
