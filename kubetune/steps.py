@@ -44,7 +44,11 @@ def call(target: str, experiment_spec: str, **kwargs: Any) -> Any:
     sys.stdout.flush()
     sys.stderr.flush()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(path)
+        try:
+            connection.connect(path)
+        except OSError as error:
+            raise StepFailed(f"the step server at {path} is not answering ({error.strerror or error}); "
+                             "see step-server.log in the logs folder of the kubetune home") from None
         request = {"target": target, "experiment_spec": experiment_spec, "kwargs": kwargs,
                    "env": dict(os.environ), "cwd": os.getcwd()}
         # The fork writes to this step's own stdout and stderr, so its output lands in the step's log.
@@ -52,7 +56,8 @@ def call(target: str, experiment_spec: str, **kwargs: Any) -> Any:
         send_message(connection, request)
         reply = receive_message(connection)
     if reply is None:
-        raise StepFailed(f"the step server at {path} closed the connection before answering; see its log")
+        raise StepFailed(f"the step server at {path} closed the connection before answering; "
+                         "see step-server.log in the logs folder of the kubetune home")
     if "error" in reply:
         raise StepFailed(reply["error"])
     return reply["result"]

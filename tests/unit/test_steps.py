@@ -63,6 +63,12 @@ def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log
     assert "Traceback" in capfd.readouterr().err  # written by the fork to this process's own stderr
 
 
+def test_a_server_that_is_gone_fails_the_step_with_where_to_look(minimal_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv(SERVER_ENV, str(tmp_path / "gone.sock"))
+    with pytest.raises(StepFailed, match=r"gone\.sock is not answering .*step-server\.log"):
+        call("search.train_threads", _spec(minimal_spec))
+
+
 def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tmp_path, monkeypatch):
     """Like a trial pod that dies: its fork stops training, and the trial's heartbeats stop with it."""
     monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
