@@ -39,7 +39,7 @@ import numpy as np
 
 from kubetune.errors import UserError
 
-__all__ = ["DataError", "SplitData", "load_split", "save_split", "read_split"]
+__all__ = ["DataError", "SplitData", "load_split", "read_split", "retrieve", "save_split"]
 
 OPTIONS = {"source": None, "sha256": None, "labelColumn": "label", "validationFraction": 0.2, "testFraction": 0.2,
            "seed": 0}
@@ -105,6 +105,13 @@ def load_split(data: dict) -> SplitData:
                           "mean": mean.ravel().tolist(), "std": std.ravel().tolist()},
     }
     return SplitData(**parts, num_classes=len(classes), input_shape=input_shape, metadata=metadata)
+
+
+def retrieve(experiment, path: str | Path) -> dict:
+    """The retrieve-data step: load and split the experiment's data, save it to ``path``; returns its metadata."""
+    split = load_split(experiment.to_dict()["spec"]["data"])
+    save_split(split, path)
+    return json.loads(json.dumps(split.metadata))
 
 
 def save_split(split: SplitData, path: str | Path) -> None:

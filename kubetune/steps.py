@@ -9,6 +9,7 @@ This module imports nothing heavy, so a step that hands its work over stays chea
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -28,12 +29,16 @@ class StepFailed(RuntimeError):
 
 
 def run_here(target: str, experiment_spec: str, kwargs: dict) -> Any:
-    """Call ``kubetune.<module>.<function>`` (``target`` is ``"module.function"``) on the parsed spec."""
+    """Call ``kubetune.<module>.<function>`` (``target`` is ``"module.function"``) on the parsed spec.
+
+    A dataclass result comes back as a dict, so the caller sees the same value wherever it ran.
+    """
     from kubetune.spec import parse_experiment
 
     module_name, function_name = target.rsplit(".", 1)
     function = getattr(importlib.import_module(f"kubetune.{module_name}"), function_name)
-    return function(parse_experiment(json.loads(experiment_spec)), **kwargs)
+    result = function(parse_experiment(json.loads(experiment_spec)), **kwargs)
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
 
 
 def call(target: str, experiment_spec: str, **kwargs: Any) -> Any:

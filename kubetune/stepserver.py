@@ -35,7 +35,8 @@ READY = "ready"
 PRELOAD = ("torch", "torch._dynamo", "optuna", "alembic.command", "sqlalchemy.dialects.sqlite", "mlflow",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
            "mlflow.tracing.export", "mlflow.tracing.processor", "kubetune.search", "kubetune.evaluate",
-           "kubetune.segments", "kubetune.train", "kubetune.nas", "kubetune.data")
+           "kubetune.segments", "kubetune.train", "kubetune.nas", "kubetune.data", "kubetune.cluster",
+           "kubetune.report", "optuna.visualization")
 
 
 class _Call(socketserver.BaseRequestHandler):

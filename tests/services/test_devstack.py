@@ -135,7 +135,7 @@ def test_not_ready_in_time_quotes_the_log(
     s3: devstack.S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # (the s3 fixture skips this test where rclone is missing)
-    monkeypatch.setattr(devstack, "_http_status", lambda url, timeout=2.0: None)  # never answers
+    monkeypatch.setattr("kubetune.devstack.s3.http_status", lambda url, timeout=2.0: None)  # never answers
     server = devstack.S3Server(tmp_path / "s3", startup_timeout=0.5)
     message = r"did not become ready within 0\.5 s\. Log .*s3\.log"
     with pytest.raises(devstack.ServiceError, match=message):
@@ -205,7 +205,7 @@ def _start_dev_stack(directory: Path) -> tuple[_DevStack, dict[str, str]]:
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(devstack.__file__).parents[1]), env.get("PYTHONPATH")])
+        filter(None, [str(Path(devstack.__file__).parents[2]), env.get("PYTHONPATH")])
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(directory)],

@@ -10,7 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from kubetune.data import DataError, load_split, read_split, save_split
+from kubetune.data import DataError, load_split, read_split, retrieve, save_split
+from kubetune.spec import parse_experiment
 
 # builtin:mnist1d is generated offline; its digest pins that every machine gets the same data.
 MNIST1D_SHA256 = "5f6effadbab495d98caf19a185413cb8164ad58e4673556c11fa4d0d965200d5"
@@ -60,6 +61,12 @@ def test_same_seed_same_split_and_metadata_recorded(digits):
     assert (meta["seed"], meta["validationFraction"], meta["testFraction"]) == (0, 0.2, 0.2)
     assert meta["stratified"] is True and meta["classes"] == list(range(10))
     assert len(meta["normalisation"]["mean"]) == 1  # one channel
+
+
+def test_the_retrieve_step_saves_the_split_and_returns_its_metadata_as_json(digits, minimal_spec, tmp_path):
+    metadata = retrieve(parse_experiment(minimal_spec), tmp_path / "split.npz")
+    assert metadata["sha256"] == digits.metadata["sha256"] and metadata["sizes"] == digits.metadata["sizes"]
+    np.testing.assert_array_equal(read_split(tmp_path / "split.npz").y_val, digits.y_val)
 
 
 @pytest.mark.parametrize(
