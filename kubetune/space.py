@@ -6,6 +6,7 @@ Architecture dimensions are named ``arch.blocks`` and ``arch.b<i>.<field>``; a b
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from kubetune.spec import (
     sampling_order,
 )
 
-__all__ = ["sample", "grid_space", "trainer_hyperparameters"]
+__all__ = ["sample", "grid_points", "grid_space", "trainer_hyperparameters"]
 
 BLOCK_FIELDS = ("kind", "width", "kernelSize", "activation", "norm", "dropout", "skip")
 
@@ -125,3 +126,8 @@ def grid_space(spec: ExperimentSpec) -> dict[str, list]:
             if len(values) > 1 or isinstance(dimension, Range):
                 grid[f"arch.b{index}.{field}"] = values
     return grid
+
+
+def grid_points(spec: ExperimentSpec) -> int:
+    """How many points Optuna's GridSampler would list for ``spec``: the product of every dimension's values."""
+    return math.prod(len(values) for values in grid_space(spec).values())

@@ -50,6 +50,7 @@ SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
+MAX_GRID_POINTS = 100_000  # Optuna's GridSampler lists every point in memory when the study loads
 
 
 class SpecError(UserError, ValueError):
@@ -493,6 +494,16 @@ def _check_finite(spec: ExperimentSpec) -> None:
     if spec.architecture and isinstance(spec.architecture.block.dropout, Range) and spec.architecture.block.dropout.step is None:
         raise _FieldError(
             "architecture.block.dropout", "sampler grid needs a finite space: give it a step or choices"
+        )
+
+    from kubetune.space import grid_points  # imports this module; needed only for grid specs
+
+    points = grid_points(spec)
+    if points > MAX_GRID_POINTS:
+        raise _FieldError(
+            "strategy.sampler.name",
+            f"grid over this space has {points:,} points, more than the {MAX_GRID_POINTS:,} a grid search can list; "
+            "narrow the space (fewer choices, larger steps, fewer blocks) or use tpe or random",
         )
 
 

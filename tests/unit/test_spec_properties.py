@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from optuna.storages import InMemoryStorage
 
 from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
-from kubetune.space import grid_space, sample
+from kubetune.space import grid_points, grid_space, sample
 from kubetune.spec import (
     ACTIVATIONS,
     KINDS,
+    MAX_GRID_POINTS,
     METRICS,
     NORMS,
     PRUNERS,
@@ -485,6 +486,11 @@ def valid_documents(draw):
     }
     if draw(st.booleans()):
         document["spec"]["architecture"] = draw(architectures(finite_only=finite_only))
+    if finite_only:
+        unsampled = copy.deepcopy(document)
+        unsampled["spec"]["strategy"]["sampler"]["name"] = "random"
+        if grid_points(parse_experiment(unsampled).spec) > MAX_GRID_POINTS:  # refused: see test_spec
+            document["spec"]["strategy"]["sampler"]["name"] = "random"
     return document
 
 
