@@ -50,6 +50,24 @@ def objective(chosen: dict, architecture: dict | None) -> float:
     return score
 
 
+def timed_ask_tell(study, spec, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` rounds of ask -> sample the whole space -> tell."""
+    from kubetune import space
+
+    latencies = []
+    for _ in range(calls):
+        tick = time.perf_counter()
+        trial = study.ask()
+        chosen, architecture = space.sample(trial, spec)
+        study.tell(trial, objective(chosen, architecture))
+        latencies.append(time.perf_counter() - tick)
+    return latencies
+
+
+def percentiles_ms(latencies) -> dict:
+    return {"p50_ms": 1e3 * np.percentile(latencies, 50), "p99_ms": 1e3 * np.percentile(latencies, 99)}
+
+
 def open_any(kind: str, url: str, experiment):
     """The storage a lane uses: kubetune's RDB storage, or an Optuna journal file."""
     if kind == "journal":
@@ -65,7 +83,6 @@ def open_any(kind: str, url: str, experiment):
 def lane(kind: str, url: str, spec_path: str, study_name: str, slot: int, quota: int, start, results) -> None:
     import optuna
 
-    from kubetune import space
     from kubetune.spec import load_experiment
     from kubetune.study import make_sampler
 
@@ -76,13 +93,7 @@ def lane(kind: str, url: str, spec_path: str, study_name: str, slot: int, quota:
     study.get_trials(deepcopy=False)  # warm the connection and the cache before the clock starts
     start.wait()
     began = time.perf_counter()
-    latencies = []
-    for _ in range(quota):
-        tick = time.perf_counter()
-        trial = study.ask()
-        chosen, architecture = space.sample(trial, experiment.spec)
-        study.tell(trial, objective(chosen, architecture))
-        latencies.append(time.perf_counter() - tick)
+    latencies = timed_ask_tell(study, experiment.spec, quota)
     results.put((slot, began, time.perf_counter(), latencies))
 
 
@@ -119,8 +130,7 @@ def measure(kind: str, url: str, spec_path: str, lanes: int, trials: int) -> dic
         process.join()
     wall = max(end for _, _, end, _ in done) - min(began for _, began, _, _ in done)
     latencies = np.concatenate([np.asarray(lat) for *_, lat in done])
-    return {"trials_per_s": trials / wall, "p50_ms": 1e3 * np.percentile(latencies, 50),
-            "p99_ms": 1e3 * np.percentile(latencies, 99), "wall_s": wall}
+    return {"trials_per_s": trials / wall, **percentiles_ms(latencies), "wall_s": wall}
 
 
 def cold_suggest(url: str, spec_path: str, results) -> None:
@@ -172,15 +182,8 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
                                  sampler=make_sampler(experiment))
     for label, study in (("postgresql", database), ("in-memory", memory)):
         study.get_trials(deepcopy=False)
-        latencies = []
-        for _ in range(samples):
-            tick = time.perf_counter()
-            trial = study.ask()
-            chosen, architecture = space.sample(trial, experiment.spec)
-            study.tell(trial, objective(chosen, architecture))
-            latencies.append(time.perf_counter() - tick)
-        out[label] = {"p50_ms": 1e3 * np.percentile(latencies, 50), "p99_ms": 1e3 * np.percentile(latencies, 99),
-                      "mean_ms": 1e3 * np.mean(latencies)}
+        latencies = timed_ask_tell(study, experiment.spec, samples)
+        out[label] = {**percentiles_ms(latencies), "mean_ms": 1e3 * np.mean(latencies)}
     results = SPAWN.Queue()
     cold = []
     for _ in range(3):

@@ -55,6 +55,21 @@ def test_the_server_runs_the_body_with_the_callers_environment(minimal_spec, ser
         assert call("search.train_threads", _spec(minimal_spec)) == int(threads)
 
 
+@pytest.mark.parametrize("through_server", [False, True], ids=["in-process", "server"])
+def test_a_dataclass_result_crosses_as_a_dict_wherever_it_ran(minimal_spec, server, tmp_path, monkeypatch,
+                                                                through_server):
+    monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
+    monkeypatch.delenv("KUBETUNE_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    spec = _spec(minimal_spec)
+    start_segment(parse_experiment(json.loads(spec)), segment=0)
+    if through_server:
+        monkeypatch.setenv(SERVER_ENV, server)
+    decision = call("segments.finish_segment", spec, segment=0)
+    assert decision == {"go_on": True, "reason": decision["reason"]} and isinstance(decision["reason"], str)
+
+
 def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log(minimal_spec, server, monkeypatch,
                                                                                   capfd):
     monkeypatch.setenv(SERVER_ENV, server)
