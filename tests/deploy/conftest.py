@@ -22,3 +22,15 @@ def scenario_objects() -> dict[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def default_objects(scenario_objects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return scenario_objects["default-values"]
+
+
+@pytest.fixture(scope="session")
+def manifests_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """manifests/ with every *.env.example copied to *.env, as a user would do."""
+    return ds.copy_manifests_with_env(tmp_path_factory.mktemp("kustomize"))
+
+
+@pytest.fixture(scope="session")
+def built(manifests_copy: Path) -> dict[str, list[dict[str, Any]]]:
+    """`kubectl kustomize` of every kustomization in ds.KUSTOMIZE_BUILDS, built once."""
+    return {name: ds.kustomize_build(manifests_copy / name) for name in ds.KUSTOMIZE_BUILDS}

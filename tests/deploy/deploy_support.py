@@ -32,8 +32,13 @@ ACCESS_LABEL = {"kubetune.io/access": "true"}
 # Kubernetes versions whose schemas every rendered object must pass (kubernetes-validate --strict).
 KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 SCENARIOS = sorted(p.stem for p in CI_VALUES.glob("*-values.yaml"))
+KUSTOMIZE_BUILDS = ["base", "overlays/dev", "overlays/production", "experiments"]
 
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"}
+NO_SIDECAR = {"sidecar.istio.io/inject": "false"}
+# ServiceAccounts that KFP runs pipelines as when a run names none (kubeflow/pipelines 2.17.0:
+# backend/src/apiserver/common/const.go, manifests/kustomize/base/installs/multi-user/api-service/params.env).
+KFP_RUNNER_ACCOUNTS = {"pipeline-runner", "default-editor"}
 
 
 def ci_values(scenario: str) -> dict[str, Any]:
@@ -125,7 +130,10 @@ def security_problems(objs: list[dict[str, Any]]) -> list[str]:
         spec = pod_template(obj)["spec"]
         pod_sc = spec.get("securityContext") or {}
         if spec.get("automountServiceAccountToken") is not False:
-            problems.append(f"{where}: automountServiceAccountToken is not false")
+            account = spec.get("serviceAccountName", "default")
+            excess = token_privilege_problems(objs, account)
+            if excess:
+                problems.extend(f"{where}: automountServiceAccountToken is not false, and {p}" for p in excess)
         if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
             problems.append(f"{where}: uses host namespaces")
         tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
@@ -156,21 +164,94 @@ def security_problems(objs: list[dict[str, Any]]) -> list[str]:
                 mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
                 if mounts.get("/tmp") not in tmp_volumes:
                     problems.append(f"{at}: read-only root filesystem without an emptyDir at /tmp")
+    return problems + resource_problems(objs)
+
+
+def resource_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Containers without CPU/memory requests and limits: a namespace with a ResourceQuota on them and
+    no LimitRange refuses such pods."""
+    problems = []
+    for obj in workloads(objs):
+        for container in containers(pod_template(obj)["spec"]):
             resources = container.get("resources") or {}
             for section in ("requests", "limits"):
                 for resource in ("cpu", "memory"):
                     if resource not in (resources.get(section) or {}):
-                        problems.append(f"{at}: no {section}.{resource}")
+                        problems.append(f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}: no {section}.{resource}")
     return problems
 
 
+def rules_of(objs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    """RBAC rules of the Roles that the render binds to ServiceAccount ``account``."""
+    roles = {r["metadata"]["name"]: r for r in find(objs, "Role")}
+    rules = []
+    for binding in find(objs, "RoleBinding"):
+        if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]):
+            rules.extend(roles[binding["roleRef"]["name"]]["rules"] if binding["roleRef"]["name"] in roles else [])
+    return rules
+
+
+def token_privilege_problems(objs: list[dict[str, Any]], account: str) -> list[str]:
+    """Why a pod of ``account`` should not hold a Kubernetes API token: an empty list only when the account
+    is the render's own, bound to nothing but gets of named objects and LocalSubjectAccessReviews."""
+    if not find(objs, "ServiceAccount", account):
+        return [f"its ServiceAccount {account!r} is not one the render creates"]
+    if find(objs, "ClusterRoleBinding"):
+        return ["the render binds ClusterRoles"]
+    problems = []
+    for rule in rules_of(objs, account):
+        review = rule["apiGroups"] == ["authorization.k8s.io"] and rule["resources"] == ["localsubjectaccessreviews"] and rule["verbs"] == ["create"]
+        named_get = rule["verbs"] == ["get"] and bool(rule.get("resourceNames")) and "*" not in rule["resources"]
+        if not (review or named_get):
+            problems.append(f"{account} may {rule['verbs']} {rule['apiGroups']}/{rule['resources']} {rule.get('resourceNames', 'of any name')}")
+    return problems
+
+
+# Custom resources that kubernetes-validate has no schema for, with the fields their CRD defines.
+# PodDefault: kubeflow/dashboard components/poddefaults-webhooks/pkg/apis/settings/v1alpha1/poddefault_types.go@v2.0.0.
+PODDEFAULT_SPEC_FIELDS = {
+    "selector", "desc", "initContainers", "sidecars", "serviceAccountName", "automountServiceAccountToken", "env",
+    "envFrom", "volumes", "volumeMounts", "annotations", "labels", "tolerations", "command", "args", "imagePullSecrets",
+}
+
+
+def poddefault_errors(obj: dict[str, Any], version: str) -> list[str]:
+    """A PodDefault's spec: only its CRD's fields, a selector and a description, and what it injects (env,
+    volumes, mounts) valid as a Pod's, checked by putting them into a Pod and validating that strictly."""
+    import kubernetes_validate
+
+    spec = obj.get("spec") or {}
+    errors = [f"unknown field spec.{key}" for key in sorted(set(spec) - PODDEFAULT_SPEC_FIELDS)]
+    if not (spec.get("selector") or {}).get("matchLabels") and not (spec.get("selector") or {}).get("matchExpressions"):
+        errors.append("spec.selector selects nothing")
+    if not spec.get("desc"):
+        errors.append("spec.desc is required")
+    container = {"name": "c", "image": "x:1", "env": spec.get("env", []), "volumeMounts": spec.get("volumeMounts", [])}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [container], "volumes": spec.get("volumes", [])}}
+    try:
+        kubernetes_validate.validate(pod, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        errors.append(f"injected pod fields: {'/'.join(str(p) for p in error.absolute_path)}: {error.message}")
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    errors.extend(f"volumeMount {m['name']} has no volume" for m in spec.get("volumeMounts", []) if m["name"] not in volumes)
+    return errors
+
+
+CUSTOM_RESOURCE_CHECKS = {("kubeflow.org/v1alpha1", "PodDefault"): poddefault_errors}
+
+
 def validation_errors(objs: list[dict[str, Any]], versions: list[str] = KUBE_VERSIONS) -> list[str]:
-    """kubernetes-validate --strict on every object for every version; returns the failures."""
+    """kubernetes-validate --strict on every object for every version (custom resources: their own check);
+    returns the failures."""
     import kubernetes_validate
 
     errors = []
     for version in versions:
         for obj in objs:
+            custom = CUSTOM_RESOURCE_CHECKS.get((obj.get("apiVersion"), obj.get("kind")))
+            if custom:
+                errors.extend(f"{version} {obj['kind']}/{obj['metadata'].get('name')}: {e}" for e in custom(obj, version))
+                continue
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:

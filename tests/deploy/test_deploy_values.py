@@ -85,6 +85,21 @@ FAIL_CASES = [
         "rbac.create is true but serviceAccount.create is false and serviceAccount.name is empty",
     ),
     (
+        "runs-as-the-chart-account",
+        {"kfp": {"runServiceAccount": "kubetune"}},
+        'kfp.runServiceAccount is "kubetune", one of the chart\'s own ServiceAccounts',
+    ),
+    (
+        "runs-as-the-registrar",
+        {"kfp": {"runServiceAccount": "kubetune-registrar"}},
+        "so every run would fail at its first driver step",
+    ),
+    (
+        "runs-as-the-doctor",
+        {"kfp": {"runServiceAccount": "kubetune-doctor"}},
+        "Leave kfp.runServiceAccount empty (KFP then uses pipeline-runner, or default-editor in a Kubeflow profile)",
+    ),
+    (
         "experiment-without-name",
         {"experiments": [{"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {}, "spec": {"budget": {}}}]},
         "experiments[0] has no metadata.name",
@@ -183,8 +198,13 @@ def test_valid_external_services_render() -> None:
         ({"trial": {"gpuTolerations": [{"key": "nvidia.com/gpu", "operator": "Sometimes"}]}}, "operator"),
         ({"mlflow": {"resources": {"limits": None}}}, "limits"),
         ({"image": {"digest": "sha256:short"}}, "digest"),
+        ({"kfp": {"runServiceAccount": "Pipeline_Runner"}}, "runServiceAccount"),
+        ({"kfp": {"namespace": "Team A"}}, "namespace"),
+        ({"istio": {"sidecars": "no"}}, "sidecars"),
+        ({"tests": {"doctor": {"resources": {"limits": None}}}}, "limits"),
     ],
-    ids=["unknown-top-level", "unknown-nested", "bad-size", "experiment-no-name", "experiment-bad-name", "bad-toleration", "no-limits", "bad-digest"],
+    ids=["unknown-top-level", "unknown-nested", "bad-size", "experiment-no-name", "experiment-bad-name", "bad-toleration", "no-limits", "bad-digest",
+         "bad-run-account", "bad-namespace", "bad-sidecars", "doctor-without-limits"],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], fragment: str) -> None:
     # Rendering validates the merged values against values.schema.json, as `helm install` does.

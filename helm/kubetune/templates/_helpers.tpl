@@ -64,13 +64,92 @@ app.kubernetes.io/component: {{ .component }}
 kubetune.io/access: "true"
 {{- end }}
 
-{{/* ServiceAccount of the pipeline pods and the chart's Jobs. */}}
+{{/*
+ServiceAccount of the chart's experiment Jobs (`kubetune submit`). Pipeline runs never use it: it has no
+token mounted and may only create KFP runs (see kubetune.runServiceAccount).
+*/}}
 {{- define "kubetune.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
+{{- end }}
+
+{{/* ServiceAccount of the registration Job. */}}
+{{- define "kubetune.registrarServiceAccountName" -}}{{ include "kubetune.fullname" . }}-registrar{{- end }}
+
+{{/* ServiceAccount of the `helm test` doctor pod. */}}
+{{- define "kubetune.doctorServiceAccountName" -}}{{ include "kubetune.fullname" . }}-doctor{{- end }}
+
+{{/*
+ServiceAccount handed to pipeline runs (KUBETUNE_SERVICE_ACCOUNT): kfp.runServiceAccount, or "" so that
+KFP picks its own runner account. KFP's API server replaces an empty account with
+DEFAULTPIPELINERUNNERSERVICEACCOUNT (kubeflow/pipelines backend/src/apiserver/template/template.go@2.17.0):
+"pipeline-runner" standalone (backend/src/apiserver/common/const.go@2.17.0), "default-editor" in
+multi-user mode (manifests/kustomize/base/installs/multi-user/api-service/params.env@2.17.0).
+*/}}
+{{- define "kubetune.runServiceAccount" -}}
+{{- .Values.kfp.runServiceAccount | default "" -}}
+{{- end }}
+
+{{/* The account runs actually use: the one named, else KFP's default runner account of the mode. */}}
+{{- define "kubetune.effectiveRunServiceAccount" -}}
+{{- if .Values.kfp.runServiceAccount -}}
+{{- .Values.kfp.runServiceAccount -}}
+{{- else if .Values.kfp.multiUser -}}
+default-editor
+{{- else -}}
+pipeline-runner
+{{- end -}}
+{{- end }}
+
+{{/* KFP namespace of runs and experiments (KUBETUNE_NAMESPACE). */}}
+{{- define "kubetune.kfpNamespace" -}}
+{{- .Values.kfp.namespace | default .Release.Namespace -}}
+{{- end }}
+
+{{/* "true" when the chart's services must run without an Istio sidecar (istio.sidecars, null = multi-user). */}}
+{{- define "kubetune.servicesWithoutSidecar" -}}
+{{- $sidecars := .Values.istio.sidecars -}}
+{{- if kindIs "invalid" $sidecars -}}
+{{- if .Values.kfp.multiUser }}true{{ end -}}
+{{- else if not $sidecars -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+The annotation that keeps Istio from injecting a sidecar. KFP puts it on every pipeline pod
+(kubeflow/pipelines backend/src/apiserver/template/v2_template.go@2.17.0, SetAnnotationsToAllTemplatesIfKeyNotExist
+with sidecar.istio.io/inject=false), so pipeline pods are outside the mesh.
+*/}}
+{{- define "kubetune.noSidecarAnnotation" -}}
+sidecar.istio.io/inject: "false"
+{{- end }}
+
+{{/*
+Pod annotations of the chart's long-running services (PostgreSQL, MinIO, MLflow, dashboard). A Kubeflow
+profile namespace has istio-injection=enabled (kubeflow/dashboard
+components/profile-controller/controllers/profile_controller.go@v2.0.0), and the profile's
+AuthorizationPolicy "ns-owner-access-istio" (same file, getAuthorizationPolicy) admits same-namespace
+traffic by `source.namespace`, which only an mTLS peer has: plain TCP from the sidecar-less pipeline pods
+would be refused by a sidecar on the service. Without a sidecar, the policy does not apply and meshed
+clients still reach the service (Istio's auto mTLS sends plain text to pods without a sidecar).
+*/}}
+{{- define "kubetune.serviceSidecarAnnotation" -}}
+{{- if include "kubetune.servicesWithoutSidecar" . }}
+{{- include "kubetune.noSidecarAnnotation" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations of the chart's Jobs and test pods: never a sidecar, in every mode (harmless without
+Istio). A Job whose pod has a classic sidecar never completes, because the proxy keeps running.
+*/}}
+{{- define "kubetune.runToCompletionPodAnnotations" -}}
+annotations:
+  {{- include "kubetune.noSidecarAnnotation" . | nindent 2 }}
 {{- end }}
 
 {{/*
@@ -252,13 +331,20 @@ PGPASSWORD, which the pods take from a Secret, so no env literal ever holds it.
 {{- toYaml .Values.containerSecurityContext }}
 {{- end }}
 
+{{/*
+Where the KFP API token is mounted in multi-user mode: the directory and file that the kfp client reads
+(KF_PIPELINES_SA_TOKEN_PATH; kubeflow/manifests tests/poddefaults.access-ml-pipeline.kubeflow-user-example-com.yaml@26.03).
+*/}}
+{{- define "kubetune.kfpTokenDir" -}}/var/run/secrets/kubeflow/pipelines{{- end }}
+{{- define "kubetune.kfpTokenFile" -}}token{{- end }}
+
 {{/* env shared by every container that runs the kubetune runtime image. */}}
 {{- define "kubetune.runtimeEnv" -}}
 - name: HOME
   value: /tmp
 {{- if .Values.kfp.multiUser }}
 - name: KF_PIPELINES_SA_TOKEN_PATH
-  value: /var/run/secrets/kubeflow/pipelines/token
+  value: {{ printf "%s/%s" (include "kubetune.kfpTokenDir" .) (include "kubetune.kfpTokenFile" .) }}
 {{- end }}
 {{- end }}
 
@@ -274,7 +360,7 @@ PGPASSWORD, which the pods take from a Secret, so no env literal ever holds it.
       - serviceAccountToken:
           audience: pipelines.kubeflow.org
           expirationSeconds: 7200
-          path: token
+          path: {{ include "kubetune.kfpTokenFile" . }}
 {{- end }}
 {{- end }}
 
@@ -283,7 +369,7 @@ PGPASSWORD, which the pods take from a Secret, so no env literal ever holds it.
   mountPath: /tmp
 {{- if .Values.kfp.multiUser }}
 - name: kfp-token
-  mountPath: /var/run/secrets/kubeflow/pipelines
+  mountPath: {{ include "kubetune.kfpTokenDir" . }}
   readOnly: true
 {{- end }}
 {{- end }}
