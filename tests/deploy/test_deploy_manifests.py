@@ -256,11 +256,13 @@ def test_flux_kustomization() -> None:
 
 
 def test_shipped_experiment_specs_are_valid(tmp_path: Path) -> None:
-    """The specs in manifests/experiments/ and in the chart's experiments scenario pass kubetune's own checks."""
+    """The specs in manifests/experiments/ and in the chart's ci/ scenarios pass kubetune's own checks."""
     from kubetune import spec
     files = sorted(p for p in (ds.MANIFESTS / "experiments").glob("*.yaml") if p.name not in {"kustomization.yaml", "submit-job.yaml"})
     assert files
-    for index, inline in enumerate(ds.ci_values("experiments-values")["experiments"]):
+    inline_specs = [spec for scenario in ds.SCENARIOS for spec in ds.ci_values(scenario).get("experiments", [])]
+    assert len(inline_specs) >= 2
+    for index, inline in enumerate(inline_specs):
         path = tmp_path / f"inline-{index}.yaml"
         path.write_text(yaml.safe_dump(inline))
         files.append(path)
