@@ -116,6 +116,9 @@ def _cluster(image, trainer_image, secret, config_map, image_pull_secrets, gpu_n
 
 host_option = click.option("--host", envvar="KUBETUNE_KFP_HOST",
                            help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888. Env: KUBETUNE_KFP_HOST.")
+namespace_option = click.option(
+    "--namespace", envvar="KUBETUNE_NAMESPACE",
+    help="Kubeflow profile namespace (multi-user KFP). Env: KUBETUNE_NAMESPACE. Default: the pod's own namespace.")
 
 
 @cli.command()
@@ -134,43 +137,50 @@ def compile(experiment_file: str, output: str | None, **cluster) -> None:
 @cli.command()
 @experiment_argument
 @host_option
+@namespace_option
 @cluster_options
-def submit(experiment_file: str, host: str | None, **cluster) -> None:
+def submit(experiment_file: str, host: str | None, namespace: str | None, **cluster) -> None:
     """Start the experiment's first segment as a KFP run (the same spec again starts nothing)."""
     from kubetune.cluster import submit_segment
 
     experiment = _load(experiment_file)
-    submission = submit_segment(experiment, segment=0, cluster=_cluster(**cluster), host=host)
+    submission = submit_segment(experiment, segment=0, cluster=_cluster(**cluster), host=host, namespace=namespace)
     state = "submitted" if submission.created else "already submitted, nothing new started:"
     click.echo(f"{state} run {submission.run_name} (id {submission.run_id}) in KFP experiment {experiment.name}")
 
 
 @cli.command("register-pipeline")
 @host_option
+@namespace_option
 @click.option("--name", default="kubetune-search", show_default=True, help="Pipeline name in KFP.")
 @click.option("--version", "version", required=True, help="Pipeline version name, e.g. the chart and app version.")
 @click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False), default=None,
               help="Spec whose pipeline is registered (its spec is the run's default parameter). Default: the digits example.")
 @cluster_options
-def register_pipeline(host: str | None, name: str, version: str, experiment_file: str | None, **cluster) -> None:
+def register_pipeline(host: str | None, namespace: str | None, name: str, version: str, experiment_file: str | None,
+                      **cluster) -> None:
     """Upload the search pipeline to KFP as a new version (idempotent), so the UI can start runs."""
     from kubetune.cluster import register_search_pipeline
     from kubetune.examples import default_experiment
 
     experiment = _load(experiment_file) if experiment_file else default_experiment()
-    pipeline_id, created = register_search_pipeline(experiment, name=name, version=version, cluster=_cluster(**cluster), host=host)
+    pipeline_id, created = register_search_pipeline(experiment, name=name, version=version, cluster=_cluster(**cluster),
+                                                    host=host, namespace=namespace)
     click.echo(f"pipeline {name} version {version} {'registered' if created else 'already registered'} (pipeline id {pipeline_id})")
 
 
 @cli.command()
 @click.argument("name")
 @home_option
-def status(name: str, home: str | None) -> None:
+@namespace_option
+def status(name: str, home: str | None, namespace: str | None) -> None:
     """Show an experiment's progress from the study and MLflow: trials, best value, champion, segment, stop reason."""
     _set_home(home)
     from kubetune.status import experiment_status, print_status
 
     print_status(experiment_status(name))
+    if namespace:
+        click.echo(f"KFP runs of this experiment are in namespace {namespace}.")
 
 
 @cli.command()

@@ -1,29 +1,18 @@
 """Cluster mode against a local HTTP double of the KFP API (no KFP server can run here)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kfp_double import KfpApiDouble  # noqa: E402
-
-from kubetune.cli import cli  # noqa: E402
-from kubetune.cluster import continue_experiment, run_name  # noqa: E402
-from kubetune.pipelines import ClusterSettings  # noqa: E402
-from kubetune.segments import finish_segment, start_segment  # noqa: E402
-from kubetune.settings import redact  # noqa: E402
-from kubetune.spec import load_experiment, parse_experiment  # noqa: E402
-from kubetune.study import load_study  # noqa: E402
-
-
-@pytest.fixture
-def kfp_api():
-    with KfpApiDouble() as double:
-        yield double
+from kubetune.cli import cli
+from kubetune.cluster import continue_experiment, run_name
+from kubetune.pipelines import ClusterSettings
+from kubetune.segments import finish_segment, start_segment
+from kubetune.settings import redact
+from kubetune.spec import load_experiment, parse_experiment
+from kubetune.study import load_study
 
 
 def _posted_runs(double):
