@@ -291,6 +291,11 @@ def test_a_new_image_makes_new_jobs() -> None:
     before = _experiment_jobs(ds.render_objects({"experiments": [experiment()]}))["digits-cnn"]
     after = _experiment_jobs(ds.render_objects({"experiments": [experiment()], "image": {"tag": "0.2.0"}}))["digits-cnn"]
     assert before["metadata"]["name"] != after["metadata"]["name"]
+    # so must every other value the pod template is made of
+    for values in ({"kfp": {"multiUser": True}}, {"experimentJob": {"resources": {"limits": {"memory": "2Gi"}}}}, {"imagePullSecrets": ["registry"]}):
+        other = _experiment_jobs(ds.render_objects({"experiments": [experiment()], **values}))["digits-cnn"]
+        assert other["metadata"]["name"] != before["metadata"]["name"], values
+        assert ds.pod_template(other) != ds.pod_template(before), values
 
 
 def test_experiment_job_runs_kubetune_submit(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:

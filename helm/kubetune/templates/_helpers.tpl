@@ -388,13 +388,18 @@ imagePullSecrets:
 {{/*
 Every experiment Job as a list of dicts {name, jobName, source, key, configMap, hash}, shared by the
 ConfigMap and Job templates. The hash covers the spec (or the referenced ConfigMap's content when the
-cluster can be read), the runtime image and the KFP host: Jobs are immutable, so anything that changes
-the Job's pod template must change its name too.
+cluster can be read) and every value the Job's spec is made of (the runtime image, the KFP host, the
+multi-user token, the Job settings, security contexts, pull Secrets, the chart version for changes of
+the template itself): Jobs are immutable, so anything that changes the Job's spec must change its name too.
 */}}
 {{- define "kubetune.experimentJobs" -}}
 {{- $jobs := list -}}
 {{- $fullname := include "kubetune.fullname" . -}}
-{{- $salt := printf "%s|%s" (include "kubetune.runtimeImage" .) .Values.kfp.host -}}
+{{- $v := .Values -}}
+{{- $inputs := dict "image" (include "kubetune.runtimeImage" .) "host" $v.kfp.host "multiUser" $v.kfp.multiUser "chart" .Chart.Version
+      "job" $v.experimentJob "pod" $v.podSecurityContext "container" $v.containerSecurityContext "pullSecrets" $v.imagePullSecrets
+      "serviceAccount" (include "kubetune.serviceAccountName" .) -}}
+{{- $salt := toJson $inputs | sha256sum -}}
 {{- range $i, $exp := .Values.experiments -}}
 {{- $name := dig "metadata" "name" "" $exp -}}
 {{- $hash := sha256sum (printf "%s|%s" (toJson $exp) $salt) | trunc 8 -}}
