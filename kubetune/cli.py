@@ -184,6 +184,24 @@ def status(name: str, home: str | None, namespace: str | None) -> None:
 
 
 @cli.command()
+@click.argument("experiment_file", metavar="[EXPERIMENT.yaml]", required=False, type=click.Path(dir_okay=False))
+@host_option
+@namespace_option
+def doctor(experiment_file: str | None, host: str | None, namespace: str | None) -> None:
+    """Check that the cluster can run kubetune: KFP, namespace, Secret, ConfigMap, run account, GPUs, database, MLflow."""
+    from kubetune.doctor import Context, run_checks
+    from kubetune.kfp_api import resolve_namespace
+
+    experiment = _load(experiment_file) if experiment_file else None
+    results = run_checks(Context(host, resolve_namespace(namespace), experiment))
+    for result in results:
+        click.echo(result.line())
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(results)} checks failed ({', '.join(failed)}); fix the lines marked FAIL")
+
+
+@cli.command()
 @experiment_argument
 @home_option
 @click.option("--verbose", is_flag=True, help="Show every step's log instead of the progress bar.")

@@ -99,7 +99,52 @@ PARAMETER_KINDS = {"NUMBER_DOUBLE": (int, float), "NUMBER_INTEGER": (int, float)
                    "BOOLEAN": (bool,), "LIST": (list,), "STRUCT": (dict,)}
 
 
-class KfpApiDouble:
+class LocalJsonServer:
+    """A threaded HTTP server on 127.0.0.1 that answers every request with ``respond``'s JSON; a context manager."""
+
+    def __init__(self):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def respond(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict]:
+        raise NotImplementedError
+
+    def _handler(self):
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _respond(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                status, payload = double.respond(self.command, self.path, headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _respond
+
+            def log_message(self, *_) -> None:
+                pass
+
+        return Handler
+
+
+class KfpApiDouble(LocalJsonServer):
     def __init__(self, *, multi_user: bool = False, version: str = "2.17.0", token: str = "token-team-a",
                  namespace: str = "team-a"):
         self.multi_user, self.version = multi_user, version
@@ -114,20 +159,7 @@ class KfpApiDouble:
         self.faults: dict[tuple[str, str], Refusal] = {}  # (method, path) -> refusal for the next such request
         self.protos = minimum_protos()
         self._ids = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> KfpApiDouble:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def _new_id(self, kind: str) -> str:
         return f"{kind}-{next(self._ids)}"
@@ -356,36 +388,10 @@ class KfpApiDouble:
         self.versions[pipeline_id].append(version)
         return version
 
-    def _handler(self):
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _respond(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                try:
-                    status, payload = double.handle(method, self.path, body, headers)
-                except Refusal as refusal:
-                    status, payload = refusal.status, refusal.body()
-                except (ValueError, KeyError, TypeError) as error:  # a malformed body: InvalidArgument
-                    status, payload = 400, Refusal(INVALID, f"invalid request body: {error}").body()
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._respond("GET")
-
-            def do_POST(self) -> None:
-                self._respond("POST")
-
-            def do_DELETE(self) -> None:
-                self._respond("DELETE")
-
-            def log_message(self, *_) -> None:
-                pass
-
-        return Handler
+    def respond(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict]:
+        try:
+            return self.handle(method, path, body, headers)
+        except Refusal as refusal:
+            return refusal.status, refusal.body()
+        except (ValueError, KeyError, TypeError) as error:  # a malformed body: InvalidArgument
+            return 400, Refusal(INVALID, f"invalid request body: {error}").body()
