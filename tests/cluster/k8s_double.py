@@ -1,10 +1,10 @@
 """A local HTTP double of the few Kubernetes API calls `kubetune doctor` makes, answering as the API server.
 
 Reads of Secrets, ConfigMaps and ServiceAccounts, the node list, and LocalSubjectAccessReviews, whose
-body it checks as the API server validates it (k8s.io/kubernetes pkg/registry/authorization/
-localsubjectaccessreview/rest.go and pkg/apis/authorization/validation: the namespace in the spec must
-match the URL's, a user or groups must be named, resource attributes must be given). Missing objects are
-404 Status objects, refused calls 403, a missing or wrong token 401. Every request is recorded.
+body it checks as the API server does (kubernetes/kubernetes pkg/apis/authorization/validation/validation.go,
+ValidateLocalSubjectAccessReview, and pkg/registry/authorization/localsubjectaccessreview/rest.go, read at
+commits 04d851f and 00bdb3f). Missing objects are 404 Status objects, refused calls 403, a missing or wrong
+token 401. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -86,15 +86,23 @@ class KubeApiDouble(LocalJsonServer):
                           f'"{self.user}" cannot create resource "localsubjectaccessreviews"')
         if review.get("kind") != "LocalSubjectAccessReview" or review.get("apiVersion") != "authorization.k8s.io/v1":
             return status(400, "BadRequest", f"expected authorization.k8s.io/v1 LocalSubjectAccessReview, got {review.get('kind')}")
+        metadata = dict(review.get("metadata") or {})
+        if metadata.setdefault("namespace", namespace) != namespace:  # the generic create handler's check
+            return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
         spec = review.get("spec", {})
         attributes = spec.get("resourceAttributes")
-        if attributes is None:
-            return status(422, "Invalid", "spec.resourceAttributes: Required value: exactly one of "
-                          "nonResourceAttributes or resourceAttributes must be specified")
-        if attributes.get("namespace", "") != namespace:
-            return status(400, "BadRequest", f"spec.resourceAttributes.namespace must match namespace: {namespace}")
-        if not spec.get("user") and not spec.get("groups"):
-            return status(422, "Invalid", "spec.user: Invalid value: \"\": at least one of user or group must be specified")
+        invalid = [message for wrong, message in (
+            (set(metadata) - {"namespace"}, "metadata: Invalid value: must be empty except for namespace"),
+            (attributes is None, "spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or "
+                                 "resourceAttributes must be specified"),
+            (spec.get("nonResourceAttributes"), "spec.nonResourceAttributes: Invalid value: disallowed on this kind of request"),
+            (not spec.get("user") and not spec.get("groups"), "spec.user: Invalid value: \"\": at least one of user or "
+                                                              "group must be specified"),
+            ((attributes or {}).get("namespace", "") != namespace,
+             "spec.resourceAttributes.namespace: Invalid value: must match metadata.namespace"),
+        ) if wrong]
+        if invalid:
+            return status(422, "Invalid", f"LocalSubjectAccessReview.authorization.k8s.io is invalid: {'; '.join(invalid)}")
         allowed = self._allowed(spec.get("user", ""), attributes)
         return 201, {**review, "status": {"allowed": allowed, **({} if allowed else {"reason": "no RBAC policy matched"})}}
 

@@ -1,7 +1,10 @@
 """`kubetune doctor` against the KFP double (both modes) and the Kubernetes API double: all pass, then
 each check fails alone with its fix line and exit code 2."""
 
+import json
 import sqlite3
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
@@ -159,3 +162,36 @@ def test_a_doctor_account_that_may_not_read_secrets_fails_that_check_only(cluste
     result = _doctor()
     assert result.exit_code == 2 and "HTTP 403" in _line(result, "credentials Secret")
     assert _line(result, "ConfigMap").startswith("ok")
+
+
+def test_without_kubernetes_configuration_the_kubernetes_checks_say_how_to_set_it(cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    result = _doctor()
+    assert result.exit_code == 2 and "KUBECONFIG" in _line(result, "credentials Secret")
+    assert _line(result, "KFP API").startswith("ok")
+
+
+def _post(kube, path, body, token):
+    request = urllib.request.Request(f"{kube.host}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_kubernetes_double_refuses_reviews_as_the_api_server_does():
+    path = "/apis/authorization.k8s.io/v1/namespaces/team-a/localsubjectaccessreviews"
+    good = {"apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview", "metadata": {"namespace": "team-a"},
+            "spec": {"user": "system:serviceaccount:team-a:x",
+                     "resourceAttributes": {"namespace": "team-a", "verb": "get", "resource": "secrets"}}}
+    with KubeApiDouble() as kube:
+        assert _post(kube, path, good, "wrong")[0] == 401
+        assert _post(kube, path, good, kube.token) == (201, {**good, "status": {"allowed": False, "reason": "no RBAC policy matched"}})
+        other = {**good, "metadata": {"namespace": "team-b"}}
+        assert _post(kube, path, other, kube.token)[0] == 400
+        for spec in ({**good["spec"], "user": ""}, {"user": "u"},
+                     {**good["spec"], "resourceAttributes": {**good["spec"]["resourceAttributes"], "namespace": ""}}):
+            status, body = _post(kube, path, {**good, "spec": spec}, kube.token)
+            assert status == 422 and body["reason"] == "Invalid" and body["kind"] == "Status", spec
