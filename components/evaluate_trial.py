@@ -1,13 +1,12 @@
 """Component: held-out metrics, the MLflow child run, and the study's tell, done once."""
 
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 
 def evaluate_trial(
     experiment_spec: str,
     trial_number: int,
     train_result: str,
-    model: Input[Model],
     predictions: Input[Artifact],
     dataset: Input[Dataset],
     metrics: Output[Metrics],
@@ -22,7 +21,6 @@ def evaluate_trial(
         experiment_spec,
         number=int(trial_number),
         result=json.loads(train_result),
-        model_path=model.path,
         predictions_path=predictions.path,
         split_path=dataset.path,
     )

@@ -3,10 +3,8 @@
 from typing import NamedTuple
 
 
-def next_segment(
-    experiment_spec: str, segment: int, registration: str, cluster_settings: str
-) -> NamedTuple("Decision", go_on=bool, reason=str):
-    """Returns whether another segment should run and why; in a cluster it submits that run itself."""
+def next_segment(experiment_spec: str, segment: int, cluster_settings: str) -> NamedTuple("Decision", go_on=bool, reason=str):
+    """The segment's exit step: runs even when a lane failed. In a cluster it submits the next run itself."""
     from collections import namedtuple
 
     from kubetune.steps import call

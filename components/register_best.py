@@ -1,10 +1,8 @@
 """Component: register the best model in MLflow; move the alias only if it beats the champion."""
 
-from typing import List
 
-
-def register_best(experiment_spec: str, outcomes: List[str]) -> str:
-    """Runs after every lane of the segment (``outcomes`` are their results); returns the registration as JSON."""
+def register_best(experiment_spec: str) -> str:
+    """Runs after every lane of the segment succeeded; returns the registration as JSON."""
     import json
 
     from kubetune.steps import call

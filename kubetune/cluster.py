@@ -7,7 +7,6 @@ key), so a re-run next-segment step never submits the following segment twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from kubetune.errors import UserError
 from kubetune.kfp_api import KfpGateway, Submission
+from kubetune.segments import SUBMITTED_PREFIX, run_name
 from kubetune.spec import Experiment
 
 __all__ = ["run_name", "submit_segment", "continue_experiment", "register_search_pipeline"]
@@ -30,16 +30,13 @@ def _host(host: str | None) -> str:
     return host
 
 
-def run_name(experiment: Experiment, segment: int) -> str:
-    digest = hashlib.sha256(experiment.to_json().encode()).hexdigest()[:8]
-    return f"{experiment.name}-{digest}-s{segment}"
-
-
-def submit_segment(experiment: Experiment, *, segment: int, cluster, host: str | None = None) -> Submission:
+def submit_segment(
+    experiment: Experiment, *, segment: int, cluster, host: str | None = None, namespace: str | None = None
+) -> Submission:
     """Compile the segment pipeline with ``cluster`` settings and start it, unless it already runs."""
     from kubetune.pipelines import compile_pipeline
 
-    gateway = KfpGateway(_host(host))
+    gateway = KfpGateway(_host(host), namespace=namespace)
     with tempfile.TemporaryDirectory() as folder:
         package = compile_pipeline(experiment, Path(folder) / "pipeline.yaml", cluster)
         return gateway.submit(
@@ -57,24 +54,24 @@ def continue_experiment(experiment: Experiment, study, *, segment: int, cluster_
         return None
     from kubetune.pipelines import ClusterSettings
 
-    submitted = dict(study.user_attrs.get("submitted_segments", {}))
-    key = str(segment + 1)
-    if key in submitted:
-        return submitted[key]
+    key = SUBMITTED_PREFIX + run_name(experiment, segment + 1)  # per chain: a changed spec has its own
+    if key in study.user_attrs:
+        return study.user_attrs[key]
     fields = json.loads(cluster_settings)
     cluster = ClusterSettings(**{**fields, "image_pull_secrets": tuple(fields.get("image_pull_secrets", ())),
                                  "gpu_tolerations": tuple(fields.get("gpu_tolerations", ()))})
     submission = submit_segment(experiment, segment=segment + 1, cluster=cluster)
-    submitted[key] = submission.run_id
-    study.set_user_attr("submitted_segments", submitted)
+    study.set_user_attr(key, submission.run_id)
     return submission.run_id
 
 
-def register_search_pipeline(experiment: Experiment, *, name: str, version: str, cluster, host: str | None = None):
+def register_search_pipeline(
+    experiment: Experiment, *, name: str, version: str, cluster, host: str | None = None, namespace: str | None = None
+):
     """Upload the pipeline compiled from ``experiment`` (its spec is the default parameter) as a version."""
     from kubetune.pipelines import compile_pipeline
 
-    gateway = KfpGateway(_host(host))
+    gateway = KfpGateway(_host(host), namespace=namespace)
     with tempfile.TemporaryDirectory() as folder:
         package = compile_pipeline(experiment, Path(folder) / "pipeline.yaml", cluster)
         return gateway.register_pipeline(str(package), name=name, version=version)

@@ -36,7 +36,7 @@ def _held_out_metrics(predictions_path: str, split_path: str, result: dict) -> d
 
 
 def evaluate_trial(
-    experiment: Experiment, *, number: int, result: dict, model_path: str, predictions_path: str, split_path: str
+    experiment: Experiment, *, number: int, result: dict, predictions_path: str, split_path: str
 ) -> dict:
     """Returns ``{"number", "state", "values", "metrics", "mlflow_run_id"}`` for the trial."""
     study = load_study(experiment)
@@ -62,7 +62,6 @@ def evaluate_trial(
         architecture=frozen.user_attrs.get("architecture"),
         history=result.get("history", []),
         metrics=metrics,
-        model_path=model_path if state == TrialState.COMPLETE else None,
     )
     _record(study, frozen, run_id=run_id, metrics=metrics, result=result)
     tell_once(study, number, state=state, values=values)

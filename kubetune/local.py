@@ -17,7 +17,7 @@ from typing import Callable
 from kubetune import settings
 from kubetune.errors import UserError
 from kubetune.periodic import every
-from kubetune.segments import start_segment
+from kubetune.segments import segments_finished, start_segment
 from kubetune.spec import Experiment
 from kubetune.stepserver import serving
 from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots
@@ -115,7 +115,7 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
         study = load_study(experiment)
         segment = study.user_attrs.get("segment", 0)
         if segment:
-            decision = decide(study, experiment, segment=segment - 1)
+            decision = decide(study, experiment, segments_finished=segments_finished(study))
             if not decision.go_on:
                 return decision.reason
             study.set_user_attr("stop_reason", None)

@@ -50,8 +50,9 @@ def _existing_version(client, name: str, run_id: str):
     return found[0] if found else None
 
 
-def _log_pytorch_model(run_id: str) -> str:
-    """Download the trial's weights and log them as an MLflow PyTorch model; returns its URI."""
+def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
+    """Download the trial's weights (uploaded beside the experiment's run by the train step) and log them
+    as an MLflow PyTorch model of the trial's run ``run_id``; returns its URI."""
     import mlflow.pytorch
     import numpy as np
     import torch
@@ -63,9 +64,9 @@ def _log_pytorch_model(run_id: str) -> str:
     client = tracking.client()
     # The run's own artifact repository, not client.download_artifacts: that one turns every failure
     # (an artifact store that is down included) into "does not exist", which must not be retried.
-    repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    repository = get_artifact_repository(client.get_run(parent_run_id).info.artifact_uri)
     with tempfile.TemporaryDirectory() as folder:
-        path = repository.download_artifacts(tracking.MODEL_FILE, folder)
+        path = repository.download_artifacts(tracking.trial_weights_path(number), folder)
         model, info = load_model(path)
     # A batch of two: torch.export (MLflow's pt2 format) keeps a batch dimension of 1 static.
     example = np.zeros((2, *info["input_shape"]), dtype=np.float32)
@@ -97,7 +98,7 @@ def register_best(experiment: Experiment) -> dict:
         version = _existing_version(client, name, run_id)
         if version is None:
             version = mlflow.register_model(
-                _log_pytorch_model(run_id),
+                _log_pytorch_model(run_id, parent_run_id=study.user_attrs["mlflow_parent_run_id"], number=best.number),
                 name,
                 tags={tracking.TAG_STUDY: experiment.name, tracking.TAG_TRIAL: str(best.number), TAG_VALUE: str(value)},
             )

@@ -10,6 +10,7 @@ import math
 import os
 
 from kubetune import space
+from kubetune.segments import run_name
 from kubetune.spec import Experiment
 from kubetune.study import get_trial, heartbeat, lane_seed, live_trial, load_study
 
@@ -29,6 +30,7 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
     trial.set_user_attr("architecture", architecture)
     trial.set_user_attr("segment", segment)
+    trial.set_user_attr("run", run_name(experiment, segment))  # the segment's end fails it if its lane dies
     trial.set_user_attr("slot", slot)
     return trial.number
 
@@ -45,8 +47,9 @@ def train_threads(experiment: Experiment) -> int:
 def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str) -> dict:
     """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
 
-    Saves the model and its class scores on the held-out validation and test sets (for the evaluate
-    step). Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
+    Writes the model's class scores on the held-out validation and test sets to ``predictions_path`` (for
+    the evaluate step); a completed trial's weights are saved to ``model_path`` and uploaded to MLflow,
+    their only copy. Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
     """
     import numpy as np
     import torch
@@ -83,7 +86,11 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
             seed=seed,
             on_epoch=on_epoch,
         )
-    train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
+    if result.status == "complete":  # only a completed trial can become the registered model
+        from kubetune import tracking
+
+        train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
+        tracking.log_trial_weights(study.user_attrs["mlflow_parent_run_id"], number, model_path)
     held_out = {name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test)) if len(x)}
     with open(predictions_path, "wb") as file:
         np.savez(file, **held_out)

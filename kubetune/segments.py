@@ -1,17 +1,46 @@
 """The start and the end of a segment: plan its trial slots, then decide whether another follows.
 
-The study records the segment counter and the stop reason, so the decision is the same whoever asks
-(the local runner, a re-run step, or `kubetune status`).
+A segment is one pipeline run, named ``<experiment>-<spec hash>-s<segment>``. The study records, under
+that run name, which segments finished and which run continued each one, so the decision is the same
+whoever asks (the local runner, a re-run step, or `kubetune status`), a changed spec's chain keeps its
+own records, and each record is its own study attribute (no read-modify-write between two chains).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+import sys
 import tempfile
 
-from kubetune.spec import Experiment
-from kubetune.study import Decision, best_trial, decide, ensure_study, load_study, plan_slots
+import optuna
+from optuna.trial import TrialState
 
-__all__ = ["start_segment", "register_new_best", "finish_segment"]
+from kubetune.spec import Experiment
+from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
+
+__all__ = [
+    "run_name", "start_segment", "close_lanes", "register_new_best", "segments_finished", "finish_segment",
+    "FINISHED_PREFIX", "SUBMITTED_PREFIX", "LOST_LANE_REASON",
+]
+
+FINISHED_PREFIX = "finished:"  # + run name -> when the segment's last step ran
+SUBMITTED_PREFIX = "submitted:"  # + run name of the following segment -> its KFP run id
+LOST_LANE_REASON = (
+    "its lane ended without telling the study (the trial pod failed after its retries, or the evaluate step "
+    "failed); the KFP run shows which step"
+)
+
+
+def run_name(experiment: Experiment, segment: int) -> str:
+    """The pipeline run of ``segment``: the spec's hash tells a changed spec's chain from the old one.
+
+    The hash is of the canonical spec (keys sorted), so reformatting a spec file in git starts no new chain.
+    """
+    canonical = json.dumps(experiment.to_dict(), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    return f"{experiment.name}-{digest}-s{segment}"
 
 
 def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
@@ -22,6 +51,21 @@ def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
 
         study.set_user_attr("mlflow_parent_run_id", tracking.ensure_parent_run(experiment))
     return plan_slots(study, experiment)
+
+
+def close_lanes(study: optuna.Study, experiment: Experiment, *, segment: int) -> list[int]:
+    """Fail this segment's trials that are still running once every lane has ended; returns their numbers.
+
+    Runs after the ParallelFor whether or not its lanes succeeded, so a lane whose pod failed for good
+    leaves a failed trial at once instead of a running one that holds a budget slot until it goes stale.
+    """
+    name = run_name(experiment, segment)
+    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("run") == name]
+    for number in lost:
+        live_trial(study, number).set_user_attr("fail_reason", LOST_LANE_REASON)
+        tell_once(study, number, state=TrialState.FAIL)
+    return lost
 
 
 def register_new_best(experiment: Experiment) -> dict:
@@ -38,12 +82,33 @@ def register_new_best(experiment: Experiment) -> dict:
     return result
 
 
+def _register_if_missed(experiment: Experiment) -> None:
+    """A registration failure must not end the chain: the next segment's register-best tries again."""
+    try:
+        register_new_best(experiment)
+    except Exception as error:  # noqa: BLE001 - MLflow or the object store away; nothing recorded is lost
+        print(f"kubetune: the best model was not registered this segment ({error}); the next segment retries",
+              file=sys.stderr)
+
+
+def segments_finished(study: optuna.Study) -> int:
+    """How many segments of the experiment have finished, over every spec's chain."""
+    return sum(key.startswith(FINISHED_PREFIX) for key in study.user_attrs)
+
+
 def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: str = "") -> Decision:
-    """Record that ``segment`` ran; submit the next one in a cluster, or attach the summary and plots to MLflow."""
+    """The segment's exit step, run even after a failed lane: close its lanes, register the best trial if
+    register-best did not run, record that ``segment`` ran, then submit the next one in a cluster or
+    attach the summary and plots to MLflow."""
     study = load_study(experiment)
+    close_lanes(study, experiment, segment=segment)
+    _register_if_missed(experiment)
+    finished = FINISHED_PREFIX + run_name(experiment, segment)
+    if finished not in study.user_attrs:  # a re-run of this step counts the segment once
+        study.set_user_attr(finished, dt.datetime.now(dt.timezone.utc).isoformat())
     if study.user_attrs.get("segment", 0) <= segment:
         study.set_user_attr("segment", segment + 1)
-    decision = decide(study, experiment, segment=segment)
+    decision = decide(study, experiment, segments_finished=segments_finished(study))
     if decision.go_on:
         from kubetune.cluster import continue_experiment
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
 from kubetune import registry, settings
+from kubetune.segments import LOST_LANE_REASON, SUBMITTED_PREFIX
 from kubetune.spec import parse_experiment
 from kubetune.study import StudyError, best_trial, count_trials
 
@@ -25,6 +27,9 @@ def experiment_status(name: str) -> dict:
     counts = count_trials(study)
     best = best_trial(study, experiment)
     champion = registry.champion(experiment)
+    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("fail_reason") == LOST_LANE_REASON]
+    attrs = study.user_attrs
     return {
         "experiment": name,
         "trials": f"{counts.consumed} of {experiment.spec.budget.max_trials} done "
@@ -32,15 +37,16 @@ def experiment_status(name: str) -> dict:
         "best": None if best is None else f"{experiment.spec.objectives[0].metric}={best.values[0]:.4g} (trial {best.number})",
         "champion": None if champion is None else
         f"models:/{experiment.model_name}@{experiment.spec.registry.alias} version {champion['version']}",
-        "segment": study.user_attrs.get("segment", 0),
-        "stop_reason": study.user_attrs.get("stop_reason") or "running or not started",
-        "submitted_runs": study.user_attrs.get("submitted_segments", {}),
+        "segment": attrs.get("segment", 0),
+        "stop_reason": attrs.get("stop_reason") or "running or not started",
+        "lost_lanes": None if not lost else f"trials {', '.join(map(str, lost))}: {LOST_LANE_REASON}",
+        "submitted_runs": {k.removeprefix(SUBMITTED_PREFIX): v for k, v in attrs.items() if k.startswith(SUBMITTED_PREFIX)},
     }
 
 
 def print_status(status: dict, *, console: Console | None = None) -> None:
     table = Table(title=f"kubetune experiment {status['experiment']}", show_header=False)
-    for key in ("trials", "best", "champion", "segment", "stop_reason", "submitted_runs"):
+    for key in ("trials", "best", "champion", "segment", "stop_reason", "lost_lanes", "submitted_runs"):
         value = status[key]
         table.add_row(key.replace("_", " "), "-" if value in (None, {}) else str(value))
     (console or Console()).print(table)

@@ -668,8 +668,11 @@ def _patience_exhausted(study: optuna.Study, patience: int, direction: str) -> b
     return since >= patience
 
 
-def decide(study: optuna.Study, experiment: Experiment, *, segment: int) -> Decision:
-    """Whether the experiment goes on after ``segment``, and why it stops if it does not."""
+def decide(study: optuna.Study, experiment: Experiment, *, segments_finished: int) -> Decision:
+    """Whether the experiment goes on after its ``segments_finished``-th segment, and why it stops if not.
+
+    Segments count per experiment, over every spec's chain of runs, as ``maxSegments`` says.
+    """
     budget = experiment.spec.budget
     counts = count_trials(study)
     direction = experiment.spec.directions[0]
@@ -687,7 +690,7 @@ def decide(study: optuna.Study, experiment: Experiment, *, segment: int) -> Deci
             budget.patience is not None and _patience_exhausted(study, budget.patience, direction),
             f"patience: no improvement in the last {budget.patience} completed trials",
         ),
-        (segment + 1 >= budget.max_segments, f"maxSegments reached ({budget.max_segments})"),
+        (segments_finished >= budget.max_segments, f"maxSegments reached ({budget.max_segments})"),
     ]
     for hit, reason in reasons:
         if hit:

@@ -317,9 +317,9 @@ def log_trial(
     architecture: dict | None,
     history: list[dict],
     metrics: dict[str, float],
-    model_path: str | None,
 ) -> str:
-    """Log one trial as a child run (params, per-epoch metrics, final metrics, model file) once.
+    """Log one trial as a child run (params, per-epoch metrics, final metrics) once; its weights were
+    uploaded by the train step (:func:`log_trial_weights`).
 
     The run is terminated last, so a run still RUNNING was left half-written by an attempt that
     failed or was killed: it is deleted and written again.
@@ -353,8 +353,6 @@ def log_trial(
         )
         if architecture:
             mlflow_client.log_dict(run_id, architecture, "architecture.json")
-        if model_path and Path(model_path).exists():
-            _log_file(mlflow_client, run_id, model_path, MODEL_FILE)
         status = RunStatus.to_string(RunStatus.FINISHED if state != "FAIL" else RunStatus.FAILED)
         mlflow_client.set_terminated(run_id, status=status)
         return run_id
@@ -374,12 +372,29 @@ def _metric_entities(history: list[dict], final: dict[str, float]) -> list:
     return entities
 
 
-def _log_file(mlflow_client: MlflowClient, run_id: str, source: str, name: str) -> None:
-    """Upload ``source`` under the artifact name ``name`` (MLflow keeps the local file name)."""
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / name
-        shutil.copyfile(source, target)
-        mlflow_client.log_artifact(run_id, str(target))
+def trial_weights_path(number: int) -> str:
+    """Where a trained trial's weights live among the experiment run's artifacts."""
+    return f"trials/trial-{number}/{MODEL_FILE}"
+
+
+def log_trial_weights(parent_run_id: str, number: int, source: str) -> str:
+    """Upload a trained trial's weights once, straight from the train step, beside the experiment's run.
+
+    They travel nowhere else (no pipeline artifact), so each trial's weights are stored once; the
+    registry reads them from here. Returns their artifact path.
+    """
+    mlflow_client = client()
+    path = trial_weights_path(number)
+    folder, name = path.rsplit("/", 1)
+
+    def upload() -> None:
+        with tempfile.TemporaryDirectory() as staging:
+            target = Path(staging) / name  # MLflow keeps the local file name
+            shutil.copyfile(source, target)
+            mlflow_client.log_artifact(parent_run_id, str(target), artifact_path=folder)
+
+    with_retries(upload, what=f"uploading the weights of trial {number}")
+    return path
 
 
 def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> None:

@@ -1,10 +1,19 @@
 """The search pipeline: one segment of the cyclic search.
 
-    retrieve data -> ensure study -> ParallelFor[ suggest -> train -> evaluate ] -> register best -> next segment
+    ExitHandler[ retrieve data -> ensure study -> ParallelFor[ suggest -> train -> evaluate ] -> register best ]
+      -> next segment
 
 A segment holds at most ``trialsPerSegment`` trials, so no single Argo workflow grows past etcd's
-object-size limit; ``next-segment`` decides whether another run follows. The pipeline is built per
-experiment because ParallelFor's parallelism and the trial pod's resources are fixed at compile time.
+object-size limit; ``next-segment`` decides whether another run follows. A lane that fails for good
+(a trial pod failing after its retries, a failed evaluate) fails the ParallelFor and skips
+``register-best``, but must not end the experiment: ``next-segment`` is the segment's exit task, which
+KFP 2.17 compiles to an Argo exit lifecycle hook on the exit handler's sub-DAG, run whatever its
+outcome (backend/src/v2/compiler/argocompiler/dag.go@2.17.0). It fails the trials that lost their
+lane and registers the best one when ``register-best`` did not run. Only one exit task is possible:
+KFP allows one ExitHandler per pipeline, and 2.17 drops an exit hook placed on a ParallelFor task
+(``iteratorTask`` takes no exit template), so ``register-best.ignore_upstream_failure()`` after the
+loop would never run there. The pipeline is built per experiment because ParallelFor's parallelism
+and the trial pod's resources are fixed at compile time.
 """
 
 
@@ -34,8 +43,14 @@ CONFIG_ENV = {
     "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
     "KUBETUNE_S3_ENDPOINT": "KUBETUNE_S3_ENDPOINT",
+    "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
     "KUBETUNE_KFP_HOST": "KUBETUNE_KFP_HOST",
 }
+# Kubeflow's PodDefault "access-ml-pipeline" mounts a KFP API token (audience pipelines.kubeflow.org)
+# into pods with this label; multi-user KFP refuses the next-segment submission without it. Standalone
+# KFP ignores the label.
+KFP_TOKEN_LABEL = ("access-ml-pipeline", "true")
+NAMESPACE_ENV = "KUBETUNE_NAMESPACE"
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,11 @@ class ClusterSettings:
     shm_size: str = "1Gi"
     trial_timeout_seconds: int = 6 * 3600
     infrastructure_retries: int = 2
+    # Requests and limits of the steps other than the trial: a namespace with a ResourceQuota and no
+    # LimitRange refuses pods without them. Memory request = limit, so the kubelet never evicts a step.
+    step_cpu: str = field(default_factory=lambda: os.environ.get("KUBETUNE_STEP_CPU", "250m"))
+    step_cpu_limit: str = field(default_factory=lambda: os.environ.get("KUBETUNE_STEP_CPU_LIMIT", "1"))
+    step_memory: str = field(default_factory=lambda: os.environ.get("KUBETUNE_STEP_MEMORY", "2Gi"))
 
 
 def _cluster_step(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
@@ -65,16 +85,33 @@ def _cluster_step(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.Pipe
     return task
 
 
+def _step_resources(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    task.set_cpu_request(settings.step_cpu).set_cpu_limit(settings.step_cpu_limit)
+    task.set_memory_request(settings.step_memory).set_memory_limit(settings.step_memory)
+
+
+def _submits_runs(task: dsl.PipelineTask) -> None:
+    """The next-segment step talks to the KFP API: a token from the PodDefault, its own namespace as env."""
+    kubernetes.add_pod_label(task, *KFP_TOKEN_LABEL)
+    kubernetes.use_field_path_as_env(task, NAMESPACE_ENV, "metadata.namespace")
+
+
+def _without_none(toleration: dict) -> dict:
+    return {key: value for key, value in toleration.items() if value is not None}
+
+
 def _trial_pod(task: dsl.PipelineTask, experiment: Experiment, settings: ClusterSettings) -> None:
     """Resources, GPUs, placement, shared memory, timeout and infrastructure retries of a trial pod."""
     trial = experiment.spec.trial
     task.set_cpu_request(trial.resources.cpu).set_cpu_limit(trial.resources.cpu)
     task.set_memory_request(trial.resources.memory).set_memory_limit(trial.resources.memory)
-    node_selector, tolerations = dict(trial.node_selector), [t.model_dump() for t in trial.tolerations]
+    node_selector = dict(trial.node_selector)
+    tolerations = [_without_none(t.model_dump()) for t in trial.tolerations]
     if trial.resources.gpu:
         task.set_accelerator_type(trial.resources.gpu_type).set_accelerator_limit(trial.resources.gpu)
         node_selector = {**settings.gpu_node_selector, **node_selector}  # the spec wins over cluster defaults
-        tolerations = [*settings.gpu_tolerations, *(t for t in tolerations if t not in settings.gpu_tolerations)]
+        defaults = [_without_none(t) for t in settings.gpu_tolerations]
+        tolerations = [*defaults, *(t for t in tolerations if t not in defaults)]
     for key, value in node_selector.items():
         kubernetes.add_node_selector(task, key, value)
     for toleration in tolerations:
@@ -89,6 +126,12 @@ def _trainer_image(experiment: Experiment, settings: ClusterSettings) -> str:
     return trial.image or (settings.trainer_image if trial.resources.gpu else settings.image)
 
 
+def _data_is_pinned(experiment: Experiment) -> bool:
+    """Whether the data step may be cached on its inputs: only when the source cannot change under the same spec."""
+    data = experiment.spec.data
+    return data.source.startswith("builtin:") or bool(data.sha256)
+
+
 def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = None):
     """The segment pipeline of ``experiment``; with ``cluster`` the Kubernetes settings are added."""
     image = cluster.image if cluster else DEFAULT_IMAGE
@@ -97,9 +140,14 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
     train = build("train-trial", image=_trainer_image(experiment, cluster) if cluster else image)
     lanes = experiment.spec.budget.parallel_trials
 
-    def settle(task: dsl.PipelineTask, *, cache: bool = False) -> dsl.PipelineTask:
+    def settle(task: dsl.PipelineTask, *, cache: bool = False, step: bool = True) -> dsl.PipelineTask:
+        """Caching off unless asked; in a cluster, credentials, labels and (for non-trial steps) resources."""
         task.set_caching_options(cache)
-        return _cluster_step(task, cluster) if cluster else task
+        if cluster:
+            _cluster_step(task, cluster)
+            if step:
+                _step_resources(task, cluster)
+        return task
 
     @dsl.pipeline(
         name=f"kubetune-{experiment.name}",
@@ -115,27 +163,29 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
             segment: Index of this segment, 0 for the first run. The next-segment step submits the run for segment + 1.
             cluster_settings: Images, Secret and ConfigMap names the next segment's run is compiled with (JSON, names only, no credentials); empty under kfp.local, where the local runner starts the next segment.
         """
-        # The only cached step: the same spec yields the same split, so later segments reuse it.
-        data = settle(steps["retrieve-data"](experiment_spec=experiment_spec), cache=True)
-        plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
-        with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
-            suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
-            trained = settle(train(
-                experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
-            ))
-            if cluster:
-                _trial_pod(trained, experiment, cluster)
-            evaluated = settle(steps["evaluate-trial"](
-                experiment_spec=experiment_spec,
-                trial_number=suggested.output,
-                train_result=trained.outputs["Output"],
-                model=trained.outputs["model"],
-                predictions=trained.outputs["predictions"],
-                dataset=data.outputs["dataset"],
-            ))
-        registered = settle(steps["register-best"](experiment_spec=experiment_spec, outcomes=dsl.Collected(evaluated.outputs["Output"])))
-        settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment, registration=registered.output,
-                                     cluster_settings=cluster_settings))
+        finish = settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment,
+                                              cluster_settings=cluster_settings))
+        if cluster:
+            _submits_runs(finish)
+        with dsl.ExitHandler(finish, name="segment"):
+            # Cached only for a source that cannot change under the same spec (a builtin or a pinned sha256).
+            data = settle(steps["retrieve-data"](experiment_spec=experiment_spec), cache=_data_is_pinned(experiment))
+            plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
+            with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
+                suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
+                trained = settle(train(
+                    experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
+                ), step=False)
+                if cluster:
+                    _trial_pod(trained, experiment, cluster)
+                evaluated = settle(steps["evaluate-trial"](
+                    experiment_spec=experiment_spec,
+                    trial_number=suggested.output,
+                    train_result=trained.outputs["Output"],
+                    predictions=trained.outputs["predictions"],
+                    dataset=data.outputs["dataset"],
+                ))
+            settle(steps["register-best"](experiment_spec=experiment_spec).after(evaluated))
 
     return search_segment
 

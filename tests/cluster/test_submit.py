@@ -91,7 +91,7 @@ def test_next_segment_submits_the_following_run_once_with_its_idempotency_key(kf
     assert run["runtime_config"]["parameters"]["segment"] == 1
     assert run["display_name"] == run_name(experiment, 1)
     (run_id,) = kfp_api.runs
-    assert load_study(experiment).user_attrs["submitted_segments"] == {"1": run_id}
+    assert load_study(experiment).user_attrs[f"submitted:{run_name(experiment, 1)}"] == run_id
 
 
 def test_a_stopped_experiment_submits_nothing_and_records_why(kfp_api, study_home, monkeypatch):

@@ -84,15 +84,89 @@ def test_every_step_gets_credentials_from_the_secret_and_the_access_label(compil
         assert executor["podMetadata"]["labels"]["kubetune.io/access"] == "true", name
 
 
+def _tasks(pipeline) -> dict[str, dict]:
+    """Every task of the pipeline, the root's and those of nested DAGs (exit handler, loop), by name."""
+    dags = [pipeline["root"], *pipeline["components"].values()]
+    return {name: task for dag in dags for name, task in dag.get("dag", {}).get("tasks", {}).items()}
+
+
+def _cached(pipeline) -> set[str]:
+    return {name for name, task in _tasks(pipeline).items() if task.get("cachingOptions", {}).get("enableCache")}
+
+
 def test_only_data_retrieval_is_cached_and_lanes_run_in_parallel(compiled, gpu_experiment):
     pipeline, _ = compiled
-    tasks = dict(pipeline["root"]["dag"]["tasks"])
-    loop = next(task for task in tasks.values() if "iteratorPolicy" in task)
+    loop = next(task for task in _tasks(pipeline).values() if "iteratorPolicy" in task)
     assert loop["iteratorPolicy"]["parallelismLimit"] == gpu_experiment.spec.budget.parallel_trials
-    nested = [t for c in pipeline["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()]
-    cached = {task["taskInfo"]["name"] for task in [*tasks.values(), *nested]
-              if task.get("cachingOptions", {}).get("enableCache", False)}
-    assert cached == {"retrieve-data"}
+    assert _cached(pipeline) == {"retrieve-data"}
+
+
+@pytest.mark.parametrize("data, cached", [
+    ({"source": "s3://bucket/data.npz"}, False),
+    ({"source": "https://example.org/data.npz", "sha256": "a" * 64}, True),
+    ({"source": "file:///data/digits.npz"}, False),
+])
+def test_data_retrieval_is_cached_only_when_its_source_cannot_change(tmp_path, data, cached):
+    spec = yaml.safe_load(open("examples/digits.yaml"))
+    spec["spec"]["data"].update(data)
+    pipeline, _ = _documents(compile_pipeline(parse_experiment(spec), tmp_path / "p.yaml", ClusterSettings(image=IMAGE)))
+    assert ("retrieve-data" in _cached(pipeline)) is cached
+
+
+def test_a_failed_lane_still_runs_the_segments_exit_step(compiled):
+    """next-segment follows the exit handler's sub-DAG whatever its outcome; KFP 2.17 attaches exit hooks
+    only to non-iterator tasks (argocompiler/dag.go@2.17.0), so none may follow a ParallelFor directly."""
+    pipeline, _ = compiled
+    tasks = _tasks(pipeline)
+    root = pipeline["root"]["dag"]["tasks"]
+    assert root["next-segment"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    (group,) = root["next-segment"]["dependentTasks"]
+    handler = pipeline["components"][root[group]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"retrieve-data", "ensure-study", "register-best"} <= set(handler)
+    assert any("parameterIterator" in task for task in handler.values()), "the lanes run inside the exit handler"
+    exit_tasks = [t for t in tasks.values() if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"]
+    assert exit_tasks == [root["next-segment"]]
+    for task in exit_tasks:
+        assert not any("parameterIterator" in tasks[d] for d in task["dependentTasks"])
+
+
+def test_every_step_but_the_trial_has_cpu_and_memory_requests_and_limits(compiled):
+    pipeline, _ = compiled
+    for name, executor in pipeline["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources", {})
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources.get(key), (name, key)
+    assert _executor(pipeline, "register-best")["resources"]["resourceMemoryLimit"] == ClusterSettings().step_memory
+
+
+def test_next_segment_gets_the_kfp_token_label_and_its_own_namespace(compiled):
+    _, executors = compiled
+    finish = executors["exec-next-segment"]
+    assert finish["podMetadata"]["labels"]["access-ml-pipeline"] == "true"
+    assert finish["fieldPathAsEnv"] == [{"name": "KUBETUNE_NAMESPACE", "fieldPath": "metadata.namespace"}]
+    others = [e for name, e in executors.items() if name != "exec-next-segment"]
+    assert not any("access-ml-pipeline" in e["podMetadata"]["labels"] for e in others), "only it talks to KFP"
+
+
+def test_trial_weights_do_not_pass_through_the_pipelines_artifact_store(compiled):
+    pipeline, _ = compiled
+    train = pipeline["components"]["comp-train-trial"]["outputDefinitions"]
+    assert set(train.get("artifacts", {})) == {"predictions"}, "the weights go to MLflow, stored once"
+
+
+def test_every_step_gets_the_s3_region(compiled):
+    _, executors = compiled
+    for name, executor in executors.items():
+        envs = {item["envVar"] for source in executor["configMapAsEnv"] for item in source["keyToEnv"]}
+        assert "AWS_DEFAULT_REGION" in envs, name
+
+
+def test_a_toleration_in_both_the_spec_and_the_cluster_defaults_is_emitted_once(tmp_path, gpu_experiment):
+    cluster = ClusterSettings(image=IMAGE, gpu_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists",
+                                                             "effect": "NoSchedule"},))
+    _, platform = _documents(compile_pipeline(gpu_experiment, tmp_path / "p.yaml", cluster))
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-trial"]
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled, gpu_experiment):

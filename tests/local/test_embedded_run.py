@@ -15,6 +15,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from kubetune.segments import LOST_LANE_REASON
+
 TINY = {
     "apiVersion": "kubetune/v1alpha1",
     "kind": "Experiment",
@@ -173,7 +175,7 @@ def test_changed_search_space_is_refused_with_exit_code_2(searched, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_failing_step_exits_1_and_points_at_its_log(tmp_path):
+def test_a_failed_lane_still_ends_its_segment_then_exits_1_and_points_at_its_log(tmp_path):
     spec = {**TINY, "metadata": {"name": "broken-step"},
             "spec": {**TINY["spec"], "budget": {"maxTrials": 1, "parallelTrials": 1, "trialsPerSegment": 1}}}
     path = tmp_path / "broken.yaml"
@@ -187,3 +189,9 @@ def test_a_failing_step_exits_1_and_points_at_its_log(tmp_path):
     assert "a pipeline step failed" in result.stderr and "Traceback" not in result.stderr
     log = re.search(r"see the step's log in (\S+)", result.stderr).group(1)
     assert "not-a-number" in open(log).read()
+    # The segment's exit step ran after the failed lane: the trial is failed, not left running, and the
+    # experiment's stop rule is recorded.
+    study = optuna.load_study(study_name="broken-step", storage=f"sqlite:///{tmp_path / 'home' / 'optuna.db'}")
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == LOST_LANE_REASON
+    assert study.user_attrs["stop_reason"] == "maxTrials reached (1 of 1)"

@@ -55,8 +55,10 @@ def one_lane(experiment: Experiment, folder: Path, *, slot: int = 0, segment: in
 
     number = suggest_trial(experiment, segment=segment, slot=slot)
     split = str(folder / "split.npz")
-    result = train_trial(experiment, number=number, split_path=split, **artifact_paths(folder, number))
-    return evaluate_trial(experiment, number=number, result=result, split_path=split, **artifact_paths(folder, number))
+    paths = artifact_paths(folder, number)
+    result = train_trial(experiment, number=number, split_path=split, **paths)
+    return evaluate_trial(experiment, number=number, result=result, split_path=split,
+                          predictions_path=paths["predictions_path"])
 
 
 def lane_until_budget(spec: str, slot: int, folder: str, out: str) -> None:

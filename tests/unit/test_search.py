@@ -61,7 +61,7 @@ def test_a_lane_trains_evaluates_and_tells_once(home):
     assert start_segment(experiment, segment=0) == [0, 1, 2]
     number, result = _lane(experiment, home)
     assert result["status"] == "complete" and len(result["history"]) == 2
-    paths = {"model_path": str(home / "m0.pt"), "predictions_path": str(home / "p0.npz"), "split_path": str(home / "split.npz")}
+    paths = {"predictions_path": str(home / "p0.npz"), "split_path": str(home / "split.npz")}
     first = evaluate_trial(experiment, number=number, result=result, **paths)
     again = evaluate_trial(experiment, number=number, result=result, **paths)
     trial = get_trial(load_study(experiment), number)
@@ -72,6 +72,11 @@ def test_a_lane_trains_evaluates_and_tells_once(home):
     assert set(trial.intermediate_values) == {1, 2}
     assert first["metrics"]["val_accuracy"] == pytest.approx(result["history"][-1]["val_accuracy"])
     assert 0.0 < first["metrics"]["test_accuracy"] <= 1.0 and first["metrics"]["params"] > 0
+    # The weights are stored once, uploaded by the train step beside the experiment's run.
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    parent = load_study(experiment).user_attrs["mlflow_parent_run_id"]
+    assert [a.path for a in client.list_artifacts(parent, f"trials/trial-{number}")] == [f"trials/trial-{number}/model.pt"]
+    assert [a.path for a in client.list_artifacts(first["mlflow_run_id"]) if a.path.endswith(".pt")] == []
 
 
 def test_conditional_parameter_is_recorded_only_when_enabled(home):
@@ -92,8 +97,7 @@ def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
         study.add_trial(create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
     number, result = _lane(experiment, home)
     assert result["status"] == "pruned" and result["epochs_run"] == 1
-    evaluate_trial(experiment, number=number, result=result, model_path=str(home / f"m{number}.pt"),
-                   predictions_path=str(home / f"p{number}.npz"), split_path=str(home / "split.npz"))
+    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"), split_path=str(home / "split.npz"))
     assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
     (run,) = _child_runs(home, experiment, number)
     assert run.data.tags["kubetune.state"] == "PRUNED"
@@ -104,8 +108,7 @@ def test_a_failed_training_fails_the_trial_and_the_search_goes_on(home):
     start_segment(experiment, segment=0)
     number = suggest_trial(experiment, segment=0, slot=0)
     failed = {"status": "failed", "reason": "loss became nan at epoch 1", "epochs_run": 0, "train_seconds": 0.1, "history": []}
-    outcome = evaluate_trial(experiment, number=number, result=failed, model_path=str(home / "none.pt"),
-                             predictions_path=str(home / "none.npz"), split_path=str(home / "split.npz"))
+    outcome = evaluate_trial(experiment, number=number, result=failed, predictions_path=str(home / "none.npz"), split_path=str(home / "split.npz"))
     trial = get_trial(load_study(experiment), number)
     assert outcome["state"] == "FAIL" and trial.state == TrialState.FAIL
     assert trial.user_attrs["reason"] == "loss became nan at epoch 1"

@@ -248,12 +248,12 @@ def test_plan_slots_capped_by_trials_per_segment(make, url):
 # stop rules
 
 
-def _decide_after(make, url, values, *, objective=None, segment=0, **budget):
+def _decide_after(make, url, values, *, objective=None, segments_finished=1, **budget):
     experiment = make(objective=objective or {"metric": "val_accuracy"}, budget={"maxTrials": 50, **budget})
     study = ensure_study(experiment, storage=open_storage(experiment, url))
     for value in values:
         _add(study, TrialState.COMPLETE, value)
-    return decide(study, experiment, segment=segment)
+    return decide(study, experiment, segments_finished=segments_finished)
 
 
 def test_decide_goes_on(make, url):
@@ -272,9 +272,9 @@ def test_decide_max_trials_counts_pruned_and_failed(make, url):
     study = ensure_study(experiment, storage=open_storage(experiment, url))
     _add(study, TrialState.COMPLETE, 0.5)
     _add(study, TrialState.PRUNED, 0.1)
-    assert decide(study, experiment, segment=0).go_on
+    assert decide(study, experiment, segments_finished=1).go_on
     _add(study, TrialState.FAIL)
-    assert not decide(study, experiment, segment=0).go_on
+    assert not decide(study, experiment, segments_finished=1).go_on
 
 
 @pytest.mark.parametrize("metric, target, values, stops", [
@@ -316,26 +316,26 @@ def test_decide_patience_ignores_pruned_trials(make, url):
     for _ in range(3):
         _add(study, TrialState.PRUNED, 0.1)
     _add(study, TrialState.COMPLETE, 0.5)
-    assert decide(study, experiment, segment=0).go_on
+    assert decide(study, experiment, segments_finished=1).go_on
 
 
 def test_decide_max_segments(make, url, new_url):
-    assert _decide_after(make, url, [0.5], maxSegments=2, segment=0).go_on
-    decision = _decide_after(make, new_url(), [0.5], maxSegments=2, segment=1)
+    assert _decide_after(make, url, [0.5], maxSegments=2, segments_finished=1).go_on
+    decision = _decide_after(make, new_url(), [0.5], maxSegments=2, segments_finished=2)
     assert not decision.go_on and decision.reason == "maxSegments reached (2)"
 
 
 def test_decide_max_duration(make, url):
     experiment = make(budget={"maxTrials": 50, "maxDuration": "1m"})
     study = ensure_study(experiment, storage=open_storage(experiment, url))
-    assert decide(study, experiment, segment=0).go_on
+    assert decide(study, experiment, segments_finished=1).go_on
     started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=61)
     study.set_user_attr("started_at", started.isoformat())
-    decision = decide(study, experiment, segment=0)
+    decision = decide(study, experiment, segments_finished=1)
     assert not decision.go_on and decision.reason == "maxDuration 1m reached"
     # the start time survives a re-ensure, so the clock is not reset by a new segment
     study = ensure_study(experiment, storage=open_storage(experiment, url))
-    assert not decide(study, experiment, segment=0).go_on
+    assert not decide(study, experiment, segments_finished=1).go_on
 
 
 def test_decide_multi_objective(make, url):
@@ -343,9 +343,9 @@ def test_decide_multi_objective(make, url):
     study = ensure_study(experiment, storage=open_storage(experiment, url))
     _add(study, TrialState.COMPLETE, [0.9, 100.0])
     _add(study, TrialState.COMPLETE, [0.8, 10.0])
-    assert decide(study, experiment, segment=0).go_on
+    assert decide(study, experiment, segments_finished=1).go_on
     _add(study, TrialState.COMPLETE, [0.7, 200.0])
-    assert decide(study, experiment, segment=0).reason == "maxTrials reached (3 of 3)"
+    assert decide(study, experiment, segments_finished=1).reason == "maxTrials reached (3 of 3)"
 
 
 # tell_once
@@ -578,7 +578,7 @@ def test_stale_trial_is_failed_and_retried(heartbeat_study):
     assert waiting[0].params == trial.params  # the retry re-runs the same point
     counts = count_trials(study)
     assert (counts.failed, counts.waiting, counts.retried, counts.consumed) == (1, 1, 1, 0)
-    assert decide(study, experiment, segment=0).go_on
+    assert decide(study, experiment, segments_finished=1).go_on
 
     # the retry goes stale too: retries=1 allows no second retry, so one trial's worth is consumed
     retry = study.ask()

@@ -1,0 +1,102 @@
+"""Chains of segment runs against the KFP API double: changed specs, maxSegments, and lanes that fail.
+
+Each segment is played as its pipeline would run it (ensure-study, then the exit step next-segment),
+against a real SQLite study; the double receives the runs that next-segment submits.
+"""
+
+import copy
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from kubetune.cli import cli
+from kubetune.pipelines import ClusterSettings
+from kubetune.segments import LOST_LANE_REASON, finish_segment, run_name, start_segment
+from kubetune.cluster import settings_json
+from kubetune.search import suggest_trial
+from kubetune.spec import parse_experiment
+from kubetune.study import load_study
+
+SETTINGS = settings_json(ClusterSettings(image="img:1"))
+
+
+@pytest.fixture
+def cluster_pod(kfp_api, tmp_path, monkeypatch):
+    """A next-segment pod: the KFP host and a study database from its environment."""
+    monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
+    monkeypatch.setenv("KUBETUNE_KFP_HOST", kfp_api.host)
+    for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return kfp_api
+
+
+def _experiment(**budget):
+    data = yaml.safe_load(open("examples/digits.yaml"))
+    data["spec"]["budget"].update({"maxTrials": 100, "maxSegments": 100, **budget})
+    return parse_experiment(data)
+
+
+def _run_names(double) -> list[str]:
+    return [json.loads(body)["display_name"] for method, path, body in double.requests if (method, path) == ("POST", "/runs")]
+
+
+def _play(experiment, segments):
+    """Each segment as its run would: plan the slots, then the exit step."""
+    decisions = []
+    for segment in segments:
+        start_segment(experiment, segment=segment)
+        decisions.append(finish_segment(experiment, segment=segment, cluster_settings=SETTINGS))
+    return decisions
+
+
+def _submit(spec_path, double):
+    result = CliRunner().invoke(cli, ["submit", str(spec_path), "--host", double.host, "--image", "img:1"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_changed_specs_chain_runs_on_beside_the_old_one(cluster_pod, tmp_path):
+    old, changed = _experiment(), _experiment(maxTrials=90)
+    for number, experiment in enumerate((old, changed)):
+        path = tmp_path / f"spec-{number}.yaml"
+        path.write_text(yaml.safe_dump(experiment.to_dict()))
+        _submit(path, cluster_pod)
+        assert all(d.go_on for d in _play(experiment, range(3)))
+    expected = [run_name(e, s) for e in (old, changed) for s in range(4)]
+    assert _run_names(cluster_pod) == expected, "each chain submits its own segments 1, 2 and 3"
+    assert len(set(expected)) == 8
+
+
+def test_max_segments_counts_every_chain_of_the_experiment(cluster_pod):
+    old, changed = _experiment(maxSegments=4), _experiment(maxSegments=4, maxTrials=90)
+    assert all(d.go_on for d in _play(old, range(2)))
+    first, last = _play(changed, range(2))
+    assert first.go_on and not last.go_on and last.reason == "maxSegments reached (4)"
+    assert load_study(changed).user_attrs["stop_reason"] == last.reason
+    assert run_name(changed, 2) not in _run_names(cluster_pod)
+
+
+def test_a_lane_that_failed_for_good_fails_its_trial_and_the_search_goes_on(cluster_pod):
+    experiment = _experiment()
+    start_segment(experiment, segment=0)
+    lost = suggest_trial(experiment, segment=0, slot=0)  # its train pod then fails after every retry
+    other_chain = suggest_trial(_experiment(maxTrials=90), segment=0, slot=1)  # a changed spec's lane, still running
+    decision = finish_segment(experiment, segment=0, cluster_settings=SETTINGS)
+    study = load_study(experiment)
+    trial = study.trials[lost]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == LOST_LANE_REASON
+    assert study.trials[other_chain].state == TrialState.RUNNING, "another chain's lane is not this segment's"
+    assert decision.go_on and _run_names(cluster_pod) == [run_name(experiment, 1)]
+    result = CliRunner().invoke(cli, ["status", experiment.name])
+    assert result.exit_code == 0, result.output
+    assert "1 failed" in result.output and "lane" in result.output
+
+
+def test_a_reformatted_spec_keeps_its_chain():
+    data = yaml.safe_load(open("examples/digits.yaml"))
+    reordered = copy.deepcopy({**data, "spec": dict(reversed(list(data["spec"].items())))})
+    assert run_name(parse_experiment(data), 3) == run_name(parse_experiment(reordered), 3)
+    reordered["spec"]["budget"]["maxTrials"] += 1
+    assert run_name(parse_experiment(data), 3) != run_name(parse_experiment(reordered), 3)
