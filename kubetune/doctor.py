@@ -67,6 +67,7 @@ class Context:
     namespace: str | None
     experiment: object | None = None
     backend: kfp_api.Backend | None = None
+    kfp_client: object | None = field(default=None, repr=False)
     _kube: KubeApi | None = field(default=None, repr=False)
 
     def kube(self) -> KubeApi:
@@ -88,7 +89,8 @@ class Context:
 def kfp_reachable(context: Context) -> str:
     if not context.host:
         raise Problem("no KFP API host", "pass --host or set KUBETUNE_KFP_HOST (e.g. http://ml-pipeline.kubeflow.svc:8888)")
-    context.backend = kfp_api.probe_backend(kfp_api.connect(context.host, context.namespace), context.host)
+    context.kfp_client = kfp_api.connect(context.host, context.namespace)
+    context.backend = kfp_api.probe_backend(context.kfp_client, context.host)
     return f"{context.host} answers"
 
 
@@ -122,6 +124,13 @@ def namespace_known(context: Context) -> str:
     if not context.namespace:
         raise Problem("none given, and this is not a pod that knows its own", kfp_api.NAMESPACE_FIX)
     return context.namespace
+
+
+def kfp_access(context: Context) -> str:
+    """List one experiment as submit would: proves the token and the namespace work together."""
+    namespace = context.need_namespace() if context.need_backend().multi_user else None
+    kfp_api.call(context.host, "list experiments", context.kfp_client.list_experiments, page_size=1, namespace=namespace)
+    return f"may list experiments in {namespace}" if namespace else "may list experiments"
 
 
 def _object(context: Context, kind: str, env: str, default: str) -> str:
@@ -224,7 +233,7 @@ def mlflow_server(context: Context) -> str:
 
 CHECKS = {
     "KFP API": kfp_reachable, "KFP version": backend_version, "KFP mode": kfp_mode, "KFP token": kfp_token,
-    "namespace": namespace_known, "credentials Secret": credentials_secret, "ConfigMap": config_map,
+    "namespace": namespace_known, "KFP access": kfp_access, "credentials Secret": credentials_secret, "ConfigMap": config_map,
     "run ServiceAccount": run_account, "run permissions": run_permissions, "GPU nodes": gpu_nodes,
     "study database": study_database, "MLflow": mlflow_server,
 }

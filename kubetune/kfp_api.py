@@ -20,7 +20,7 @@ from pathlib import Path
 from kubetune.errors import UserError
 
 __all__ = [
-    "KfpError", "Submission", "Backend", "KfpGateway", "MINIMUM_BACKEND", "connect", "probe_backend",
+    "KfpError", "Submission", "Backend", "KfpGateway", "MINIMUM_BACKEND", "call", "connect", "probe_backend",
     "resolve_namespace", "token_file",
 ]
 
@@ -120,10 +120,14 @@ def _fix(error: Exception) -> str:
                 f"or set {TOKEN_PATH_ENV} to a token file")
     if status == 403:
         return f"this account may not use that namespace: {NAMESPACE_FIX} where it is a contributor"
+    if status is not None and 400 <= status < 500:
+        return (f"the server refused the request as quoted; check that Kubeflow Pipelines is >= {MINIMUM_BACKEND} "
+                "and that --host / KUBETUNE_KFP_HOST is the API of the intended cluster")
     return "check --host / KUBETUNE_KFP_HOST and that the API is reachable"
 
 
-def _call(host: str, what: str, function, /, *args, **kwargs):
+def call(host: str, what: str, function, /, *args, **kwargs):
+    """Run one client call; any failure becomes a KfpError naming the endpoint, the server's reason and the fix."""
     try:
         return function(*args, **kwargs)
     except Exception as error:  # urllib3/kfp_server_api raise many unrelated types
@@ -144,7 +148,7 @@ def connect(host: str, namespace: str | None = None):
     credentials = ServiceAccountTokenVolumeCredentials(str(token)) if token else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return _call(host, "connect", kfp.Client, host=host, credentials=credentials, namespace=namespace or "kubeflow")
+        return call(host, "connect", kfp.Client, host=host, credentials=credentials, namespace=namespace or "kubeflow")
 
 
 def probe_backend(client, host: str) -> Backend:
@@ -152,7 +156,7 @@ def probe_backend(client, host: str) -> Backend:
 
     The generated model drops ``tag_name``, so the raw JSON is read through the client's own healthz API.
     """
-    response = _call(host, "read /apis/v2beta1/healthz",
+    response = call(host, "read /apis/v2beta1/healthz",
                      client._healthz_api.healthz_service_get_healthz, _preload_content=False)
     try:
         health = json.loads(response.data)
@@ -188,7 +192,7 @@ class KfpGateway:
         return resolved
 
     def _call(self, what: str, function, /, *args, **kwargs):
-        return _call(self.host, what, function, *args, **kwargs)
+        return call(self.host, what, function, *args, **kwargs)
 
     def _experiment_id(self, name: str) -> str:
         try:

@@ -195,3 +195,17 @@ def test_the_kubernetes_double_refuses_reviews_as_the_api_server_does():
                      {**good["spec"], "resourceAttributes": {**good["spec"]["resourceAttributes"], "namespace": ""}}):
             status, body = _post(kube, path, {**good, "spec": spec}, kube.token)
             assert status == 422 and body["reason"] == "Invalid" and body["kind"] == "Status", spec
+
+
+def test_a_token_the_api_does_not_accept_fails_the_access_check(cluster, tmp_path, monkeypatch):
+    kfp, *_ = cluster
+    token = tmp_path / "stale-token"
+    token.write_text("stale-token-value")
+    monkeypatch.setenv(gateway.TOKEN_PATH_ENV, str(token))
+    result = _doctor()
+    line = _line(result, "KFP access")
+    if kfp.multi_user:
+        assert result.exit_code == 2 and line.startswith("FAIL") and "HTTP 401" in line and gateway.TOKEN_PATH_ENV in line
+        assert "stale-token-value" not in result.output
+    else:
+        assert result.exit_code == 0 and line.startswith("ok")
