@@ -156,8 +156,8 @@ def probe_backend(client, host: str) -> Backend:
 
     The generated model drops ``tag_name``, so the raw JSON is read through the client's own healthz API.
     """
-    response = call(host, "read /apis/v2beta1/healthz",
-                     client._healthz_api.healthz_service_get_healthz, _preload_content=False)
+    response = call(host, "read /apis/v2beta1/healthz", client._healthz_api.healthz_service_get_healthz,
+                    _preload_content=False)
     try:
         health = json.loads(response.data)
     except ValueError:
