@@ -262,10 +262,7 @@ class KfpApiDouble(LocalJsonServer):
             self._authorize(headers, experiment["namespace"])
             return 200, experiment
         if (method, path) == ("GET", "/runs"):
-            experiment = self._experiment(query.get("experiment_id", [""])[0])
-            self._authorize(headers, experiment["namespace"])
-            runs = [r for r in self.runs.values() if r["experiment_id"] == experiment["experiment_id"] and self._matches(r, query)]
-            return 200, {"runs": runs, "total_size": len(runs)}
+            return 200, self._list_runs(query, headers)
         if (method, path) == ("POST", "/runs"):
             return 200, self._create_run(data, headers)
         if method == "GET" and path.startswith("/runs/"):
@@ -312,6 +309,20 @@ class KfpApiDouble(LocalJsonServer):
                       "storage_state": "AVAILABLE"}
         self.experiments[experiment["experiment_id"]] = experiment
         return experiment
+
+    def _list_runs(self, query: dict, headers: dict) -> dict:
+        """By experiment (its namespace is checked) or by namespace, needed in multi-user mode (canAccessRun)."""
+        experiment_id = query.get("experiment_id", [""])[0]
+        if experiment_id:
+            namespace = self._experiment(experiment_id)["namespace"]
+        else:
+            namespace = self._namespace(query.get("namespace", [""])[0])
+            if self.multi_user and not namespace:
+                raise Refusal(INVALID, "A run cannot have an empty namespace in multi-user mode")
+        self._authorize(headers, namespace)
+        runs = [r for r in self.runs.values() if self._matches(r, query)
+                and (r["experiment_id"] == experiment_id if experiment_id else r["namespace"] == namespace)]
+        return {"runs": runs, "total_size": len(runs)}
 
     def _create_run(self, data: dict, headers: dict) -> dict:
         experiment = self._experiment(data.get("experiment_id") or "")

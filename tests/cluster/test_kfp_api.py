@@ -161,6 +161,16 @@ def test_a_run_in_an_unknown_experiment_is_404(multi_user, documents):
     assert _run(multi_user, "experiment-404", documents)[0] == 404
 
 
+def test_runs_are_listed_per_experiment_or_namespace(multi_user, documents):
+    experiment_id = _experiment(multi_user)
+    assert _run(multi_user, experiment_id, documents)[0] == 200
+    for query in (f"?experiment_id={experiment_id}", "?namespace=team-a"):
+        status, body = _request(multi_user, "GET", "/runs", query=query, token=multi_user.token)
+        assert status == 200 and body["total_size"] == 1, query
+    assert _request(multi_user, "GET", "/runs", token=multi_user.token)[0] == 400
+    assert _request(multi_user, "GET", "/runs", query="?experiment_id=nope", token=multi_user.token)[0] == 404
+
+
 # --- the gateway --------------------------------------------------------------------------------------
 
 
