@@ -170,7 +170,7 @@ class KfpApiDouble(LocalJsonServer):
         """Single-user servers drop any namespace (ReplaceNamespace, resource/resource_manager.go@2.17.0)."""
         return (namespace or "") if self.multi_user else ""
 
-    def _authorize(self, headers: dict, namespace: str, *, upload: bool = False) -> None:
+    def _authorize(self, headers: dict, namespace: str) -> None:
         """Multi-user: identity from the bearer token (auth/authenticator_token_review.go@2.17.0), then a
         SubjectAccessReview in the namespace (ResourceManager.IsAuthorized, resource_manager.go@2.17.0)."""
         if not self.multi_user:
@@ -179,10 +179,18 @@ class KfpApiDouble(LocalJsonServer):
         token = value[len("Bearer "):] if value.startswith("Bearer ") else ""
         if token not in self.tokens:
             raise Refusal(UNAUTHENTICATED, "Failed to check authorization. User identity is empty in the request "
-                          "header: Request header error: there is no user identity header.", upload=upload)
+                          "header: Request header error: there is no user identity header.")
         if namespace not in self.tokens[token]:
             raise Refusal(DENIED, f"User 'system:serviceaccount:{namespace}:x' is not authorized with reason: "
-                          f"no RBAC policy matched (request: namespace {namespace!r})", upload=upload)
+                          f"no RBAC policy matched (request: namespace {namespace!r})")
+
+    def _authorize_upload(self, headers: dict, namespace: str, message: str) -> None:
+        """The upload server answers any authorization failure with 400 and its generic message
+        (canUploadVersionedPipeline's callers, pipeline_upload_server.go@2.17.0)."""
+        try:
+            self._authorize(headers, namespace)
+        except Refusal:
+            raise Refusal(INVALID, message, upload=True) from None
 
     def _experiment(self, experiment_id: str) -> dict:
         if experiment_id not in self.experiments:
@@ -378,7 +386,7 @@ class KfpApiDouble(LocalJsonServer):
         if path == "/pipelines/upload":
             namespace = self._namespace(query.get("namespace", [""])[0])
             if namespace:  # an upload without a namespace is shared and goes unchecked (canUploadVersionedPipeline)
-                self._authorize(headers, namespace, upload=True)
+                self._authorize_upload(headers, namespace, "Failed to create a pipeline")
             if any(p["display_name"] == name and p["namespace"] == namespace for p in self.pipelines.values()):
                 # model/pipeline.go@2.17.0: (name, namespace) unique; the upload server answers 409.
                 raise Refusal(EXISTS, "Failed to create a pipeline and a pipeline version", upload=True)
@@ -391,7 +399,7 @@ class KfpApiDouble(LocalJsonServer):
         if pipeline_id not in self.pipelines:  # FetchNamespaceFromPipelineId fails: 400, not 404
             raise Refusal(INVALID, "Failed to create a pipeline version", upload=True)
         if self.pipelines[pipeline_id]["namespace"]:
-            self._authorize(headers, self.pipelines[pipeline_id]["namespace"], upload=True)
+            self._authorize_upload(headers, self.pipelines[pipeline_id]["namespace"], "Failed to create a pipeline version")
         if any(v["display_name"] == name for v in self.versions[pipeline_id]):
             # model/pipeline_version.go@2.17.0: (pipeline id, name) unique; 409 from the upload server.
             raise Refusal(EXISTS, "Failed to create a pipeline version", upload=True)

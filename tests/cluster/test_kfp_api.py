@@ -133,6 +133,15 @@ def test_uploads_follow_the_upload_server_rules(package):
         assert status == 400
 
 
+def test_an_unauthorized_upload_is_400_as_the_upload_server_answers(multi_user, package):
+    body, content_type = _multipart("uploadfile", "pipeline.yaml", package.read_bytes())
+    for token in (None, multi_user.token):
+        status, answer = _request(multi_user, "POST", "/pipelines/upload", body, content_type=content_type,
+                                  query="?name=p&namespace=team-b", token=token)
+        assert status == 400 and answer["error_message"] == "Failed to create a pipeline"
+    assert not multi_user.pipelines
+
+
 def test_runs_are_checked_against_the_root_inputs(multi_user, documents):
     experiment_id = _experiment(multi_user)
     assert _run(multi_user, experiment_id, documents)[0] == 200
