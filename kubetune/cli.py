@@ -149,6 +149,19 @@ def submit(experiment_file: str, host: str | None, namespace: str | None, **clus
     click.echo(f"{state} run {submission.run_name} (id {submission.run_id}) in KFP experiment {experiment.name}")
 
 
+@cli.command()
+@experiment_argument
+@host_option
+@namespace_option
+@cluster_options
+def resume(experiment_file: str, host: str | None, namespace: str | None, **cluster) -> None:
+    """Continue an experiment whose chain of runs stopped without a stop rule (reads the study: KUBETUNE_STORAGE)."""
+    from kubetune.cluster import resume_experiment
+
+    experiment = _load(experiment_file)
+    click.echo(resume_experiment(experiment, cluster=_cluster(**cluster), host=host, namespace=namespace))
+
+
 @cli.command("register-pipeline")
 @host_option
 @namespace_option

@@ -20,16 +20,16 @@ from pathlib import Path
 from kubetune.errors import UserError
 
 __all__ = [
-    "KfpError", "Submission", "Backend", "KfpGateway", "MINIMUM_BACKEND", "call", "connect", "probe_backend",
+    "KfpError", "RunInfo", "Submission", "Backend", "KfpGateway", "MINIMUM_BACKEND", "call", "connect", "probe_backend",
     "resolve_namespace", "token_file",
 ]
 
 _log = logging.getLogger(__name__)
 
-# dsl.Collected fan-in needs 2.14 (CHANGELOG.md@2.17.0, "2.14.0: enable dsl.Collected"); the `optional`
-# field of SecretAsEnv / ConfigMapAsEnv that kfp-kubernetes 2.17 emits first exists in
+# The `optional` field of SecretAsEnv / ConfigMapAsEnv that kfp-kubernetes 2.17 emits first exists in
 # kubernetes_platform/proto/kubernetes_executor_config.proto@2.15.0, and the backend parses the platform
 # spec with protojson, which refuses unknown fields (backend/src/apiserver/template/v2_template.go@2.15.0).
+# (dsl.Collected would need 2.14, CHANGELOG.md@2.17.0; the segment pipeline no longer uses it.)
 MINIMUM_BACKEND = "2.15.0"
 NAMESPACE_ENV = "KUBETUNE_NAMESPACE"
 # kfp.client.client.KF_PIPELINES_SA_TOKEN_ENV / _PATH (kfp 2.17.0): the PodDefault mounts the token here.
@@ -41,6 +41,18 @@ NAMESPACE_FIX = f"pass --namespace or set {NAMESPACE_ENV} to your profile namesp
 
 class KfpError(UserError):
     """The KFP API could not be reached or refused a request; the message names the host."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    run_id: str
+    state: str
+
+    @property
+    def active(self) -> bool:
+        """Still able to run a step (V2beta1RuntimeState); an unreported state counts as active."""
+        return self.state not in ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class Backend:
                          "Kubeflow Pipelines >= %s and goes on assuming it", self.host, self.version, MINIMUM_BACKEND)
         elif not self.supported:
             raise KfpError(f"KFP API at {self.host} runs Kubeflow Pipelines {self.version}, but kubetune's pipelines "
-                           f"need >= {MINIMUM_BACKEND} (dsl.Collected and the platform-spec fields it emits); "
+                           f"need >= {MINIMUM_BACKEND} (the platform-spec fields their steps carry); "
                            "upgrade Kubeflow Pipelines or point --host / KUBETUNE_KFP_HOST at a newer one")
 
 
@@ -207,6 +219,18 @@ class KfpGateway:
     def find_run(self, experiment_id: str, run_name: str) -> str | None:
         runs = self._call("list runs", self._client.list_runs, experiment_id=experiment_id, filter=_by_name(run_name))
         return runs.runs[0].run_id if runs.runs else None
+
+    def runs(self, experiment_name: str) -> list[RunInfo]:
+        """Every run of the KFP experiment, page by page (the server returns at most 200 at a time)."""
+        experiment_id = self._call(f"find experiment {experiment_name!r}", self._experiment_id, experiment_name)
+        found, token = [], ""
+        while True:
+            page = self._call("list runs", self._client.list_runs, experiment_id=experiment_id, page_size=200,
+                              page_token=token)
+            found += [RunInfo(r.display_name, r.run_id, str(r.state or "")) for r in page.runs or ()]
+            token = page.next_page_token
+            if not token:
+                return found
 
     def submit(
         self, package: str, *, experiment_name: str, run_name: str, arguments: dict, service_account: str | None = None

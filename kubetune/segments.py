@@ -21,7 +21,7 @@ from kubetune.spec import Experiment
 from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
 
 __all__ = [
-    "run_name", "start_segment", "close_lanes", "register_new_best", "segments_finished", "finish_segment",
+    "run_name", "chain_prefix", "chain_finished", "start_segment", "close_lanes", "register_new_best", "segments_finished", "finish_segment",
     "FINISHED_PREFIX", "SUBMITTED_PREFIX", "LOST_LANE_REASON",
 ]
 
@@ -38,9 +38,20 @@ def run_name(experiment: Experiment, segment: int) -> str:
 
     The hash is of the canonical spec (keys sorted), so reformatting a spec file in git starts no new chain.
     """
+    return f"{chain_prefix(experiment)}{segment}"
+
+
+def chain_prefix(experiment: Experiment) -> str:
+    """``<experiment>-<spec hash>-s``: what every run name of this spec's chain starts with."""
     canonical = json.dumps(experiment.to_dict(), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    return f"{experiment.name}-{digest}-s{segment}"
+    return f"{experiment.name}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}-s"
+
+
+def chain_finished(study: optuna.Study, experiment: Experiment) -> list[int]:
+    """The segments of this spec's chain whose exit step ran."""
+    prefix = FINISHED_PREFIX + chain_prefix(experiment)
+    return sorted(int(key.removeprefix(prefix)) for key in study.user_attrs
+                  if key.startswith(prefix) and key.removeprefix(prefix).isdigit())
 
 
 def start_segment(experiment: Experiment, *, segment: int) -> list[int]:

@@ -330,7 +330,21 @@ class KfpApiDouble(LocalJsonServer):
         self._authorize(headers, namespace)
         runs = [r for r in self.runs.values() if self._matches(r, query)
                 and (r["experiment_id"] == experiment_id if experiment_id else r["namespace"] == namespace)]
-        return {"runs": runs, "total_size": len(runs)}
+        return {**self._page(runs, query, "runs"), "total_size": len(runs)}
+
+    @staticmethod
+    def _page(items: list, query: dict, key: str) -> dict:
+        """One page, as list.go@2.17.0 cuts it: page_size 0 means 20, at most 200, negative refused;
+        a client that ignores next_page_token sees only the first page."""
+        size = int(query.get("page_size", ["0"])[0] or 0)
+        if size < 0:
+            raise Refusal(INVALID, f"The page size should be greater than 0. Got {size}")
+        size = min(size or 20, 200)
+        start = int(query.get("page_token", ["0"])[0] or 0)
+        page = {key: items[start:start + size]}
+        if start + size < len(items):
+            page["next_page_token"] = str(start + size)
+        return page
 
     def _create_run(self, data: dict, headers: dict) -> dict:
         experiment = self._experiment(data.get("experiment_id") or "")

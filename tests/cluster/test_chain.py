@@ -100,3 +100,60 @@ def test_a_reformatted_spec_keeps_its_chain():
     assert run_name(parse_experiment(data), 3) == run_name(parse_experiment(reordered), 3)
     reordered["spec"]["budget"]["maxTrials"] += 1
     assert run_name(parse_experiment(data), 3) != run_name(parse_experiment(reordered), 3)
+
+
+def _resume(spec_path, double):
+    result = CliRunner().invoke(cli, ["resume", str(spec_path), "--host", double.host, "--image", "img:1"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _spec_file(experiment, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(experiment.to_dict()))
+    return path
+
+
+def test_resume_continues_a_chain_whose_run_failed_before_its_exit_step(cluster_pod, tmp_path):
+    experiment = _experiment()
+    spec = _spec_file(experiment, tmp_path)
+    _submit(spec, cluster_pod)
+    _play(experiment, [0])  # segment 0 ends and submits segment 1, whose pods then fail for good
+    assert "still active" in _resume(spec, cluster_pod)
+    for run in cluster_pod.runs.values():
+        run["state"] = "FAILED"
+    assert "segment 1" in _resume(spec, cluster_pod)
+    assert "still active" in _resume(spec, cluster_pod), "resuming twice starts one run"
+    retried = [json.loads(body) for method, path, body in cluster_pod.requests if (method, path) == ("POST", "/runs")][-1]
+    assert retried["display_name"] == run_name(experiment, 1) + "-retry1"
+    assert retried["runtime_config"]["parameters"]["segment"] == 1
+    # The retried run's exit step continues the chain under its usual names.
+    _play(experiment, [1])
+    assert _run_names(cluster_pod)[-1] == run_name(experiment, 2)
+
+
+def test_resume_after_a_stop_rule_starts_nothing(cluster_pod, tmp_path):
+    experiment = _experiment(maxSegments=1)
+    (decision,) = _play(experiment, [0])
+    assert not decision.go_on
+    assert "stopped by its stop rule (maxSegments reached (1))" in _resume(_spec_file(experiment, tmp_path), cluster_pod)
+    assert _run_names(cluster_pod) == []
+
+
+def test_resume_of_an_experiment_never_started_says_how_to_start_it(cluster_pod, tmp_path):
+    result = CliRunner().invoke(cli, ["resume", str(_spec_file(_experiment(), tmp_path)), "--host", cluster_pod.host])
+    assert result.exit_code == 2 and "kubetune submit" in result.output and "Traceback" not in result.output
+
+
+def test_resume_reads_every_page_of_the_experiments_runs(cluster_pod, tmp_path):
+    experiment = _experiment()
+    spec = _spec_file(experiment, tmp_path)
+    _submit(spec, cluster_pod)
+    start_segment(experiment, segment=0)
+    (first,) = cluster_pod.runs.values()
+    first["state"] = "FAILED"
+    for number in range(250):  # the server returns at most 200 runs a page; the active one is on page 2
+        run = {**first, "run_id": f"old-{number}", "display_name": f"old-{number}", "state": "SUCCEEDED"}
+        cluster_pod.runs[run["run_id"]] = run
+    run["state"] = "RUNNING"
+    assert "old-249 of experiment" in _resume(spec, cluster_pod)
