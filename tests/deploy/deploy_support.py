@@ -193,7 +193,8 @@ def rules_of(objs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
 
 def token_privilege_problems(objs: list[dict[str, Any]], account: str) -> list[str]:
     """Why a pod of ``account`` should not hold a Kubernetes API token: an empty list only when the account
-    is the render's own, bound to nothing but gets of named objects and LocalSubjectAccessReviews."""
+    is the render's own, bound to nothing but gets of named objects, LocalSubjectAccessReviews and KFP
+    reads (pipelines.kubeflow.org, which only KFP's own SubjectAccessReviews ask about)."""
     if not find(objs, "ServiceAccount", account):
         return [f"its ServiceAccount {account!r} is not one the render creates"]
     if find(objs, "ClusterRoleBinding"):
@@ -202,7 +203,8 @@ def token_privilege_problems(objs: list[dict[str, Any]], account: str) -> list[s
     for rule in rules_of(objs, account):
         review = rule["apiGroups"] == ["authorization.k8s.io"] and rule["resources"] == ["localsubjectaccessreviews"] and rule["verbs"] == ["create"]
         named_get = rule["verbs"] == ["get"] and bool(rule.get("resourceNames")) and "*" not in rule["resources"]
-        if not (review or named_get):
+        kfp_read = rule["apiGroups"] == ["pipelines.kubeflow.org"] and set(rule["verbs"]) <= {"get", "list"}
+        if not (review or named_get or kfp_read):
             problems.append(f"{account} may {rule['verbs']} {rule['apiGroups']}/{rule['resources']} {rule.get('resourceNames', 'of any name')}")
     return problems
 

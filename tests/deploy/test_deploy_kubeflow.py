@@ -347,6 +347,7 @@ def test_helm_test_runs_kubetune_doctor(scenario: str, scenario_objects) -> None
             (("",), ("configmaps",), ("get",), ("kubetune-config",)),
             (("",), ("serviceaccounts",), ("get",), (run_account,)),
             (("authorization.k8s.io",), ("localsubjectaccessreviews",), ("create",), ()),
+            *([(("pipelines.kubeflow.org",), ("experiments",), ("list",), ())] if _multi_user(scenario) else []),
         ]
     )
     # every other pod of the release goes without a Kubernetes API token
