@@ -301,6 +301,11 @@ def _s3_problem(code: str | None, status: int | None, bucket: str, key: str, end
     return f"S3 endpoint {endpoint} answered {code or f'HTTP {status}'}; check the bucket, the key and the credentials"
 
 
+def s3_region() -> str:
+    """``AWS_REGION``, else ``AWS_DEFAULT_REGION`` (what the cluster's ConfigMap gives every step), else us-east-1."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def _read_s3(url) -> bytes:
     from minio import Minio
     from minio.error import MinioException
@@ -324,7 +329,7 @@ def _read_s3(url) -> bytes:
             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             session_token=os.environ.get("AWS_SESSION_TOKEN"),
-            region=os.environ.get("AWS_REGION", "us-east-1"),
+            region=s3_region(),
             secure=server.scheme == "https",
         )
         response = client.get_object(bucket, key)

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from kubetune.data import DataError, load_split, read_split, retrieve, save_split
+from kubetune.data import DataError, load_split, read_split, retrieve, s3_region, save_split
 from kubetune.spec import parse_experiment
 
 # builtin:mnist1d is generated offline; its digest pins that every machine gets the same data.
@@ -226,3 +226,16 @@ def test_save_and_read_round_trip(tmp_path, digits):
 def test_read_missing_split(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_split(tmp_path / "absent.npz")
+
+
+@pytest.mark.parametrize("env, region", [
+    ({"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),  # what a pipeline step gets from the ConfigMap
+    ({"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-central-1"),
+    ({}, "us-east-1"),
+])
+def test_s3_region_comes_from_either_aws_variable(monkeypatch, env, region):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert s3_region() == region
