@@ -18,8 +18,11 @@ if have_postgres; then
     echo "services.sh: PostgreSQL found: $(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')"
 else
     if [ "$(id -u)" -ne 0 ]; then
-        echo "services.sh: PostgreSQL is missing and installing it needs root: run as root (or sudo)." >&2
-        exit 1
+        echo "services.sh: PostgreSQL is missing and installing it needs root: run as root (or sudo)," \
+             "or install postgresql yourself; until then the tests in tests/services skip." >&2
+        # CI must run every test; a laptop may go on without the service tests.
+        [ "${CI:-}" = "true" ] && exit 1
+        exit 0
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
