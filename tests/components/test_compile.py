@@ -139,6 +139,15 @@ def test_every_step_but_the_trial_has_cpu_and_memory_requests_and_limits(compile
     assert _executor(pipeline, "register-best")["resources"]["resourceMemoryLimit"] == ClusterSettings().step_memory
 
 
+def test_step_resources_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBETUNE_STEP_MEMORY", "3Gi")
+    monkeypatch.setenv("KUBETUNE_STEP_CPU", "100m")
+    experiment = load_experiment("examples/digits.yaml")
+    pipeline, _ = _documents(compile_pipeline(experiment, tmp_path / "p.yaml", ClusterSettings(image=IMAGE)))
+    resources = _executor(pipeline, "next-segment")["resources"]
+    assert resources["resourceMemoryLimit"] == "3Gi" and resources["resourceCpuRequest"] == "100m"
+
+
 def test_next_segment_gets_the_kfp_token_label_and_its_own_namespace(compiled):
     _, executors = compiled
     finish = executors["exec-next-segment"]
