@@ -47,9 +47,9 @@ def train_threads(experiment: Experiment) -> int:
 def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str) -> dict:
     """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
 
-    Writes the model's class scores on the held-out validation and test sets to ``predictions_path`` (for
-    the evaluate step); a completed trial's weights are saved to ``model_path`` and uploaded to MLflow,
-    their only copy. Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
+    For a completed trial, writes the model's class scores on the held-out validation and test sets to
+    ``predictions_path`` (for the evaluate step; an empty file otherwise) and saves its weights to
+    ``model_path``, uploaded to MLflow, their only copy. Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
     """
     import numpy as np
     import torch
@@ -86,12 +86,16 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
             seed=seed,
             on_epoch=on_epoch,
         )
-    if result.status == "complete":  # only a completed trial can become the registered model
+    held_out = {}
+    # Only a completed trial is scored or can become the registered model; a pruned or failed one (out of
+    # GPU memory, say) touches the device no more, so it cannot fail again and take its lane down.
+    if result.status == "complete":
         from kubetune import tracking
 
         train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
         tracking.log_trial_weights(study.user_attrs["mlflow_parent_run_id"], number, model_path)
-    held_out = {name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test)) if len(x)}
+        held_out = {name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test))
+                    if len(x)}
     with open(predictions_path, "wb") as file:
         np.savez(file, **held_out)
     return {

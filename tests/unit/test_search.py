@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
@@ -126,3 +127,27 @@ def test_training_a_finished_trial_is_skipped(home):
                          predictions_path=str(home / "x.npz"))
     assert result["status"] == "skipped"
     assert math.isclose(get_trial(load_study(experiment), number).value, 0.5)
+
+
+def test_a_trial_out_of_gpu_memory_touches_the_device_no_more(home, monkeypatch):
+    import torch
+
+    from kubetune import train
+
+    moves = []
+
+    def out_of_memory(values, device):  # the device boundary: every tensor the trainer puts on the device
+        moves.append(device)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "_features", out_of_memory)
+    experiment = _experiment("oom")
+    start_segment(experiment, segment=0)
+    number, result = _lane(experiment, home)
+    assert result["status"] == "failed" and result["reason"].startswith("out of memory while moving")
+    assert len(moves) == 1  # neither saved nor scored after the failure
+    with np.load(home / f"p{number}.npz") as predictions:
+        assert list(predictions) == []
+    outcome = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
+                             split_path=str(home / "split.npz"))
+    assert outcome["state"] == "FAIL"
