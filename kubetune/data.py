@@ -44,6 +44,7 @@ __all__ = ["DataError", "SplitData", "load_split", "read_split", "retrieve", "sa
 OPTIONS = {"source": None, "sha256": None, "labelColumn": "label", "validationFraction": 0.2, "testFraction": 0.2,
            "seed": 0}
 EXTENSIONS = (".npz", ".csv")
+CSV_CHUNK_ROWS = 1024  # rows parsed at a time: bounds the strings held at once to a few MB
 # A 3-D ``x`` whose second axis is at most this long is read as (N, C, L) sequences, else (N, H, W) images.
 MAX_SEQUENCE_CHANNELS = 4
 # Enough MNIST-1D samples that a small 1D CNN reaches about 97% validation accuracy.
@@ -388,33 +389,63 @@ def _parse_npz(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the CSV in chunks of rows, so memory holds float32 features, never every cell as a string."""
     try:
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+        rows = csv.reader(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline=""))
+        header = [name.strip() for name in next((row for row in rows if row), [])]
+        label, features = _csv_columns(header, source, label_column)
+        chunks = [_csv_chunk(chunk, header, label, features, source) for chunk in _row_chunks(rows)]
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"data.source {_display(source)} is not a readable UTF-8 .csv file: {error}") from None
-    rows = [row for row in rows if row]
-    if len(rows) < 2:
-        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has {len(rows)} rows")
-    header = [name.strip() for name in rows[0]]
+    if not chunks:
+        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has "
+                        f"{1 if header else 0} rows")
+    x = np.concatenate([chunk[0] for chunk in chunks])
+    return x, _typed_labels(np.concatenate([chunk[1] for chunk in chunks]))
+
+
+def _csv_columns(header: list[str], source: str, label_column: str) -> tuple[int, list[int]]:
+    """The label's column index and the feature columns' indices, checked against the header."""
+    if not header:
+        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has 0 rows")
     if label_column not in header:
         raise DataError(
             f"data.labelColumn {label_column!r} is not a column of {_display(source)}; its columns are {header}"
         )
-    widths = {len(row) for row in rows}
-    if len(widths) != 1:
-        raise DataError(
-            f"data.source {_display(source)}: every row must have {len(header)} fields but found {sorted(widths)}"
-        )
-    table = np.array(rows[1:], dtype=str)
     label = header.index(label_column)
     features = [i for i in range(len(header)) if i != label]
     if not features:
         raise DataError(f"data.source {_display(source)} has no feature columns besides {label_column!r}")
+    return label, features
+
+
+def _row_chunks(rows, size: int = CSV_CHUNK_ROWS):
+    """Non-empty rows in lists of at most ``size``."""
+    chunk = []
+    for row in rows:
+        if row:
+            chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _csv_chunk(rows: list[list[str]], header: list[str], label: int, features: list[int],
+               source: str) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's float32 features and stripped label strings."""
+    widths = {len(row) for row in rows} | {len(header)}
+    if len(widths) != 1:
+        raise DataError(
+            f"data.source {_display(source)}: every row must have {len(header)} fields but found {sorted(widths)}"
+        )
+    table = np.array(rows, dtype=str)
     try:
         x = table[:, features].astype(np.float32)
     except ValueError as error:
         raise DataError(f"data.source {_display(source)}: feature columns must be numbers: {error}") from None
-    return x, _typed_labels(np.char.strip(table[:, label]))
+    return x, np.char.strip(table[:, label])
 
 
 def _typed_labels(labels: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from kubetune import data
 from kubetune.data import DataError, load_split, read_split, retrieve, s3_region, save_split
 from kubetune.spec import parse_experiment
 
@@ -239,3 +240,43 @@ def test_s3_region_comes_from_either_aws_variable(monkeypatch, env, region):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert s3_region() == region
+
+
+def _csv_bytes(rows: int, columns: int) -> bytes:
+    values = np.random.default_rng(0).normal(size=(rows, columns))
+    lines = ["label," + ",".join(f"f{i}" for i in range(columns))]
+    lines += [f"c{i % 3}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(values)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_csv_reader_peak_memory_stays_near_the_file_size(tmp_path):
+    """A large CSV is read in chunks of rows: the reader never holds every cell as a Python string."""
+    import tracemalloc
+
+    raw = _csv_bytes(20_000, 20)  # about 4 MB
+    path = tmp_path / "big.csv"
+    path.write_bytes(raw)
+    tracemalloc.start()
+    try:
+        x, y = data._parse_csv(raw, f"file://{path}", "label")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (20_000, 20) and x.dtype == np.float32
+    assert list(y[:4]) == ["c0", "c1", "c2", "c0"]
+    assert peak < 3 * len(raw), f"peak {peak / 1e6:.1f} MB for a {len(raw) / 1e6:.1f} MB CSV"
+
+
+def test_csv_rows_of_different_widths_are_found_past_the_first_chunk(tmp_path):
+    rows = ["a,label"] + [f"{i},{i % 2}" for i in range(data.CSV_CHUNK_ROWS + 5)] + ["1,0,7"]
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"every row must have 2 fields but found \[2, 3\]"):
+        load_split({"source": f"file://{path}"})
+
+
+def test_csv_with_a_header_only_is_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n\n")
+    with pytest.raises(DataError, match="must have a header row and data rows but has 1 rows"):
+        load_split({"source": f"file://{path}"})
