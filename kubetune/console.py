@@ -1,8 +1,11 @@
-"""What `kubetune run` shows: a progress bar while it searches, a summary table when it ends."""
+"""What `kubetune run` shows: its progress while it searches (a bar on a terminal, plain lines elsewhere),
+a summary table when it ends."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,27 +21,13 @@ def _format_value(value) -> str:
 
 
 def run_with_progress(experiment: Experiment, *, verbose: bool = False, console: Console | None = None) -> dict:
-    """Run the experiment locally with a live progress bar; print and return the summary."""
+    """Run the experiment locally showing its progress; print and return the summary."""
     from kubetune import local, registry, report
     from kubetune.study import load_study
 
     console = console or Console()
-    metric = experiment.spec.objectives[0].metric
     started = time.monotonic()
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("trials  segment {task.fields[segment]}  running {task.fields[running]}  best {task.fields[best]}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console, disable=verbose) as bar:
-        task = bar.add_task(experiment.name, total=experiment.spec.budget.max_trials, segment=0, running=0, best="-")
-
-        def show(progress: local.Progress) -> None:
-            bar.update(task, completed=progress.done, segment=progress.segment, running=progress.running,
-                       best=f"{metric}={_format_value(progress.best)}")
-
+    with _progress_display(experiment, console, verbose=verbose) as show:
         reason = local.run_experiment(experiment, report=show, verbose=verbose)
     study = load_study(experiment)
     summary = report.summarize(study, experiment)
@@ -49,6 +38,55 @@ def run_with_progress(experiment: Experiment, *, verbose: bool = False, console:
         summary["champion"] = f"models:/{experiment.model_name}@{experiment.spec.registry.alias} (version {champion['version']}, trial {champion['trial']})"
     print_summary(summary, report.where_to_look(experiment), console=console)
     return summary
+
+
+@contextmanager
+def _progress_display(experiment: Experiment, console: Console, *, verbose: bool):
+    """A live bar on a terminal; whole plain lines in a file or a Job's log, where a bar is cut to 80 columns."""
+    if verbose or console.is_terminal:
+        with _progress_bar(experiment, console, disabled=verbose) as show:
+            yield show
+    else:
+        yield _progress_lines(experiment, console)
+
+
+@contextmanager
+def _progress_bar(experiment: Experiment, console: Console, *, disabled: bool):
+    metric = experiment.spec.objectives[0].metric
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("trials  segment {task.fields[segment]}  running {task.fields[running]}  best {task.fields[best]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, disable=disabled) as bar:
+        task = bar.add_task(experiment.name, total=experiment.spec.budget.max_trials, segment=0, running=0, best="-")
+
+        def show(progress) -> None:
+            bar.update(task, completed=progress.done, segment=progress.segment, running=progress.running,
+                       best=f"{metric}={_format_value(progress.best)}")
+
+        yield show
+
+
+def _progress_lines(experiment: Experiment, console: Console):
+    """A report callback that prints one unwrapped line whenever the progress changes."""
+    metric = experiment.spec.objectives[0].metric
+    started = time.monotonic()
+    last = None
+
+    def show(progress) -> None:
+        nonlocal last
+        if progress == last:
+            return
+        last = progress
+        elapsed = dt.timedelta(seconds=int(time.monotonic() - started))
+        console.out(f"{experiment.name}: {progress.done}/{progress.budget} trials  segment {progress.segment}  "
+                    f"running {progress.running}  best {metric}={_format_value(progress.best)}  {elapsed}",
+                    highlight=False)
+
+    return show
 
 
 def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> None:
