@@ -9,6 +9,7 @@ TrackingError naming the endpoint, and a later run registers the model exactly o
 
 from __future__ import annotations
 
+import math
 import tempfile
 
 import mlflow
@@ -28,7 +29,7 @@ def _beats(value: float, current: float, direction: str) -> bool:
 
 
 def champion(experiment: Experiment) -> dict | None:
-    """The version the alias points at, with its recorded objective value, or None."""
+    """The version the alias points at, with its recorded objective value (None if unrecorded), or None."""
     return _champion(tracking.client(), experiment)
 
 
@@ -39,15 +40,44 @@ def _champion(client, experiment: Experiment) -> dict | None:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise  # the registry did not answer: not the same as "no champion yet"
         return None
-    return {"version": int(version.version), "value": float(version.tags.get(TAG_VALUE, "nan")),
+    return {"version": int(version.version), "value": _recorded_value(version.tags.get(TAG_VALUE)),
             "trial": version.tags.get(tracking.TAG_TRIAL)}
 
 
-def _existing_version(client, name: str, run_id: str):
-    """The version registered from ``run_id``, if any. Errors propagate: reading "none" from a server
+def _recorded_value(tag: str | None) -> float | None:
+    """The champion's objective value, or None when its version has no usable value tag (registered by hand,
+    or the tag was removed): such a champion cannot be compared, so any new best replaces it."""
+    try:
+        value = float(tag)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _versions_of_run(client, name: str, run_id: str) -> list:
+    """The versions registered from ``run_id``, oldest first. Errors propagate: reading "none" from a server
     that failed to answer would register a second version."""
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda version: int(version.version))
+
+
+def _existing_version(client, name: str, run_id: str):
+    """The version registered from ``run_id``, if any."""
+    found = _versions_of_run(client, name, run_id)
     return found[0] if found else None
+
+
+def _keep_oldest(client, name: str, run_id: str):
+    """Two runs of one spec that register the same trial at once may both create a version: each then keeps
+    the oldest and deletes the others, so both end with one version per trial and agree on which."""
+    oldest, *extra = _versions_of_run(client, name, run_id)
+    for version in extra:
+        try:
+            client.delete_model_version(name, version.version)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise
+    return oldest
 
 
 def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
@@ -62,6 +92,11 @@ def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     client = tracking.client()
+    # The logged model belongs to the trial's experiment: without it MLflow files it under "Default", with its
+    # files in ./mlruns of whatever directory the step ran in.
+    logged_model = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=client.get_run(run_id).info.experiment_id
+    )
     # The run's own artifact repository, not client.download_artifacts: that one turns every failure
     # (an artifact store that is down included) into "does not exist", which must not be retried.
     repository = get_artifact_repository(client.get_run(parent_run_id).info.artifact_uri)
@@ -79,6 +114,7 @@ def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
         input_example=example,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
         run_id=run_id,
+        model_id=logged_model.model_id,
     )
     return logged.model_uri
 
@@ -102,9 +138,11 @@ def register_best(experiment: Experiment) -> dict:
                 name,
                 tags={tracking.TAG_STUDY: experiment.name, tracking.TAG_TRIAL: str(best.number), TAG_VALUE: str(value)},
             )
+            version = _keep_oldest(client, name, run_id)
         current = _champion(client, experiment)
         moved = current is None or (
-            current["version"] != int(version.version) and _beats(value, current["value"], direction)
+            current["version"] != int(version.version)
+            and (current["value"] is None or _beats(value, current["value"], direction))
         )
         if moved:
             client.set_registered_model_alias(name, alias, version.version)

@@ -9,6 +9,7 @@ from optuna.trial import TrialState, create_trial
 
 from kubetune.data import load_split, save_split
 from kubetune.evaluate import evaluate_trial
+from kubetune.registry import champion, register_best
 from kubetune.search import suggest_trial, train_trial
 from kubetune.segments import finish_segment, start_segment
 from kubetune.spec import parse_experiment
@@ -151,3 +152,51 @@ def test_a_trial_out_of_gpu_memory_touches_the_device_no_more(home, monkeypatch)
     outcome = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
                              split_path=str(home / "split.npz"))
     assert outcome["state"] == "FAIL"
+
+
+def _registered_best(experiment, home):
+    """One completed, evaluated trial, registered as the experiment's model."""
+    start_segment(experiment, segment=0)
+    number, result = _lane(experiment, home)
+    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
+                   split_path=str(home / "split.npz"))
+    return register_best(experiment)
+
+
+def test_the_logged_model_belongs_to_the_experiment_not_to_default(home, tmp_path_factory, monkeypatch):
+    started_in = tmp_path_factory.mktemp("working-directory")
+    monkeypatch.chdir(started_in)
+    experiment = _experiment("own-experiment")
+    registered = _registered_best(experiment, home)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment.name).experiment_id
+    (logged,) = client.search_logged_models(experiment_ids=[experiment_id])
+    version = client.get_model_version(experiment.model_name, str(registered["version"]))
+    assert logged.model_id in version.source and logged.source_run_id == version.run_id
+    assert logged.artifact_location.startswith((home / "mlartifacts").as_uri())
+    assert list(started_in.iterdir()) == []  # nothing written where the step happened to run
+
+
+def test_a_champion_without_a_recorded_value_is_replaced(home):
+    experiment = _experiment("unvalued")
+    start_segment(experiment, segment=0)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    client.create_registered_model(experiment.model_name)
+    by_hand = client.create_model_version(experiment.model_name, source=str(home), tags={"note": "no value tag"})
+    client.set_registered_model_alias(experiment.model_name, "champion", by_hand.version)
+    registered = _registered_best(experiment, home)
+    assert registered["alias_moved"] and champion(experiment)["version"] == registered["version"]
+
+
+def test_two_runs_registering_one_trial_at_once_leave_one_version(home, monkeypatch):
+    from kubetune import registry
+
+    experiment = _experiment("racing")
+    first = _registered_best(experiment, home)
+    # The other run looked for the trial's version before this one registered it.
+    monkeypatch.setattr(registry, "_existing_version", lambda client, name, run_id: None)
+    second = register_best(experiment)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    versions = client.search_model_versions(f"name = '{experiment.model_name}'")
+    assert [int(v.version) for v in versions] == [first["version"]] == [second["version"]]
+    assert champion(experiment)["version"] == first["version"]
