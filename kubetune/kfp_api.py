@@ -36,6 +36,9 @@ NAMESPACE_ENV = "KUBETUNE_NAMESPACE"
 TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# kfp.Client reports what the server holds under a name as a ValueError (kfp/client/client.py@2.17.0:
+# "No experiment is found with name ...", "Multiple experiments is found with name ...").
+KFP_LOOKUP_ERROR = re.compile(r"(No|Multiple) \w+ (is|are) found")
 NAMESPACE_FIX = f"pass --namespace or set {NAMESPACE_ENV} to your profile namespace (e.g. team-a)"
 
 
@@ -139,11 +142,25 @@ def _fix(error: Exception) -> str:
 
 
 def call(host: str, what: str, function, /, *args, **kwargs):
-    """Run one client call; any failure becomes a KfpError naming the endpoint, the server's reason and the fix."""
+    """Run one client call; a refused request or an unreachable host becomes a KfpError naming the endpoint,
+    the server's reason and the fix. Anything else is a bug here, not the host's, and propagates as itself."""
     try:
         return function(*args, **kwargs)
-    except Exception as error:  # urllib3/kfp_server_api raise many unrelated types
+    except Exception as error:  # noqa: BLE001 - sorted by _host_problem; the rest propagates unchanged
+        if not _host_problem(error):
+            raise
         raise KfpError(f"KFP API at {host} failed to {what}: {_reason(error)}. Fix: {_fix(error)}.") from None
+
+
+def _host_problem(error: Exception) -> bool:
+    """The API refused (any HTTP status), the host was unreachable (urllib3's connection, TLS and URL errors,
+    socket errors), or kfp.Client found nothing, or too much, under a name on the server."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(error, ValueError) and not isinstance(error, HTTPError):
+        return bool(KFP_LOOKUP_ERROR.match(str(error)))
+    return isinstance(error, (ApiException, HTTPError, OSError))
 
 
 def connect(host: str, namespace: str | None = None):

@@ -8,9 +8,11 @@ import urllib.request
 import uuid
 
 import pytest
+import urllib3.exceptions as urllib3_errors
 import yaml
 from click.testing import CliRunner
 from kfp_double import UNAVAILABLE, KfpApiDouble, Refusal
+from kfp_server_api.exceptions import ApiException
 
 from kubetune import kfp_api as gateway
 from kubetune.cli import cli
@@ -257,3 +259,22 @@ def test_an_error_other_than_not_found_never_creates_an_experiment(isolated_pod)
         assert result.exit_code == 2 and "Multiple experiments" in result.output
         assert len(double.experiments) == 2 and not double.runs
         assert not [path for method, path, _ in double.requests if (method, path) == ("POST", "/experiments")]
+
+
+def test_a_bug_in_kubetune_is_not_reported_as_a_host_problem():
+    def buggy(**_):
+        raise TypeError("unexpected keyword argument 'filter'")
+
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        gateway.call("http://kfp.example:8888", "list runs", buggy, filter="x")
+
+
+@pytest.mark.parametrize("error", [ConnectionRefusedError(111, "Connection refused"),
+                                   urllib3_errors.NewConnectionError(None, "Failed to establish a new connection"),
+                                   ApiException(status=503, reason="Service Unavailable")])
+def test_an_unreachable_or_refusing_host_is_a_kfp_error_with_the_fix(error):
+    def unreachable():
+        raise error
+
+    with pytest.raises(gateway.KfpError, match=r"KFP API at http://kfp.example:8888 failed to list runs: .*Fix: "):
+        gateway.call("http://kfp.example:8888", "list runs", unreachable)
