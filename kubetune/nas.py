@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from kubetune.hyperparameters import MAX_FLAT_FEATURES
+
 __all__ = ["ArchitectureError", "build_model", "default_architecture", "count_parameters",
            "KINDS", "ACTIVATIONS", "NORMS", "MAX_FLAT_FEATURES"]
 
@@ -30,8 +32,6 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tan
 NORMS = ("none", "batch", "layer")
 DEFAULTS = {"kernelSize": 3, "activation": "relu", "norm": "none", "dropout": 0.0, "skip": False}
 FIELDS = ("kind", "width", *DEFAULTS)
-# A flattened feature map larger than this is average-pooled first, so the next linear layer stays small.
-MAX_FLAT_FEATURES = 4096
 CONV = {2: nn.Conv1d, 3: nn.Conv2d}
 BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d}
 POOL = {2: nn.AdaptiveAvgPool1d, 3: nn.AdaptiveAvgPool2d}

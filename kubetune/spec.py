@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from kubetune.errors import UserError
-from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
+from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, MAX_BATCH_SIZE, MAX_FLAT_FEATURES, OPTIMIZERS
 
 __all__ = [
     "API_VERSION",
+    "MAX_SPEC_FILE_BYTES",
+    "MAX_SPEC_JSON_BYTES",
     "METRICS",
     "Experiment",
     "SpecError",
@@ -51,6 +53,17 @@ MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
 MAX_GRID_POINTS = 100_000  # Optuna's GridSampler lists every point in memory when the study loads
+# A spec file, comments included; its YAML aliases may not expand it past this size either (a "YAML bomb").
+MAX_SPEC_FILE_BYTES = 256 * 1024
+MAX_NESTING = 32  # levels of mappings and lists in a spec file; a real spec has fewer than 10
+# The spec's compact JSON with every default. Each pipeline step receives it inside one command-line
+# argument, where JSON escaping can double it and Linux allows 128 KiB (MAX_ARG_STRLEN).
+MAX_SPEC_JSON_BYTES = 32 * 1024
+MAX_WIDTH = 4096  # channels or features of one architecture block
+MAX_KERNEL_SIZE = 64
+MAX_PARAMETERS = 100_000_000  # about 400 MB of float32 weights, and three times that again for Adam's state
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)  # MLflow's own: the newest version, version N
 
 
 class SpecError(UserError, ValueError):
@@ -266,10 +279,11 @@ class BlockSpace(_Model):
             bad = [c for c in getattr(self, field).choices if c not in allowed]
             if bad:
                 raise _FieldError(field, f"choices must be among {list(allowed)} but got {bad}")
-        for field in ("width", "kernel_size"):
-            bad = [c for c in getattr(self, field).choices if isinstance(c, bool) or not isinstance(c, int) or c < 1]
+        for field, most in (("width", MAX_WIDTH), ("kernel_size", MAX_KERNEL_SIZE)):
+            bad = [c for c in getattr(self, field).choices
+                   if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= most]
             if bad:
-                raise _FieldError(to_camel(field), f"choices must be positive integers but got {bad}")
+                raise _FieldError(to_camel(field), f"choices must be integers from 1 to {most} but got {bad}")
         bad = [c for c in self.skip.choices if not isinstance(c, bool)]
         if bad:
             raise _FieldError("skip", f"choices must be true/false but got {bad}")
@@ -283,6 +297,39 @@ class ArchitectureSpace(_Model):
     type: Literal["macro"] = "macro"
     blocks: IntRange = IntRange(low=1, high=3)
     block: BlockSpace = BlockSpace()
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ArchitectureSpace:
+        """Refused here rather than by a trial that cannot allocate its network."""
+        parameters = largest_network(self)
+        if parameters > MAX_PARAMETERS:
+            block = self.block
+            kernel = f", kernel {max(block.kernel_size.choices)}" if "conv" in block.kind.choices else ""
+            raise ValueError(
+                f"the largest network this space allows has about {parameters:,} parameters "
+                f"({self.blocks.high} blocks of width {max(block.width.choices)}{kernel}), more than the "
+                f"{MAX_PARAMETERS:,} a trial may have; lower block.width, block.kernelSize or blocks.high"
+            )
+        return self
+
+
+def largest_network(space: ArchitectureSpace) -> int:
+    """An upper bound on the parameters of a network of ``space``, but for what depends on the data.
+
+    A block has width x (fan-in + 3) parameters at most: weights, bias and norm (a conv block counted
+    as 2-D, k x k; an MLP block after a conv block takes at most MAX_FLAT_FEATURES inputs), and at most
+    as many again for a skip projection. The first block's inputs and the head depend on the data's
+    shape and classes, unknown here.
+    """
+    block = space.block
+    width = max(block.width.choices)
+    fan_ins = []
+    if "conv" in block.kind.choices:
+        fan_ins.append(width * max(block.kernel_size.choices) ** 2)
+    if "mlp" in block.kind.choices:
+        fan_ins.append(max(width, MAX_FLAT_FEATURES) if "conv" in block.kind.choices else width)
+    projections = 2 if True in block.skip.choices else 1
+    return space.blocks.high * width * (max(fan_ins) + 3) * projections
 
 
 class SamplerSpec(_Model):
@@ -362,7 +409,7 @@ class Toleration(_Model):
 
 class TrialSpec(_Model):
     epochs: int = Field(default=10, ge=1, le=10_000)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     retries: int = Field(default=1, ge=0, le=10)
     heartbeat_seconds: int = Field(default=30, ge=5, le=3600)
     resources: Resources = Resources()
@@ -373,7 +420,28 @@ class TrialSpec(_Model):
 
 class RegistrySpec(_Model):
     model_name: str | None = Field(default=None, min_length=1, max_length=256)
-    alias: str = Field(default="champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    alias: str = Field(default="champion", max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        """Checked here: MLflow refuses a bad name only when the first model is registered, at a run's end."""
+        if value is not None and not MODEL_NAME.fullmatch(value):
+            raise ValueError(
+                "must hold only letters, digits, '.', '_' and '-', starting with a letter, digit or '_' (it names "
+                f"the MLflow registered model and goes into models:/<name>@<alias> URIs), but got {value!r}"
+            )
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if RESERVED_ALIAS.fullmatch(value):
+            raise ValueError(
+                f"is reserved by MLflow ('latest' and v<number> name versions); use another alias such as "
+                f"'champion', but got {value!r}"
+            )
+        return value
 
 
 class ExperimentSpec(_Model):
@@ -410,12 +478,7 @@ class ExperimentSpec(_Model):
                     f"{name!r} is not a hyperparameter the trainer understands; use one of "
                     f"{', '.join(HYPERPARAMETERS)} (the architecture goes under spec.architecture)"
                 )
-            if name == "optimizer":
-                bad = [c for c in getattr(param, "choices", [None]) if c not in OPTIMIZERS]
-                if bad:
-                    raise _FieldError(
-                        "optimizer", f"must be categorical with choices among {list(OPTIMIZERS)} but got {bad}"
-                    )
+            _check_values(name, param)
         _check_conditions(value)
         return value
 
@@ -457,6 +520,26 @@ class ExperimentSpec(_Model):
         if sampler == "grid":
             _check_finite(self)
         return self
+
+
+def _check_values(name: str, param: Any) -> None:
+    """Every value ``param`` can take must be one the trainer accepts, so that no trial fails on it."""
+    if name == "optimizer":
+        bad = [c for c in getattr(param, "choices", [None]) if c not in OPTIMIZERS]
+        if bad:
+            raise _FieldError(name, f"must be categorical with choices among {list(OPTIMIZERS)} but got {bad}")
+        return
+    domain = DOMAINS[name]
+    if isinstance(param, CategoricalParam):
+        bad = [c for c in param.choices if not domain.admits(c)]
+        if bad:
+            raise _FieldError(name, f"choices must each be {domain.describe()} but got {bad}")
+    elif domain.integer and isinstance(param, FloatParam):
+        raise _FieldError(name, f"takes integers: make it type int or categorical, not {param.type}")
+    else:
+        bad = [f"{end}={value}" for end, value in (("low", param.low), ("high", param.high)) if not domain.admits(value)]
+        if bad:
+            raise _FieldError(name, f"low and high must each be {domain.describe()} but got {', '.join(bad)}")
 
 
 def _check_conditions(parameters: dict[str, Any]) -> None:
@@ -578,7 +661,7 @@ def _format(error: ValidationError, document: Any) -> str:
         if "but got" in message or (item["type"] == "value_error" and isinstance(value, dict)):
             received = ""  # the message names the value, or the value is a whole mapping
         else:
-            received = f" (got {json.dumps(value, default=str)[:80]})"
+            received = f" (got {_preview(value)})"
         if item["type"] == "missing":
             received = " (add it)"
         if item["type"] == "extra_forbidden":
@@ -588,25 +671,109 @@ def _format(error: ValidationError, document: Any) -> str:
     return "invalid experiment spec:\n  " + "\n  ".join(unique)
 
 
+def _preview(value: Any, limit: int = 80) -> str:
+    """The start of ``value`` as JSON, encoded only as far as shown: a received value can be large."""
+    text = ""
+    for chunk in json.JSONEncoder(default=str).iterencode(value):
+        text += chunk
+        if len(text) >= limit:
+            break
+    return text[:limit]
+
+
 def parse_experiment(data: Any) -> Experiment:
     """Validate an already-parsed YAML/JSON document."""
     if not isinstance(data, dict):
         raise SpecError(f"invalid experiment spec: the document must be a mapping but got {type(data).__name__}")
     try:
-        return Experiment.model_validate(data)
+        experiment = Experiment.model_validate(data)
     except ValidationError as error:
         raise SpecError(_format(error, data)) from None
+    size = len(experiment.to_json())
+    if size > MAX_SPEC_JSON_BYTES:
+        raise SpecError(
+            f"invalid experiment spec: it is {size:,} bytes as JSON with every default, more than the "
+            f"{MAX_SPEC_JSON_BYTES:,} a spec may have (every pipeline step receives it as a command-line "
+            "argument); shorten its longest parts (labels, choices, nodeSelector, tolerations)"
+        )
+    return experiment
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A document refused while it is composed, before it can take the time or memory it asks for."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that counts each alias (``*name``) as the whole value it stands for.
+
+    PyYAML shares an aliased value instead of copying it, so a few hundred bytes of nested aliases
+    (a "YAML bomb") load at once but expand to gigabytes when validated or printed; merge keys
+    (``<<: [*a, *a]``) expand while loading. Each node's expanded size (one per value plus the
+    characters of each scalar) is summed as it is composed and refused past MAX_SPEC_FILE_BYTES, as are
+    aliases to a value that contains them and nesting deeper than MAX_NESTING.
+    """
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded size, for every node composed so far
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise _Refused(problem=f"the alias *{event.anchor} refers to a value that contains it",
+                               problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _Refused(problem=f"values nest deeper than {MAX_NESTING} levels",
+                               problem_mark=self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[id(node)] = size = self._expanded_size(node)
+        if size > MAX_SPEC_FILE_BYTES:
+            raise _Refused(
+                problem=f"this value expands to more than {MAX_SPEC_FILE_BYTES:,} characters once its aliases "
+                "(*name) are replaced by the values they stand for; write the spec without aliases",
+                problem_mark=node.start_mark,
+            )
+        return node
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return 1 + len(node.value)
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        return 1 + sum(self._sizes[id(child)] for child in children)
+
+
+def _read_limited(path: Path) -> bytes:
+    """The file's bytes; a SpecError if it cannot be read or holds more than MAX_SPEC_FILE_BYTES."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SPEC_FILE_BYTES + 1)  # never more: the path may be /dev/zero or a huge file
+    except OSError as error:
+        raise SpecError(f"cannot read experiment file {str(path)!r}: {error.strerror}") from None
+    if len(raw) > MAX_SPEC_FILE_BYTES:
+        raise SpecError(
+            f"{path}: the spec file is larger than {MAX_SPEC_FILE_BYTES:,} bytes, the most a spec file may have; "
+            "a spec needs a few kilobytes: check that this is the right file"
+        )
+    return raw
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
     path = Path(path)
+    raw = _read_limited(path)
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise SpecError(f"cannot read experiment file {str(path)!r}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(raw, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+    except _Refused as error:
+        mark = error.problem_mark
+        raise SpecError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {error.problem}") from None
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML: {error}") from None
     return parse_experiment(data)

@@ -126,3 +126,32 @@ def test_vocabulary_matches_the_spec():
     assert tuple(nas.KINDS) == spec.KINDS
     assert tuple(nas.ACTIVATIONS) == spec.ACTIVATIONS
     assert tuple(nas.NORMS) == spec.NORMS
+
+
+# (kinds, widths, kernel sizes, input shape): the input has the widest block's channels or features, so
+# the first block's inputs are within what spec.largest_network counts; the head is added below.
+BOUNDED = [
+    (["conv", "mlp"], [8, 64], [1, 5], (64, 8, 8)),
+    (["conv", "mlp"], [4, 16], [3, 7], (16, 40)),
+    (["conv"], [8, 32], [3], (32, 10, 12)),
+    (["mlp"], [8, 48], [3], (48,)),
+    (["conv", "mlp"], [8, 16], [5], (16,)),
+]
+
+
+@pytest.mark.parametrize("kinds, widths, kernels, shape", BOUNDED)
+@pytest.mark.parametrize("norm, skip", [("batch", True), ("layer", True), ("none", False)])
+def test_the_spec_parameter_bound_holds_for_every_network_of_the_space(kinds, widths, kernels, shape, norm, skip):
+    """The spec refuses a space whose bound is too large, so the bound must not undercount any network."""
+    import itertools
+
+    space = spec.ArchitectureSpace.model_validate({"blocks": {"low": 1, "high": 3}, "block": {
+        "kind": {"choices": kinds}, "width": {"choices": widths}, "kernelSize": {"choices": kernels},
+        "norm": {"choices": [norm]}, "skip": {"choices": [skip]}}})
+    bound = spec.largest_network(space)
+    for layout in itertools.product(itertools.product(kinds, widths), repeat=3):
+        blocks = [{"kind": kind, "width": width, "kernelSize": max(kernels), "norm": norm, "skip": skip}
+                  for kind, width in layout]
+        model = build_model({"blocks": blocks}, input_shape=shape, num_classes=7)
+        head = model[-1]
+        assert count_parameters(model) - (head.in_features + 1) * 7 <= bound, layout

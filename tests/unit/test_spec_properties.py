@@ -7,13 +7,16 @@ import copy
 import json
 import re
 
+import numpy as np
 import optuna
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.storages import InMemoryStorage
+from torch import nn
 
-from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
+from kubetune.data import SplitData
+from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, OPTIMIZERS
 from kubetune.space import grid_points, grid_space, sample
 from kubetune.spec import (
     ACTIVATIONS,
@@ -357,6 +360,52 @@ def test_bad_durations_are_rejected(text):
     _assert_rejected(_mutate("spec.budget.maxDuration", text), "spec.budget.maxDuration")
 
 
+# Numbers on, inside and beyond each hyperparameter's bounds, and scalars of the other YAML types.
+edge_numbers = st.one_of(st.sampled_from([-1, 0, 1e-9, 0.5, 0.999, 1, 2, 64, 65_536, 65_537]),
+                         st.floats(-2, 70_000), st.integers(-3, 70_000))
+edge_scalars = st.one_of(edge_numbers, st.booleans(), st.sampled_from(["0.01", "64", "adam"]))
+
+
+@st.composite
+def hostile_parameters(draw):
+    name = draw(st.sampled_from(sorted(DOMAINS)))
+    kind = draw(st.sampled_from(["float", "int", "categorical"]))
+    if kind == "categorical":
+        return name, {"type": kind, "choices": draw(st.lists(edge_scalars, min_size=1, max_size=3, unique=True))}
+    cast = float if kind == "float" else int
+    low, high = sorted(cast(v) for v in draw(st.tuples(edge_numbers, edge_numbers)))
+    return name, {"type": kind, "low": low, "high": high}
+
+
+TINY = SplitData(x_train=np.arange(32, dtype=np.float32).reshape(8, 4), y_train=np.array([0, 1] * 4),
+                 x_val=np.ones((2, 4), np.float32), y_val=np.array([0, 1]), x_test=np.ones((0, 4), np.float32),
+                 y_test=np.array([], dtype=np.int64), num_classes=2, input_shape=(4,))
+
+
+@SETTINGS
+@given(hostile_parameters())
+def test_a_hyperparameter_is_refused_or_the_trainer_takes_every_value_it_can_get(mutation):
+    """No trial may fail on a value the spec let through: either validation names the parameter, or
+    the trainer accepts the bounds and what the sampler picks."""
+    from kubetune.space import trainer_hyperparameters
+    from kubetune.train import train_model
+
+    name, param = mutation
+    try:
+        experiment = parse_experiment(_mutate(f"spec.parameters.{name}", param))
+    except SpecError as error:
+        EXAMPLES_TRIED["malformed"] += 1
+        assert f"spec.parameters.{name}" in str(error)
+        return
+    EXAMPLES_TRIED["valid"] += 1
+    study = optuna.create_study(storage=InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0))
+    picked = [sample(study.ask(), experiment.spec)[0] for _ in range(3)]
+    bounds = [{name: value} for value in param.get("choices", [param.get("low"), param.get("high")])]
+    for chosen in picked + bounds:
+        hyperparameters = trainer_hyperparameters(experiment.spec, {**picked[0], **chosen})
+        train_model(nn.Linear(4, 2), TINY, epochs=1, hyperparameters=hyperparameters, seed=0)
+
+
 # ---------------------------------------------------------------- valid specs
 
 ALNUM = "abcxyz0129"
@@ -370,9 +419,9 @@ sha256s = st.integers(0, 2**256 - 1).map(lambda i: f"{i:064x}")
 
 
 @st.composite
-def float_params(draw, *, finite_only: bool):
-    low = draw(st.floats(-1e3, 1e3))
-    high = draw(st.floats(low, 1e3))
+def float_params(draw, *, finite_only: bool, lowest: float = -1e3, highest: float = 1e3):
+    low = draw(st.floats(lowest, highest))
+    high = draw(st.floats(low, highest))
     param = {"type": "float", "low": low, "high": high}
     if low > 0 and draw(st.booleans()) and not finite_only:
         param["log"] = True
@@ -382,9 +431,9 @@ def float_params(draw, *, finite_only: bool):
 
 
 @st.composite
-def int_params(draw):
-    low = draw(st.integers(-100, 100))
-    param = {"type": "int", "low": low, "high": draw(st.integers(low, low + 200))}
+def int_params(draw, lowest: int = -100, highest: int = 300):
+    low = draw(st.integers(lowest, min(highest, lowest + 200)))
+    param = {"type": "int", "low": low, "high": draw(st.integers(low, min(highest, low + 200)))}
     if low >= 1 and draw(st.booleans()):
         param["log"] = True
     elif draw(st.booleans()):
@@ -396,17 +445,29 @@ def categorical_params(values=scalar):
     return st.lists(values, min_size=1, max_size=5, unique=True).map(lambda c: {"type": "categorical", "choices": c})
 
 
+def in_domain(name: str, *, finite_only: bool):
+    """A parameter ``name`` whose every value the trainer accepts (DOMAINS), as the spec requires."""
+    domain = DOMAINS[name]
+    lowest = domain.low + (1e-6 if domain.low_open else 0)
+    highest = min(domain.high, 1e3) - (1e-6 if domain.high_open else 0)
+    if domain.integer:
+        numbers = st.integers(int(lowest), int(domain.high))
+        return st.one_of(int_params(int(lowest), int(domain.high)), categorical_params(numbers))
+    return st.one_of(float_params(finite_only=finite_only, lowest=lowest, highest=highest),
+                     categorical_params(st.floats(lowest, highest)))
+
+
 @st.composite
 def parameters(draw, *, finite_only: bool):
     chosen = {}
     for name in draw(st.lists(st.sampled_from([n for n in HYPERPARAMETERS if n not in ("optimizer", "momentum")]),
                               unique=True, max_size=4)):
-        chosen[name] = draw(st.one_of(float_params(finite_only=finite_only), int_params(), categorical_params()))
+        chosen[name] = draw(in_domain(name, finite_only=finite_only))
     if draw(st.booleans()):
         optimizers = draw(st.lists(st.sampled_from(OPTIMIZERS), min_size=1, unique=True))
         chosen["optimizer"] = {"type": "categorical", "choices": optimizers}
         if draw(st.booleans()):
-            momentum = draw(float_params(finite_only=finite_only))
+            momentum = draw(in_domain("momentum", finite_only=finite_only))
             momentum["when"] = {"optimizer": draw(st.lists(st.sampled_from(optimizers), min_size=1, unique=True))}
             chosen["momentum"] = momentum
     return chosen
