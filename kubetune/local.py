@@ -80,13 +80,25 @@ def _run_segment(experiment: Experiment, segment: int, log_path: Path, *, verbos
 
 
 def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
-    """A user mistake found inside a step becomes a UserError; anything else points at the log."""
+    """A user mistake found inside a step becomes a UserError; anything else names the step that failed
+    first, with its trial and the error it ended with where the log shows them, and points at the log."""
     text = "" if verbose else log_path.read_text(errors="replace")
     found = USER_ERROR_LINE.findall(text)
     if found:
         return UserError(found[-1])
     where = "above" if verbose else f"in {log_path}"
-    return StepFailed(f"a pipeline step failed: {str(error).splitlines()[0][:300]}; see the step's log {where}")
+    # kfp.local logs each step as "Executing task '<name>'", its executor input, its output, then its status.
+    failed = [step for step in text.split("Executing task ")[1:] if re.search(r"finished with status \S*FAILURE", step)]
+    if not failed:
+        return StepFailed(f"a pipeline step failed: {str(error).splitlines()[0][:300]}; see the step's log {where}")
+    name = re.match(r"\S*?'([\w-]+)'", failed[0])
+    trial = re.search(r'"trial_number": (\d+)', failed[0])
+    raised = re.findall(  # the last exception line, without the step server's wrapper
+        r"^\s*(?:kubetune\.steps\.StepFailed: )?(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Failed): .*)$",
+        failed[0], re.MULTILINE)
+    what = f"step {name.group(1) if name else '?'!r}" + (f" of trial {trial.group(1)}" if trial else "")
+    why = f" with {raised[-1][:300]}" if raised else ""
+    return StepFailed(f"a pipeline step failed: {what} ended{why}; see the step's log {where}")
 
 
 def _wait_for_slots(study, experiment: Experiment, segment: int):
