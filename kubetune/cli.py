@@ -6,7 +6,9 @@ with code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 
 import click
@@ -24,13 +26,53 @@ class UsageProblem(click.ClickException):
 
 
 class Group(click.Group):
-    """Turns every UserError raised by a command into exit code 2 with its message."""
+    """Turns every UserError, and a full disk or an unwritable directory, into exit code 2 with one line.
+
+    Anything else is a bug in kubetune: its traceback is kept (exit 1).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as error:
             raise UsageProblem(str(error)) from None
+        except Exception as error:
+            problem = environment_problem(error)
+            if problem is None:
+                raise
+            raise UsageProblem(problem) from None
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+# What SQLite says (through sqlalchemy) for the same problems, which carry no errno.
+SQLITE_ERRNOS = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS,
+                 "unable to open database file": errno.EACCES}
+
+
+def environment_problem(error: BaseException) -> str | None:
+    """One line for a full disk or a path kubetune may not write, saying how to fix it; None otherwise."""
+    code, path = _errno_and_path(error)
+    if code not in DISK_FULL | NOT_WRITABLE:
+        return None
+    from kubetune import settings
+
+    where = path or f"a file under the kubetune home {settings.home()}"
+    if code in DISK_FULL:
+        return (f"no space left on the disk while writing {where}: free some space, or move the state with --home "
+                "or KUBETUNE_HOME, then run the same command again (the trials recorded so far are kept)")
+    return (f"cannot write {where} ({os.strerror(code)}): pick a writable directory with --home or KUBETUNE_HOME, "
+            "or fix its permissions (the trials recorded so far are kept)")
+
+
+def _errno_and_path(error: BaseException) -> tuple[int | None, str | None]:
+    """The errno and file name of an OSError, or the errno a SQLite error message stands for."""
+    if isinstance(error, OSError):
+        return error.errno, error.filename
+    if type(error).__name__ == "OperationalError":
+        text = str(error)
+        return next((code for message, code in SQLITE_ERRNOS.items() if message in text), None), None
+    return None, None
 
 
 def _load(path: str):
@@ -49,8 +91,6 @@ home_option = click.option(
 
 
 def _set_home(home: str | None) -> None:
-    import os
-
     if home:
         os.environ["KUBETUNE_HOME"] = home
 
@@ -220,8 +260,6 @@ def doctor(experiment_file: str | None, host: str | None, namespace: str | None)
 @click.option("--verbose", is_flag=True, help="Show every step's log instead of the progress bar.")
 def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     """Run the search on this machine (kfp.local); re-running resumes it."""
-    import os
-
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # schema set-up chatter would tear the progress bar
     _set_home(home)
     experiment = _load(experiment_file)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["home", "storage_url", "tracking_uri", "artifact_root", "redact", "embedded_environment"]
+__all__ = ["home", "embedded_study_file", "storage_url", "tracking_uri", "artifact_root", "redact", "embedded_environment"]
 
 DEFAULT_HOME = ".kubetune"
 SECRET_QUERY_KEYS = {"password", "sslpassword"}
@@ -23,9 +23,14 @@ def home() -> Path:
     return Path(os.environ.get("KUBETUNE_HOME", DEFAULT_HOME)).resolve()
 
 
+def embedded_study_file() -> Path | None:
+    """The SQLite study file in the home directory, or None when ``KUBETUNE_STORAGE`` names another database."""
+    return None if os.environ.get("KUBETUNE_STORAGE") else home() / "optuna.db"
+
+
 def storage_url() -> str:
     """The Optuna storage: ``KUBETUNE_STORAGE`` or a SQLite file in the home directory."""
-    return os.environ.get("KUBETUNE_STORAGE") or f"sqlite:///{home() / 'optuna.db'}"
+    return os.environ.get("KUBETUNE_STORAGE") or f"sqlite:///{embedded_study_file()}"
 
 
 def tracking_uri() -> str:

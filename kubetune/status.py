@@ -17,6 +17,7 @@ __all__ = ["experiment_status", "print_status"]
 
 def experiment_status(name: str) -> dict:
     """Trials done, best value, champion version, current segment and stop reason of study ``name``."""
+    _require_embedded_study()
     url = settings.storage_url()
     try:
         study = optuna.load_study(study_name=name, storage=url)
@@ -42,6 +43,15 @@ def experiment_status(name: str) -> dict:
         "lost_lanes": None if not lost else f"trials {', '.join(map(str, lost))}: {LOST_LANE_REASON}",
         "submitted_runs": {k.removeprefix(SUBMITTED_PREFIX): v for k, v in attrs.items() if k.startswith(SUBMITTED_PREFIX)},
     }
+
+
+def _require_embedded_study() -> None:
+    """Refuses a home that holds no study file, rather than creating an empty one (or failing in SQLite)."""
+    path = settings.embedded_study_file()
+    if path is not None and not path.is_file():
+        found = "has no study database optuna.db" if settings.home().is_dir() else "does not exist"
+        raise StudyError(f"the kubetune home {settings.home()} {found}: pass the --home (or KUBETUNE_HOME) that "
+                         "`kubetune run` used, or KUBETUNE_STORAGE for a study on a database server")
 
 
 def print_status(status: dict, *, console: Console | None = None) -> None:
