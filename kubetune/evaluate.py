@@ -62,6 +62,8 @@ def evaluate_trial(
         architecture=frozen.user_attrs.get("architecture"),
         history=result.get("history", []),
         metrics=metrics,
+        started_at=result.get("started_at"),
+        ended_at=result.get("ended_at"),
     )
     _record(study, frozen, run_id=run_id, metrics=metrics, result=result)
     tell_once(study, number, state=state, values=values)

@@ -126,6 +126,10 @@ def register_best(experiment: Experiment) -> dict:
     if best is None:
         return {"registered": False, "reason": "no completed trial yet"}
     run_id = best.user_attrs.get("mlflow_run_id")
+    if not tracking.run_exists(run_id):  # its weights went with it: nothing to register, and no retry brings them back
+        return {"registered": False, "trial": best.number,
+                "reason": f"the MLflow run of trial {best.number} is gone (the MLflow store was deleted or replaced); "
+                          "the next better trial is registered"}
     name, alias = experiment.model_name, experiment.spec.registry.alias
     value, direction = best.values[0], experiment.spec.directions[0]
     client = tracking.client()

@@ -49,7 +49,9 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
 
     For a completed trial, writes the model's class scores on the held-out validation and test sets to
     ``predictions_path`` (for the evaluate step; an empty file otherwise) and saves its weights to
-    ``model_path``, uploaded to MLflow, their only copy. Returns ``{"status", "reason", "epochs_run", "train_seconds", "params", "history"}``.
+    ``model_path``, uploaded to MLflow, their only copy. Returns ``{"status", "reason", "epochs_run",
+    "train_seconds", "params", "history", "started_at", "ended_at"}`` (the last two in wall-clock ms, for
+    the trial's MLflow run).
     """
     import numpy as np
     import torch
@@ -77,6 +79,7 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
         live.report(metrics[metric], epoch)
         return live.should_prune()
 
+    started_at = train.wall_clock_ms()
     with heartbeat(study, number, interval=experiment.spec.trial.heartbeat_seconds):
         result = train.train_model(
             model,
@@ -86,6 +89,7 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
             seed=seed,
             on_epoch=on_epoch,
         )
+    ended_at = train.wall_clock_ms()
     held_out = {}
     # Only a completed trial is scored or can become the registered model; a pruned or failed one (out of
     # GPU memory, say) touches the device no more, so it cannot fail again and take its lane down.
@@ -105,4 +109,6 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
         "train_seconds": result.train_seconds,
         "params": nas.count_parameters(model),
         "history": result.history,
+        "started_at": started_at,
+        "ended_at": ended_at,
     }

@@ -17,6 +17,7 @@ import tempfile
 import optuna
 from optuna.trial import TrialState
 
+from kubetune import settings
 from kubetune.spec import Experiment
 from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
 
@@ -55,12 +56,22 @@ def chain_finished(study: optuna.Study, experiment: Experiment) -> list[int]:
 
 
 def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
-    """Create or load the study and its MLflow parent run; return this segment's slot indices."""
-    study = ensure_study(experiment)
-    if "mlflow_parent_run_id" not in study.user_attrs:
-        from kubetune import tracking  # MLflow is slow to import; only the first segment needs it here
+    """Create or load the study and its MLflow parent run; return this segment's slot indices.
 
-        study.set_user_attr("mlflow_parent_run_id", tracking.ensure_parent_run(experiment))
+    The parent run is checked before any slot is planned, so a lost MLflow store is repaired (a new parent
+    run) before a trial starts, instead of failing every trial's evaluate step and spending the budget.
+    """
+    from kubetune import tracking
+
+    study = ensure_study(experiment)
+    known = study.user_attrs.get("mlflow_parent_run_id")
+    parent = tracking.ensure_parent_run(experiment, known=known)
+    if parent != known:
+        if known is not None:
+            print(f"kubetune: the MLflow run {known} of experiment {experiment.name!r} is gone from "
+                  f"{tracking.redact_uri(settings.tracking_uri())}; trials from now on are logged to a new run "
+                  f"{parent} (the study keeps every earlier trial)", file=sys.stderr)
+        study.set_user_attr("mlflow_parent_run_id", parent)
     return plan_slots(study, experiment)
 
 

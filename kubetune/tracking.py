@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import mlflow
-from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -42,6 +41,8 @@ __all__ = [
     "find_trial_run",
     "log_trial",
     "log_summary",
+    "run_exists",
+    "summary_tag",
     "flatten_architecture",
     "retry_policy",
     "with_retries",
@@ -51,6 +52,9 @@ TAG_STUDY = "kubetune.study"
 TAG_ROLE = "kubetune.role"
 TAG_TRIAL = "kubetune.trial"
 MODEL_FILE = "model.pt"
+# A trial's state as the status of its run, the mark MLflow's runs table shows by default.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+SUMMARY_TAG_LIMIT = 4900  # characters: below MLflow's tag value limit on every backend
 
 
 RETRY_ATTEMPTS_ENV = "KUBETUNE_RETRY_ATTEMPTS"
@@ -248,15 +252,24 @@ def _search(mlflow_client: MlflowClient, experiment_id: str, tags: dict[str, str
     return mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
 
 
-def ensure_parent_run(experiment: Experiment) -> str:
-    """The experiment's parent run, created once, holding the spec and the recorded versions."""
+def ensure_parent_run(experiment: Experiment, known: str | None = None) -> str:
+    """The experiment's parent run, created once, holding the spec and the recorded versions.
+
+    ``known`` is the run the study recorded; it is kept while it exists. A store that lost it (a deleted
+    ``mlflow.db``, a new server) gets a new run instead of failing every later step on a run id it no
+    longer has. A run that a finished experiment closed is reopened, since the experiment goes on.
+    """
     mlflow_client = client()
 
     def ensure() -> str:
+        if known is not None and (run := _existing_run(mlflow_client, known)) is not None:
+            _reopen(mlflow_client, run)
+            return known
         experiment_id = _experiment_id(mlflow_client, experiment)
         found = _search(mlflow_client, experiment_id, {TAG_ROLE: "parent", TAG_STUDY: experiment.name})
         if found:
             run_id = found[0].info.run_id
+            _reopen(mlflow_client, found[0])
             if "fingerprint" in found[0].data.params:
                 return run_id
         else:
@@ -271,15 +284,41 @@ def ensure_parent_run(experiment: Experiment) -> str:
     return with_retries(ensure, what=f"creating the parent run of experiment {experiment.name!r}")
 
 
+def _existing_run(mlflow_client: MlflowClient, run_id: str):
+    """The run, or None when the store does not have it (or only in its trash)."""
+    try:
+        run = mlflow_client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store still has the run (it lost it when ``mlflow.db`` was deleted or the server replaced)."""
+    mlflow_client = client()
+    return with_retries(lambda: _existing_run(mlflow_client, run_id) is not None, what=f"looking up run {run_id}")
+
+
+def _reopen(mlflow_client: MlflowClient, run) -> None:
+    if run.info.status != "RUNNING":
+        mlflow_client.update_run(run.info.run_id, status="RUNNING")
+
+
 def describe(error: Exception) -> str:
     """One line naming the tracking URI (password-free), what failed, and what to check."""
     uri = settings.tracking_uri()
     message = f"MLflow at {redact_uri(uri)} refused or did not answer: {_scrub(str(error).splitlines()[0][:400])}"
     if not message.rstrip().endswith("."):
         message += "."
+    if not _is_http(uri):
+        return message + (" Check MLFLOW_TRACKING_URI and that this local store can be read and written; if it was "
+                          "deleted or replaced, run the experiment again: kubetune starts a new MLflow run for it "
+                          "(the trials kept in the study are not lost).")
     hint = " Check MLFLOW_TRACKING_URI and that the server is up"
     store = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    if store and _is_http(uri):
+    if store:
         hint += f", and that its artifact store answers (MLFLOW_S3_ENDPOINT_URL {redact_uri(store)})"
     return message + hint + "."
 
@@ -317,10 +356,15 @@ def log_trial(
     architecture: dict | None,
     history: list[dict],
     metrics: dict[str, float],
+    started_at: int | None = None,
+    ended_at: int | None = None,
 ) -> str:
     """Log one trial as a child run (params, per-epoch metrics, final metrics) once; its weights were
     uploaded by the train step (:func:`log_trial_weights`).
 
+    The run spans the trial's training (``started_at`` to ``ended_at``, wall-clock ms) and each epoch's
+    metrics carry the time that epoch ended, so MLflow shows real durations and curves over time. Its
+    status tells the trial's state at a glance: FINISHED complete, KILLED pruned, FAILED failed.
     The run is terminated last, so a run still RUNNING was left half-written by an attempt that
     failed or was killed: it is deleted and written again.
     """
@@ -335,6 +379,7 @@ def log_trial(
             mlflow_client.delete_run(partial.info.run_id)
         run = mlflow_client.create_run(
             parent.info.experiment_id,
+            start_time=started_at,
             run_name=f"trial-{number}",
             tags={
                 TAG_STUDY: experiment.name,
@@ -353,20 +398,20 @@ def log_trial(
         )
         if architecture:
             mlflow_client.log_dict(run_id, architecture, "architecture.json")
-        status = RunStatus.to_string(RunStatus.FINISHED if state != "FAIL" else RunStatus.FAILED)
-        mlflow_client.set_terminated(run_id, status=status)
+        mlflow_client.set_terminated(run_id, status=RUN_STATUS[state], end_time=ended_at)
         return run_id
 
     return with_retries(log, what=f"logging trial {number}")
 
 
 def _metric_entities(history: list[dict], final: dict[str, float]) -> list:
+    """Each epoch's metrics at the time the epoch ended (now for rows without one), the final ones now."""
     timestamp = mlflow.utils.time.get_current_time_millis()
     entities = [
-        mlflow.entities.Metric(key, float(value), timestamp, int(row["epoch"]))
+        mlflow.entities.Metric(key, float(value), int(row.get("timestamp") or timestamp), int(row["epoch"]))
         for row in history
         for key, value in row.items()
-        if key != "epoch" and value is not None
+        if key not in ("epoch", "timestamp") and value is not None
     ]
     entities += [mlflow.entities.Metric(f"final_{key}", float(value), timestamp, 0) for key, value in final.items()]
     return entities
@@ -413,6 +458,19 @@ def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> Non
                 for k, v in numbers.items()
             ],
         )
-        mlflow_client.set_tag(parent_run_id, "kubetune.summary", json.dumps(summary)[:4900])
+        mlflow_client.set_tag(parent_run_id, "kubetune.summary", summary_tag(summary))
+        mlflow_client.set_terminated(parent_run_id, status="FINISHED")  # the experiment stopped; a resume reopens it
 
     with_retries(log, what="attaching the summary to the parent run")
+
+
+def summary_tag(summary: dict) -> str:
+    """The summary as JSON that fits a tag; when it does not, its short fields only (always valid JSON),
+    with a pointer to the whole summary in the run's artifacts."""
+    text = json.dumps(summary)
+    if len(text) <= SUMMARY_TAG_LIMIT:
+        return text
+    short = {key: value for key, value in summary.items()
+             if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)}
+    text = json.dumps({**short, "truncated": "the whole summary is the artifact summary.json"})
+    return text if len(text) <= SUMMARY_TAG_LIMIT else json.dumps({"truncated": "see the artifact summary.json"})

@@ -29,12 +29,13 @@ from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
 from kubetune.nas import build_model
 
 __all__ = ["TrainResult", "HYPERPARAMETERS", "OPTIMIZERS", "train_model", "evaluate_model", "predict_logits", "pick_device",
-           "save_model", "load_model"]
+           "save_model", "load_model", "wall_clock_ms"]
 
 
 @dataclass
 class TrainResult:
-    """What a trial's training produced; ``history`` holds only epochs that finished with finite losses."""
+    """What a trial's training produced; ``history`` holds only epochs that finished with finite losses, each
+    row with its metrics, its duration in ``seconds`` and the wall-clock ``timestamp`` (ms) it ended at."""
 
     status: str
     epochs_run: int
@@ -96,7 +97,8 @@ def train_model(
                 if not math.isfinite(value):
                     return _result("failed", history, started, f"{name} became {value} at epoch {epoch}")
             metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": validation["loss"],
-                       "val_accuracy": validation["accuracy"], "seconds": time.perf_counter() - epoch_start}
+                       "val_accuracy": validation["accuracy"], "seconds": time.perf_counter() - epoch_start,
+                       "timestamp": wall_clock_ms()}
             history.append(metrics)
             if on_epoch is not None and on_epoch(epoch, dict(metrics)):
                 return _result("pruned", history, started, f"pruned after epoch {epoch}")
@@ -244,6 +246,11 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size:
             loss += nn.functional.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(dim=1) == target).sum()
     return {"accuracy": correct.item() / len(y), "loss": loss.item() / len(y)}
+
+
+def wall_clock_ms() -> int:
+    """Wall-clock milliseconds since the epoch: when an epoch ended, as MLflow records a metric's time."""
+    return int(time.time() * 1000)
 
 
 def _result(status: str, history: list[dict], started: float, reason: str | None) -> TrainResult:

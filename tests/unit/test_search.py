@@ -1,9 +1,12 @@
 """One lane in-process (no KFP): suggest -> train -> evaluate against a real SQLite study and MLflow store."""
 
+import json
 import math
 
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
 
@@ -11,9 +14,10 @@ from kubetune.data import load_split, save_split
 from kubetune.evaluate import evaluate_trial
 from kubetune.registry import champion, register_best
 from kubetune.search import suggest_trial, train_trial
-from kubetune.segments import finish_segment, start_segment
+from kubetune.segments import finish_segment, register_new_best, start_segment
 from kubetune.spec import parse_experiment
 from kubetune.study import get_trial, load_study
+from kubetune.tracking import describe, log_summary
 
 
 def _experiment(name="lane", **strategy):
@@ -103,6 +107,7 @@ def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
     assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
     (run,) = _child_runs(home, experiment, number)
     assert run.data.tags["kubetune.state"] == "PRUNED"
+    assert run.info.status == "KILLED"  # MLflow's runs table shows it apart from the FINISHED complete ones
 
 
 def test_a_failed_training_fails_the_trial_and_the_search_goes_on(home):
@@ -200,3 +205,64 @@ def test_two_runs_registering_one_trial_at_once_leave_one_version(home, monkeypa
     versions = client.search_model_versions(f"name = '{experiment.model_name}'")
     assert [int(v.version) for v in versions] == [first["version"]] == [second["version"]]
     assert champion(experiment)["version"] == first["version"]
+
+
+def test_a_trial_run_spans_its_training_and_each_epoch_has_its_own_time(home):
+    experiment = _experiment("timed")
+    start_segment(experiment, segment=0)
+    number, result = _lane(experiment, home)
+    evaluated = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
+                               split_path=str(home / "split.npz"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(evaluated["mlflow_run_id"])
+    assert (run.info.start_time, run.info.end_time) == (result["started_at"], result["ended_at"])
+    assert run.info.end_time - run.info.start_time >= 1000 * result["train_seconds"]
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.timestamp for m in history] == [row["timestamp"] for row in result["history"]]
+    assert run.info.start_time < history[0].timestamp < history[1].timestamp <= run.info.end_time
+    assert "timestamp" not in run.data.metrics
+
+
+def test_the_summary_tag_is_valid_json_and_a_finished_experiment_closes_its_run(home):
+    experiment = _experiment("summarized")
+    start_segment(experiment, segment=0)
+    parent = load_study(experiment).user_attrs["mlflow_parent_run_id"]
+    summary = {"experiment": experiment.name, "trials_complete": 3, "pareto_front": list(range(3000))}
+    log_summary(parent, summary, {})
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(parent)
+    tag = json.loads(run.data.tags["kubetune.summary"])
+    assert tag["trials_complete"] == 3 and "pareto_front" not in tag and "summary.json" in tag["truncated"]
+    assert run.info.status == "FINISHED"
+    start_segment(experiment, segment=1)  # the experiment goes on (a raised budget): its run is reopened
+    assert client.get_run(parent).info.status == "RUNNING"
+
+
+def test_a_lost_mlflow_store_gets_a_new_parent_run_before_any_trial_starts(home, capsys, monkeypatch):
+    experiment = _experiment("lost-store")
+    start_segment(experiment, segment=0)
+    first, result = _lane(experiment, home)
+    evaluate_trial(experiment, number=first, result=result, predictions_path=str(home / f"p{first}.npz"),
+                   split_path=str(home / "split.npz"))
+    lost = load_study(experiment).user_attrs["mlflow_parent_run_id"]
+    # mlflow.db deleted: this process's MLflow still holds the old file open, so the next steps see a new one.
+    (home / "mlflow.db").rename(home / "lost.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow-new.db'}")
+    assert start_segment(experiment, segment=0) == [0, 1]
+    parent = load_study(experiment).user_attrs["mlflow_parent_run_id"]
+    assert parent != lost and f"the MLflow run {lost} of experiment 'lost-store' is gone" in capsys.readouterr().err
+    # The best trial's run (and weights) went with the store: it is skipped, not retried by every segment.
+    registered = register_new_best(experiment)
+    assert not registered["registered"] and f"the MLflow run of trial {first} is gone" in registered["reason"]
+    number, result = _lane(experiment, home)
+    outcome = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
+                             split_path=str(home / "split.npz"))
+    assert outcome["state"] == "COMPLETE"
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow-new.db'}")
+    assert client.get_run(outcome["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_a_local_mlflow_store_error_says_how_to_recover_not_to_start_a_server(home):
+    message = describe(MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert "server is up" not in message and "run the experiment again" in message
+    assert f"sqlite:///{home / 'mlflow.db'}" in message

@@ -29,7 +29,7 @@ def test_a_short_run_learns(digits):
     result = train_model(_model(digits), digits, epochs=3, hyperparameters={"lr": 3e-3}, seed=0)
     assert result.status == "complete" and result.reason is None
     assert result.epochs_run == 3 and [row["epoch"] for row in result.history] == [1, 2, 3]
-    assert set(result.history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds"}
+    assert set(result.history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "timestamp"}
     assert result.history[-1]["val_accuracy"] > 0.85  # chance is 0.1
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert 0 < result.train_seconds
