@@ -537,7 +537,8 @@ def _check_values(name: str, param: Any) -> None:
     elif domain.integer and isinstance(param, FloatParam):
         raise _FieldError(name, f"takes integers: make it type int or categorical, not {param.type}")
     else:
-        bad = [f"{end}={value}" for end, value in (("low", param.low), ("high", param.high)) if not domain.admits(value)]
+        ends = (("low", param.low), ("high", param.high))
+        bad = [f"{end}={value}" for end, value in ends if not domain.admits(value)]
         if bad:
             raise _FieldError(name, f"low and high must each be {domain.describe()} but got {', '.join(bad)}")
 
