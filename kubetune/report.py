@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -48,42 +49,127 @@ def summarize(study: optuna.Study, experiment: Experiment) -> dict:
     return summary
 
 
-def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Path) -> dict[str, str]:
-    """HTML plots: history, parameter importances, parallel coordinates, and the Pareto front if any."""
+PARALLEL_AXES = 8  # parameters on the parallel-coordinates plot: more overlap into an unreadable fan
+MLFLOW_RUNS_PAGE = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+IMPORTANCE_METHOD = "PED-ANOVA, each scaled by the share of completed trials that set the parameter"
+
+
+def name_metrics(study: optuna.Study, experiment: Experiment) -> None:
+    """Give the study its objectives' metric names, which Optuna's plots and optuna-dashboard show."""
+    names = [o.metric for o in experiment.spec.objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still public and unchanged
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+
+
+def weighted_importances(study: optuna.Study, experiment: Experiment) -> dict[str, float]:
+    """Importances for the first objective, most important first, summing to 1.
+
+    PED-ANOVA rates a conditional parameter on the few trials that set it, so one present in 2 of 21
+    trials can come out on top; scaling by the share of trials that set it keeps it in proportion.
+    """
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    raw = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=_first_objective(experiment))
+    weighted = {name: value * sum(name in t.params for t in completed) / len(completed) for name, value in raw.items()}
+    total = sum(weighted.values()) or 1.0
+    return dict(sorted(((name, value / total) for name, value in weighted.items()), key=lambda item: -item[1]))
+
+
+def _importances_if_any(study: optuna.Study, experiment: Experiment) -> dict[str, float]:
+    """Weighted importances, or none when fewer than 2 trials completed or the parameters never varied."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
+    try:
+        return weighted_importances(study, experiment)
+    except (ValueError, RuntimeError) as error:
+        optuna.logging.get_logger("kubetune").warning("importance plots skipped: %s", error)
+        return {}
+
+
+def _first_objective(experiment: Experiment):
+    """The target for plots of one objective: None (the value) unless the study has several."""
+    return (lambda t: t.values[0]) if experiment.spec.is_multi_objective else None
+
+
+def _importance_figure(importances: dict[str, float], metric: str):
+    import plotly.graph_objects as go
+
+    names = list(reversed(importances))  # the most important on top
+    figure = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h",
+                              text=[f"{importances[n]:.2f}" for n in names], textposition="outside"))
+    figure.update_layout(title=f"Parameter importances for {metric}<br><sub>{IMPORTANCE_METHOD}</sub>",
+                         xaxis_title=f"importance for {metric}", yaxis_title="parameter")
+    return figure
+
+
+def _plot_makers(study: optuna.Study, experiment: Experiment) -> dict:
+    """What to draw, each as a function that returns a plotly figure."""
     import optuna.visualization as vis
 
+    metric = experiment.spec.objectives[0].metric
+    first = {"target": _first_objective(experiment), "target_name": metric}
+    makers = {"optimization_history": lambda: vis.plot_optimization_history(study, **first)}
+    importances = _importances_if_any(study, experiment)
+    if importances:
+        makers["param_importances"] = lambda: _importance_figure(importances, metric)
+        parallel = {} if experiment.spec.is_multi_objective else first
+        makers["parallel_coordinate"] = lambda: vis.plot_parallel_coordinate(
+            study, params=list(importances)[:PARALLEL_AXES], **parallel)
+    if experiment.spec.is_multi_objective:
+        makers["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=study.metric_names)
+    return makers
+
+
+def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Path) -> dict[str, str]:
+    """HTML plots: history, parameter importances, parallel coordinates of the most important parameters,
+    and the Pareto front if any. Each loads plotly.js from its CDN rather than embedding 4.6 MB of it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    metric = experiment.spec.objectives[0].metric
-    first = {"target": (lambda t: t.values[0]), "target_name": metric} if experiment.spec.is_multi_objective else {}
-    makers = {"optimization_history": lambda: vis.plot_optimization_history(study, **first)}
-    if len(completed) >= 2:
-        makers["param_importances"] = lambda: vis.plot_param_importances(study, **first)
-        makers["parallel_coordinate"] = lambda: vis.plot_parallel_coordinate(study, **first)
-    if experiment.spec.is_multi_objective:
-        names = [o.metric for o in experiment.spec.objectives]
-        makers["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=names)
+    name_metrics(study, experiment)
     written = {}
-    for name, make in makers.items():
+    for name, make in _plot_makers(study, experiment).items():
         try:
             figure = make()
-        except (ValueError, RuntimeError) as error:  # e.g. importances need varied parameters
+        except (ValueError, RuntimeError) as error:
             optuna.logging.get_logger("kubetune").warning("plot %s skipped: %s", name, error)
             continue
         path = directory / f"{name}.html"
-        figure.write_html(str(path), include_plotlyjs=True)
+        figure.write_html(str(path), include_plotlyjs="cdn")
         written[name] = str(path)
     return written
 
 
 def where_to_look(experiment: Experiment) -> dict[str, str]:
-    """The commands that open the results (URLs with passwords hidden)."""
-    tracking = settings.tracking_uri()
+    """The commands and pages that open the results (URLs with passwords hidden)."""
+    tracking_uri = settings.tracking_uri()
     storage = settings.redact(settings.storage_url())
-    mlflow_ui = tracking if tracking.startswith("http") else f"mlflow ui --backend-store-uri {tracking}"
+    page = _mlflow_runs_page(experiment)
+    if tracking_uri.startswith(("http://", "https://")):
+        from kubetune.tracking import redact_uri
+
+        mlflow_ui = redact_uri(tracking_uri).rstrip("/") + "/" + page
+    else:
+        mlflow_ui = f"mlflow ui --backend-store-uri {tracking_uri}, then open {LOCAL_MLFLOW_UI}/{page}"
     return {
         "mlflow": mlflow_ui,
         "optuna_dashboard": f"optuna-dashboard {storage}",
         "study": experiment.name,
     }
+
+
+def _mlflow_runs_page(experiment: Experiment) -> str:
+    """The experiment's runs in MLflow's "Model training" view (MLflow 3 opens on an empty GenAI overview)."""
+    from mlflow.exceptions import MlflowException
+
+    from kubetune import tracking
+    from kubetune.errors import UserError
+
+    try:
+        found = tracking.client().get_experiment_by_name(experiment.name)
+    except (UserError, MlflowException):  # the server went away: the address alone still helps
+        found = None
+    return "" if found is None else MLFLOW_RUNS_PAGE.format(experiment_id=found.experiment_id)
