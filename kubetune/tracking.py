@@ -257,19 +257,17 @@ def ensure_parent_run(experiment: Experiment, known: str | None = None) -> str:
 
     ``known`` is the run the study recorded; it is kept while it exists. A store that lost it (a deleted
     ``mlflow.db``, a new server) gets a new run instead of failing every later step on a run id it no
-    longer has. A run that a finished experiment closed is reopened, since the experiment goes on.
+    longer has.
     """
     mlflow_client = client()
 
     def ensure() -> str:
-        if known is not None and (run := _existing_run(mlflow_client, known)) is not None:
-            _reopen(mlflow_client, run)
+        if known is not None and _existing_run(mlflow_client, known) is not None:
             return known
         experiment_id = _experiment_id(mlflow_client, experiment)
         found = _search(mlflow_client, experiment_id, {TAG_ROLE: "parent", TAG_STUDY: experiment.name})
         if found:
             run_id = found[0].info.run_id
-            _reopen(mlflow_client, found[0])
             if "fingerprint" in found[0].data.params:
                 return run_id
         else:
@@ -302,6 +300,7 @@ def run_exists(run_id: str) -> bool:
 
 
 def _reopen(mlflow_client: MlflowClient, run) -> None:
+    """A trial logged after the experiment stopped (a resume with a larger budget): its run goes on."""
     if run.info.status != "RUNNING":
         mlflow_client.update_run(run.info.run_id, status="RUNNING")
 
@@ -375,6 +374,7 @@ def log_trial(
         found = _search(mlflow_client, parent.info.experiment_id, {TAG_STUDY: experiment.name, TAG_TRIAL: str(number)})
         if found and found[0].info.status != "RUNNING":
             return found[0].info.run_id
+        _reopen(mlflow_client, parent)
         for partial in found:
             mlflow_client.delete_run(partial.info.run_id)
         run = mlflow_client.create_run(

@@ -234,7 +234,11 @@ def test_the_summary_tag_is_valid_json_and_a_finished_experiment_closes_its_run(
     tag = json.loads(run.data.tags["kubetune.summary"])
     assert tag["trials_complete"] == 3 and "pareto_front" not in tag and "summary.json" in tag["truncated"]
     assert run.info.status == "FINISHED"
-    start_segment(experiment, segment=1)  # the experiment goes on (a raised budget): its run is reopened
+    start_segment(experiment, segment=1)  # a rerun that may still stop at once leaves it closed
+    assert client.get_run(parent).info.status == "FINISHED"
+    number, result = _lane(experiment, home)  # the experiment goes on (a raised budget): its run is reopened
+    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
+                   split_path=str(home / "split.npz"))
     assert client.get_run(parent).info.status == "RUNNING"
 
 
