@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from kubetune.periodic import every
 from kubetune.segments import segments_finished, start_segment
 from kubetune.spec import Experiment
 from kubetune.stepserver import serving
-from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots
+from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots, seconds_until_stale
 
 __all__ = ["Progress", "StepFailed", "run_experiment"]
 
@@ -104,9 +105,13 @@ def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
 def _wait_for_slots(study, experiment: Experiment, segment: int):
     """Wait while trials of an earlier, killed run still hold the rest of the budget, until they go stale.
 
-    Their heartbeats stop, so after the grace period `start_segment` fails them and queues their retries.
+    Their heartbeats stop (or never started), so after the grace period `start_segment` fails them and
+    queues their retries. Each wait is announced with the time left, since nothing else moves meanwhile.
     """
-    while not plan_slots(study, experiment) and count_trials(study).running:
+    while not plan_slots(study, experiment) and (running := count_trials(study).running):
+        print(f"kubetune: {running} trial(s) of an earlier run still hold the rest of the budget; waiting for "
+              f"their heartbeats to go stale (at most {seconds_until_stale(study) or 0:.0f} s more if they "
+              "stopped), then they are failed and retried", file=sys.stderr)
         time.sleep(experiment.spec.trial.heartbeat_seconds)
         start_segment(experiment, segment=segment)
         study = load_study(experiment)

@@ -12,20 +12,30 @@ import os
 from kubetune import space
 from kubetune.segments import run_name
 from kubetune.spec import Experiment
-from kubetune.study import get_trial, heartbeat, lane_seed, live_trial, load_study
+from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, stop_before_trial
 
-__all__ = ["suggest_trial", "train_trial", "train_threads"]
+__all__ = ["NO_TRIAL", "suggest_trial", "train_trial", "train_threads"]
+
+NO_TRIAL = -1  # what suggest_trial returns when a stop rule holds; the pipeline trains only numbers >= 0
 
 # Metrics the trainer reports every epoch; pruning needs the objective to be one of them.
 EPOCH_METRICS = ("val_accuracy", "val_loss")
 
 
 def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
-    """Ask the study for a trial just in time and record what the trainer needs; returns its number."""
+    """Ask the study for a trial just in time and record what the trainer needs; returns its number.
+
+    Returns NO_TRIAL instead, asking nothing, when a stop rule already holds (the pipeline then skips
+    the lane's training), so a reached target or duration ends the search within the segment.
+    """
     study = load_study(experiment, seed_offset=lane_seed(segment, slot))
+    reason = stop_before_trial(study, experiment)
+    if reason is not None:
+        print(f"kubetune: no new trial in slot {slot}: {reason}")
+        return NO_TRIAL
     trial = study.ask()
     # A first heartbeat now: a lane that dies before training starts leaves a trial that goes stale and is retried.
-    study._storage.record_heartbeat(trial._trial_id)
+    beat(study, trial._trial_id)
     chosen, architecture = space.sample(trial, experiment.spec)
     trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
     trial.set_user_attr("architecture", architecture)

@@ -113,21 +113,46 @@ def _values(dimension: Any) -> list:
 
 
 def grid_space(spec: ExperimentSpec) -> dict[str, list]:
-    """Every value of every dimension, for Optuna's GridSampler (the spec guarantees it is finite)."""
+    """The values each dimension can take: every parameter by name, ``arch.blocks`` and each block field
+    once, as ``arch.block.<field>``. Not the grid's points: those depend on the values chosen (see grid_points)."""
     grid = {name: _values(param) for name, param in spec.parameters.items()}
     space = spec.architecture
-    if space is None:
-        return grid
-    if space.blocks.low != space.blocks.high:
+    if space is not None:
         grid["arch.blocks"] = list(range(space.blocks.low, space.blocks.high + 1))
-    for index in range(space.blocks.high):
-        for field, dimension in _block_dimensions(space).items():
-            values = _values(dimension)
-            if len(values) > 1 or isinstance(dimension, Range):
-                grid[f"arch.b{index}.{field}"] = values
+        grid.update({f"arch.block.{field}": _values(dimension) for field, dimension in _block_dimensions(space).items()})
     return grid
 
 
+def _parameter_points(spec: ExperimentSpec, values: dict[str, list]) -> int:
+    """Distinct hyperparameter settings: a parameter counts only where its ``when`` holds."""
+    order = sampling_order(spec.parameters)
+    parents = {parent for param in spec.parameters.values() for parent in (param.when or {})}
+
+    def count(index: int, chosen: dict[str, Any]) -> int:
+        if index == len(order):
+            return 1
+        name = order[index]
+        if not _enabled(spec.parameters[name], chosen):
+            return count(index + 1, chosen)
+        if name not in parents:
+            return len(values[name]) * count(index + 1, chosen)
+        return sum(count(index + 1, {**chosen, name: value}) for value in values[name])
+
+    return count(0, {})
+
+
+def _architecture_points(values: dict[str, list]) -> int:
+    """Distinct architectures: a kernel size counts for conv blocks only, and each block count on its own."""
+    sizes = {field: len(values[f"arch.block.{field}"]) for field in BLOCK_FIELDS if field not in ("kind", "kernelSize")}
+    per_block = sum(
+        math.prod(sizes.values()) * (len(values["arch.block.kernelSize"]) if kind == "conv" else 1)
+        for kind in values["arch.block.kind"]
+    )
+    return sum(per_block**blocks for blocks in values["arch.blocks"])
+
+
 def grid_points(spec: ExperimentSpec) -> int:
-    """How many points Optuna's GridSampler would list for ``spec``: the product of every dimension's values."""
-    return math.prod(len(values) for values in grid_space(spec).values())
+    """How many distinct configurations a grid search over ``spec`` tries (the spec guarantees it is finite)."""
+    values = grid_space(spec)
+    architectures = _architecture_points(values) if spec.architecture else 1
+    return _parameter_points(spec, values) * architectures

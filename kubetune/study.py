@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -35,7 +35,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from kubetune import settings
 from kubetune.errors import UserError
 from kubetune.periodic import every
-from kubetune.space import grid_space
+from kubetune.space import grid_points
 from kubetune.spec import Experiment
 
 __all__ = [
@@ -48,9 +48,12 @@ __all__ = [
     "count_trials",
     "plan_slots",
     "decide",
+    "stop_before_trial",
     "get_trial",
     "tell_once",
+    "beat",
     "heartbeat",
+    "seconds_until_stale",
     "best_trial",
 ]
 
@@ -162,12 +165,13 @@ class _ReconnectingStorage(RDBStorage):
     A call that fails because the database is unreachable (refused, reset, restarting) is retried
     with backoff for up to ``retry_seconds``; a fresh pooled connection is pre-pinged, so the first
     call after the database is back succeeds. Other errors pass through at once. Only the outermost
-    call retries (storage methods call each other). Heartbeats are not retried here: the heartbeat
-    thread simply beats again at its next interval.
+    call retries (storage methods call each other). Heartbeats are not retried: a beat during an
+    outage fails at once (or after one connection timeout) and the heartbeat thread beats again at
+    its next interval, so a trainer never waits on the database to beat or to stop beating.
 
     A retried write is safe: a tell that had committed before the connection broke is refused as
     already finished (``tell_once`` treats that as told); a trial created twice leaves a RUNNING
-    trial whose heartbeat never starts, which ``ensure_study`` fails as stale.
+    trial that never beats, which ``ensure_study`` fails as stale a grace period after its start.
 
     Parameter writes are batched: Optuna writes each suggested parameter in its own transaction (a
     commit, and with PostgreSQL's default durability a disk flush, per parameter: about 20 for
@@ -186,7 +190,7 @@ class _ReconnectingStorage(RDBStorage):
         "create_new_trial", "_create_new_trial", "get_trial_param",
         "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
         "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
-        "_get_best_trial_id", "_get_stale_trial_ids", "record_heartbeat",
+        "_get_best_trial_id",
     )
 
     def __init__(self, url: str, *, retry_seconds: float, **kwargs) -> None:
@@ -212,17 +216,53 @@ class _ReconnectingStorage(RDBStorage):
         doubled the read of 5,000 trials (3.8 s against 1.8 s). Afterwards the heap is frozen: Optuna
         keeps finished trials cached for the process's life, and without the freeze every later full
         collection walks that history again (a 400 ms p99 for ask+tell at 5,000 trials, 115 ms with it).
-        Frozen objects are still freed when no longer referenced; only cyclic garbage made before the
-        freeze stays, which in a step's process is none worth counting.
+        Frozen objects are freed by reference counting only, so cyclic garbage (the read's SQLAlchemy
+        sessions and rows) is collected first: frozen, it would never be freed, and a runner polling
+        the study every second grew by about 14 KB per poll. That collection walks only what is not
+        frozen yet, the objects made since the last read.
         """
         paused = gc.isenabled()
         gc.disable()
         try:
             return self._retrying(RDBStorage._get_trials, *args, **kwargs)
         finally:
+            gc.collect()
             gc.freeze()
             if paused:
                 gc.enable()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, and running trials that never beat once the grace period since their start passed.
+
+        Optuna skips a trial without a heartbeat, so a trial created twice by a retried write, or one
+        whose step died between ask() and its first beat, would stay RUNNING and hold a budget slot.
+        """
+        return [trial_id for trial_id, idle in self.idle_seconds(study_id).items() if idle > self.grace_period]
+
+    def idle_seconds(self, study_id: int) -> dict[int, float]:
+        """Seconds since each running trial of the study last beat, or since it started if it never beat."""
+        return self._retrying(_ReconnectingStorage._read_idle_seconds, study_id)
+
+    def _read_idle_seconds(self, study_id: int) -> dict[int, float]:
+        # Heartbeats are stamped by the database's clock, start times by the asking process's (Optuna's way).
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import func, orm
+
+        with _create_scoped_session(self.scoped_session) as session:
+            database_now = session.execute(func.now()).scalar().replace(tzinfo=None)
+            local_now = dt.datetime.now()
+            running = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .all()
+            )
+            return {
+                trial.trial_id: ((database_now - trial.heartbeats[0].heartbeat) if trial.heartbeats
+                                 else (local_now - (trial.datetime_start or local_now))).total_seconds()
+                for trial in running
+            }
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
         self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
@@ -397,6 +437,7 @@ def open_storage(experiment: Experiment, url: str | None = None) -> RDBStorage:
 
 
 _UNSEEN = object()
+_UNSET = object()
 
 
 class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
@@ -516,7 +557,8 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_space(spec), seed=seed)
+        # Walks the space as sample() suggests it, so conditional dimensions never multiply the points.
+        return optuna.samplers.BruteForceSampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "cmaes":
@@ -565,8 +607,76 @@ def load_study(experiment: Experiment, *, storage: RDBStorage | None = None, see
         raise StudyError(f"study {experiment.name!r} does not exist yet; run the ensure-study step first") from None
 
 
+def _has_results(study: optuna.Study) -> bool:
+    """Whether a trial completed or was pruned: results that a changed search definition would mix with new ones."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _leaves(document: Any, path: tuple = ()) -> dict[tuple, Any]:
+    """Every value of a document by its path; a list is one value."""
+    if isinstance(document, dict) and document:
+        return {leaf: value for key, child in document.items() for leaf, value in _leaves(child, (*path, key)).items()}
+    return {path: document}
+
+
+def _document(leaves: dict[tuple, Any]) -> dict:
+    """The document of ``leaves`` (the inverse of _leaves); a section's fields win over an empty value of it."""
+    document: dict = {}
+    for path, value in leaves.items():
+        node = document
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        if not isinstance(node.get(path[-1]), dict):
+            node[path[-1]] = value
+    return document
+
+
+def _holds(leaves: dict[tuple, Any], prefix: tuple) -> bool:
+    """Whether the document has a value at ``prefix`` or under it."""
+    return any(p[:len(prefix)] == prefix for p in leaves)
+
+
+def _shown(leaves: dict[tuple, Any], path: tuple) -> str:
+    if path in leaves:
+        return repr(leaves[path])
+    return "{...}" if _holds(leaves, path) else "unset"
+
+
+def _section(old: dict[tuple, Any], new: dict[tuple, Any], path: tuple) -> tuple:
+    """The outermost part of ``path`` that one spec leaves empty or out (a whole new architecture), else ``path``."""
+    return next((path[:i] for i in range(2, len(path)) if path[:i] in old or path[:i] in new
+                 or not (_holds(old, path[:i]) and _holds(new, path[:i]))), path)
+
+
+def _describe_changes(before: dict | None, experiment: Experiment) -> str:
+    """The spec fields whose change alone changes the search-space fingerprint, each with its old and new value."""
+    from kubetune.spec import parse_experiment
+
+    if not before:
+        return "the spec it was created with is not recorded"
+    old, new = _leaves(before), _leaves(experiment.to_dict())
+    fingerprint = parse_experiment(before).search_space_fingerprint()
+    changed: dict[tuple, str] = {}
+    for path in sorted(p for p in old.keys() | new.keys() if p[0] == "spec" and old.get(p, _UNSET) != new.get(p, _UNSET)):
+        probe = {**old, path: new[path]} if path in new else {p: v for p, v in old.items() if p != path}
+        try:
+            alters = parse_experiment(_document(probe)).search_space_fingerprint() != fingerprint
+        except UserError:
+            alters = True  # not valid on its own: it changed together with another field
+        if alters:
+            named = _section(old, new, path)
+            changed[named] = f"{'.'.join(map(str, named))} ({_shown(old, named)} -> {_shown(new, named)})"
+    return ", ".join(changed.values()) or "a field of data, objective, parameters, architecture, trial.epochs or trial.batchSize"
+
+
 def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create or load the study, record how to reproduce it, and fail trials whose heartbeat stopped."""
+    """Create or load the study, record how to reproduce it, and fail trials whose heartbeat stopped.
+
+    The search definition (see Experiment.search_space_fingerprint) is fixed once a trial has a result;
+    until then a rerun may change it, so a first run that failed on bad data does not pin it.
+    """
     storage = storage or open_storage(experiment)
     study = optuna.create_study(
         study_name=experiment.name,
@@ -578,15 +688,16 @@ def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -
     )
     recorded = study.user_attrs
     fingerprint = experiment.search_space_fingerprint()
-    if "fingerprint" in recorded and recorded["fingerprint"] != fingerprint:
+    pinned = recorded.get("fingerprint")
+    if pinned not in (None, fingerprint) and _has_results(study):
         raise StudyError(
-            f"study {experiment.name!r} was created with a different data, objective or search space "
-            f"(fingerprint {recorded['fingerprint']} vs {fingerprint} now); give the experiment a new "
-            "metadata.name to start a new study, or restore the original spec to resume it"
+            f"study {experiment.name!r} was created with a different data, objective or search space: "
+            f"{_describe_changes(recorded.get('spec'), experiment)}; give the experiment a new metadata.name to "
+            "start a new study, or restore the original spec to resume it"
         )
     if [d.name.lower() for d in study.directions] != experiment.spec.directions:
         raise StudyError(f"study {experiment.name!r} has directions {study.directions}; the spec asks for {experiment.spec.directions}")
-    if "fingerprint" not in recorded:
+    if pinned != fingerprint:  # a new study, or one whose runs so far gave no result (bad data, say)
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("started_at", dt.datetime.now(dt.timezone.utc).isoformat())
         study.set_user_attr("versions", _versions())
@@ -668,34 +779,69 @@ def _patience_exhausted(study: optuna.Study, patience: int, direction: str) -> b
     return since >= patience
 
 
-def decide(study: optuna.Study, experiment: Experiment, *, segments_finished: int) -> Decision:
-    """Whether the experiment goes on after its ``segments_finished``-th segment, and why it stops if not.
+FIRST_STOP_RULE = "stop_rule"  # study attribute: the stop rule a suggest step found holding first
 
-    Segments count per experiment, over every spec's chain of runs, as ``maxSegments`` says.
-    """
+
+def _grid_covered(study: optuna.Study, experiment: Experiment) -> bool:
+    """Every configuration of a grid search has been tried: another trial could only repeat one."""
+    if experiment.spec.strategy.sampler.name != "grid":
+        return False
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return len({tuple(sorted(t.params.items())) for t in finished}) >= grid_points(experiment.spec)
+
+
+def _stop_rules(study: optuna.Study, experiment: Experiment, *, segments_finished: int | None) -> list[tuple[str, str]]:
+    """The stop rules that hold now, as (rule, reason) in the spec's order; maxSegments only between segments."""
     budget = experiment.spec.budget
     counts = count_trials(study)
     direction = experiment.spec.directions[0]
-    best = best_trial(study, experiment)
-    reasons = [
-        (counts.consumed >= budget.max_trials, f"maxTrials reached ({counts.consumed} of {budget.max_trials})"),
-        (
-            budget.max_duration_seconds is not None and _elapsed_seconds(study) >= budget.max_duration_seconds,
-            f"maxDuration {budget.max_duration} reached",
-        ),
-        (_target_reached(best, budget.target_value, direction),
-            f"targetValue {budget.target_value} reached",
-        ),
-        (
-            budget.patience is not None and _patience_exhausted(study, budget.patience, direction),
-            f"patience: no improvement in the last {budget.patience} completed trials",
-        ),
-        (segments_finished >= budget.max_segments, f"maxSegments reached ({budget.max_segments})"),
+    rules = [
+        ("maxTrials", counts.consumed >= budget.max_trials, f"maxTrials reached ({counts.consumed} of {budget.max_trials})"),
+        ("maxDuration", budget.max_duration_seconds is not None and _elapsed_seconds(study) >= budget.max_duration_seconds,
+         f"maxDuration {budget.max_duration} reached"),
+        ("targetValue", _target_reached(best_trial(study, experiment), budget.target_value, direction),
+         f"targetValue {budget.target_value} reached"),
+        ("patience", budget.patience is not None and _patience_exhausted(study, budget.patience, direction),
+         f"patience: no improvement in the last {budget.patience} completed trials"),
+        ("grid", _grid_covered(study, experiment), "the grid is covered: every configuration was tried"),
+        ("maxSegments", segments_finished is not None and segments_finished >= budget.max_segments,
+         f"maxSegments reached ({budget.max_segments})"),
     ]
-    for hit, reason in reasons:
-        if hit:
-            return Decision(False, reason)
-    return Decision(True, f"{counts.consumed} of {budget.max_trials} trials done")
+    return [(rule, reason) for rule, holds, reason in rules if holds]
+
+
+def _first_held(study: optuna.Study, held: list[tuple[str, str]]) -> tuple[str, str]:
+    """The rule a suggest step recorded as holding first, if it still holds; else the first in the spec's order."""
+    recorded = study.user_attrs.get(FIRST_STOP_RULE)
+    return next((rule for rule in held if rule[0] == recorded), held[0])
+
+
+def stop_before_trial(study: optuna.Study, experiment: Experiment) -> str | None:
+    """Why no new trial may start (a stop rule holds), or None; the rule is recorded if it held first.
+
+    Checked before every trial, so a reached targetValue or maxDuration ends the search within the
+    segment instead of after it; trials already running finish.
+    """
+    held = _stop_rules(study, experiment, segments_finished=None)
+    if not held:
+        return None
+    rule, reason = _first_held(study, held)
+    if study.user_attrs.get(FIRST_STOP_RULE) != rule:
+        study.set_user_attr(FIRST_STOP_RULE, rule)
+    return reason
+
+
+def decide(study: optuna.Study, experiment: Experiment, *, segments_finished: int) -> Decision:
+    """Whether the experiment goes on after its ``segments_finished``-th segment, and why it stops if not.
+
+    Segments count per experiment, over every spec's chain of runs, as ``maxSegments`` says. Of several
+    rules that hold, the reason is the one that held first (see stop_before_trial).
+    """
+    held = _stop_rules(study, experiment, segments_finished=segments_finished)
+    if held:
+        return Decision(False, _first_held(study, held)[1])
+    budget = experiment.spec.budget
+    return Decision(True, f"{count_trials(study).consumed} of {budget.max_trials} trials done")
 
 
 def best_trial(study: optuna.Study, experiment: Experiment) -> FrozenTrial | None:
@@ -737,25 +883,37 @@ def tell_once(study: optuna.Study, number: int, *, state: TrialState, values: Se
             return False
         raise
     except RuntimeError as error:
-        # GridSampler calls study.stop() once the grid is covered, which raises outside optimize();
+        # The grid sampler calls study.stop() once the grid is covered, which raises outside optimize();
         # Optuna has stored the trial's state by then (tell stores it in a `finally`).
         if "Study.stop" not in str(error):
             raise
     return True
 
 
+def beat(study: optuna.Study, trial_id: int) -> bool:
+    """Record one heartbeat; False if the database is away (a restart).
+
+    Not retried, so a beat never blocks during an outage: the next beat tries again, and a trial that
+    never beats goes stale from its start time.
+    """
+    try:
+        study._storage.record_heartbeat(trial_id)
+    except Exception:  # noqa: BLE001 - Optuna wraps SQLAlchemy errors in StorageInternalError
+        return False
+    return True
+
+
 def heartbeat(study: optuna.Study, number: int, *, interval: float):
     """A context that records the trial's heartbeat every ``interval`` seconds while the body runs."""
-    storage = study._storage
     trial_id = get_trial(study, number)._trial_id
+    return every(interval, lambda: beat(study, trial_id), name=f"heartbeat-{number}")
 
-    def beat() -> None:
-        try:
-            storage.record_heartbeat(trial_id)
-        except Exception:  # noqa: BLE001 - Optuna wraps SQLAlchemy errors in StorageInternalError
-            pass  # the database is briefly away (a restart); the next beat retries
 
-    return every(interval, beat, name=f"heartbeat-{number}")
+def seconds_until_stale(study: optuna.Study) -> float | None:
+    """How long until every running trial has gone stale if none beats again; None when none runs."""
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
+    idle = storage.idle_seconds(study._study_id)
+    return max(0.0, storage.grace_period - min(idle.values())) if idle else None
 
 
 def lane_seed(segment: int, slot: int) -> int:

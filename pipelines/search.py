@@ -173,18 +173,20 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
             plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
             with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
                 suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
-                trained = settle(train(
-                    experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
-                ), step=False)
-                if cluster:
-                    _trial_pod(trained, experiment, cluster)
-                evaluated = settle(steps["evaluate-trial"](
-                    experiment_spec=experiment_spec,
-                    trial_number=suggested.output,
-                    train_result=trained.outputs["Output"],
-                    predictions=trained.outputs["predictions"],
-                    dataset=data.outputs["dataset"],
-                ))
+                # suggest-trial returns -1 (no trial) once a stop rule holds: the lane then trains nothing.
+                with dsl.If(suggested.output >= 0, name="trial-suggested"):
+                    trained = settle(train(
+                        experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
+                    ), step=False)
+                    if cluster:
+                        _trial_pod(trained, experiment, cluster)
+                    evaluated = settle(steps["evaluate-trial"](
+                        experiment_spec=experiment_spec,
+                        trial_number=suggested.output,
+                        train_result=trained.outputs["Output"],
+                        predictions=trained.outputs["predictions"],
+                        dataset=data.outputs["dataset"],
+                    ))
             settle(steps["register-best"](experiment_spec=experiment_spec).after(evaluated))
 
     return search_segment

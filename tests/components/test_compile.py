@@ -130,6 +130,20 @@ def test_a_failed_lane_still_runs_the_segments_exit_step(compiled):
         assert not any("parameterIterator" in tasks[d] for d in task["dependentTasks"])
 
 
+def test_a_lane_trains_only_when_suggest_found_no_stop_rule(compiled):
+    """suggest-trial returns -1 once a stop rule holds (targetValue reached mid-segment, say): the lane's
+    train and evaluate steps then do not run, and register-best still waits for the whole loop."""
+    pipeline, _ = compiled
+    tasks = _tasks(pipeline)
+    (gate,) = [task for task in tasks.values() if "triggerPolicy" in task and "condition" in task["triggerPolicy"]]
+    assert gate["dependentTasks"] == ["suggest-trial"]
+    assert gate["triggerPolicy"]["condition"] == "int(inputs.parameter_values['pipelinechannel--suggest-trial-Output']) >= 0"
+    gated = pipeline["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(gated) == {"train-trial", "evaluate-trial"}
+    loop = next(name for name, task in tasks.items() if "parameterIterator" in task)
+    assert tasks["register-best"]["dependentTasks"] == [loop]
+
+
 def test_every_step_but_the_trial_has_cpu_and_memory_requests_and_limits(compiled):
     pipeline, _ = compiled
     for name, executor in pipeline["deploymentSpec"]["executors"].items():

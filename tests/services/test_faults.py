@@ -4,7 +4,7 @@
    the experiment still ends with the requested number of completed trials;
 2. the whole ``kubetune run`` killed mid-segment and started again: it resumes without losing or
    duplicating anything;
-3. PostgreSQL restarted mid-search: the lanes reconnect and go on;
+3. PostgreSQL restarted mid-search: the lanes reconnect and go on, and heartbeats never wait for it;
 4. the S3 server or the MLflow server down when the best model is registered: bounded retries, a
    clear error naming the endpoint, and exactly one registration once it is back;
 5. a trial that diverges (NaN loss) or runs out of memory fails alone; the search goes on.
@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 from kubetune.data import load_split, save_split
 from kubetune.segments import finish_segment, start_segment
 from kubetune.spec import Experiment, parse_experiment
-from kubetune.study import count_trials, get_trial, load_study
+from kubetune.study import beat, count_trials, ensure_study, get_trial, heartbeat, load_study, open_storage
 
 
 def _postgres_url(stack_env: dict) -> str:
@@ -229,6 +229,39 @@ def test_lanes_reconnect_after_a_postgres_restart(folder, postgres, stack_env):
     assert counts.running == 0 and counts.failed == 0
     assert budget <= counts.complete <= budget + lanes - 1
     assert sorted(n for r in reports for n in r["told"]) == [t.number for t in study.trials]
+
+
+def _last_beat(stack_env: dict, trial_id: int):
+    with psycopg.connect(_postgres_url(stack_env)) as connection:
+        return connection.execute("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)).fetchone()[0]
+
+
+def test_heartbeats_never_block_while_postgres_is_down(postgres, stack_env, monkeypatch):
+    """A beat during an outage fails at once (it is not retried) and the trainer leaves heartbeat() at once;
+    once the server is back, the next beat is recorded."""
+    monkeypatch.setenv("KUBETUNE_DB_RETRY_SECONDS", "30")
+    experiment = small_experiment(f"pg-beat-{secrets.token_hex(3)}")
+    study = ensure_study(experiment, storage=open_storage(experiment, stack_env["KUBETUNE_STORAGE"]))
+    trial = study.ask()
+    assert beat(study, trial._trial_id)
+    try:
+        with heartbeat(study, trial.number, interval=0.2):
+            postgres.stop()
+            began = time.monotonic()
+            assert not beat(study, trial._trial_id)
+            assert time.monotonic() - began < 5, "a beat waited for the database"
+            time.sleep(1)  # the heartbeat thread beats into the outage meanwhile
+            began = time.monotonic()
+        left = time.monotonic() - began
+    finally:
+        postgres.start()
+    assert left < 5, f"leaving heartbeat() waited {left:.1f} s for the database"
+    before = _last_beat(stack_env, trial._trial_id)
+    deadline = time.monotonic() + 30
+    while not beat(study, trial._trial_id):
+        assert time.monotonic() < deadline, "no beat after the restart"
+        time.sleep(0.2)
+    assert _last_beat(stack_env, trial._trial_id) > before
 
 
 # --------------------------------------------------------------------------------------------

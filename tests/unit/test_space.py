@@ -12,7 +12,7 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
 from kubetune.hyperparameters import HYPERPARAMETERS
-from kubetune.space import grid_space, sample, trainer_hyperparameters
+from kubetune.space import grid_points, grid_space, sample, trainer_hyperparameters
 from kubetune.spec import parse_experiment
 from kubetune.study import make_sampler, tell_once
 
@@ -158,15 +158,14 @@ def test_grid_space_values(minimal_spec):
                                    "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]},
                                              "dropout": {"low": 0.0, "high": 0.2, "step": 0.1}}})
     grid = grid_space(parse_experiment(document).spec)
-    assert grid == {
+    assert {name: grid[name] for name in ("lr", "optimizer", "batchSize", "arch.blocks", "arch.block.width",
+                                          "arch.block.dropout")} == {
         "lr": [0.1, 0.2, 0.3],  # exact: no 0.30000000000000004 past high
         "optimizer": ["adam", "sgd"],
         "batchSize": [16, 32, 48, 64],
         "arch.blocks": [1, 2],
-        "arch.b0.width": [8, 16],
-        "arch.b0.dropout": [0.0, 0.1, 0.2],
-        "arch.b1.width": [8, 16],
-        "arch.b1.dropout": [0.0, 0.1, 0.2],
+        "arch.block.width": [8, 16],
+        "arch.block.dropout": [0.0, 0.1, 0.2],
     }
     assert all(isinstance(v, int) for v in grid["batchSize"])
 
@@ -185,28 +184,53 @@ def test_grid_space_without_architecture(minimal_spec):
     assert grid_space(parse_experiment(document).spec) == {"optimizer": ["sgd"]}
 
 
+# Conditional everywhere: momentum only for sgd, a kernel size only for conv blocks, 1 or 2 blocks.
+# 3 hyperparameter settings x (3 one-block + 9 two-block architectures) = 36 distinct configurations.
+CONDITIONAL = {
+    "parameters": {"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                   "momentum": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.4, "when": {"optimizer": ["sgd"]}}},
+    "architecture": {"blocks": {"low": 1, "high": 2},
+                     "block": {"kind": {"choices": ["conv", "mlp"]}, "width": {"choices": [8]},
+                               "kernelSize": {"choices": [3, 5]}}},
+}
+
+
+def _grid_run(experiment, trials: int) -> list[tuple]:
+    """Ask and tell ``trials`` grid trials in turn; the configurations they tried."""
+    study = optuna.create_study(storage=InMemoryStorage(), sampler=make_sampler(experiment), direction="maximize")
+    tried = []
+    for _ in range(trials):
+        trial = study.ask()
+        chosen, architecture = sample(trial, experiment.spec)
+        tried.append((tuple(sorted(chosen.items())), tuple(tuple(sorted(b.items())) for b in architecture["blocks"])))
+        # the covering tell makes the sampler call study.stop(), which must not break tell_once
+        assert tell_once(study, trial.number, state=TrialState.COMPLETE, values=[len(tried)])
+    return tried
+
+
+def test_grid_counts_and_tries_only_real_configurations(minimal_spec):
+    experiment = parse_experiment(_with(minimal_spec, strategy={"sampler": {"name": "grid", "seed": 1}}, **CONDITIONAL))
+    assert grid_points(experiment.spec) == 36  # the hand-made product listed 128 grid points
+    tried = _grid_run(experiment, 36)
+    assert len(set(tried)) == 36, "a grid trial repeated a configuration"
+    assert all(("momentum" in dict(hp)) == (dict(hp)["optimizer"] == "sgd") for hp, _ in tried)
+    assert all(("kernelSize" in dict(b)) == (dict(b)["kind"] == "conv") for _, blocks in tried for b in blocks)
+
+
 def test_grid_sampler_covers_the_grid_exactly_once(minimal_spec):
     document = _with(minimal_spec, parameters=GRID_PARAMETERS, strategy={"sampler": {"name": "grid", "seed": 1}},
                      architecture={"blocks": {"low": 1, "high": 1},
                                    "block": {"width": {"choices": [8, 16]},
                                              "dropout": {"low": 0.0, "high": 0.1, "step": 0.1}}})
     experiment = parse_experiment(document)
-    grid = grid_space(experiment.spec)
     size = 3 * 2 * 4 * 2 * 2
-    assert len(list(itertools.product(*grid.values()))) == size
-
-    study = optuna.create_study(storage=InMemoryStorage(), sampler=make_sampler(experiment), direction="maximize")
-    points = []
+    assert grid_points(experiment.spec) == size
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(size):
-            trial = study.ask()
-            chosen, architecture = sample(trial, experiment.spec)
-            block = architecture["blocks"][0]
-            points.append((chosen["lr"], chosen["optimizer"], chosen["batchSize"], block["width"], block["dropout"]))
-            # the last tell covers the grid: GridSampler's study.stop() must not break tell_once
-            assert tell_once(study, trial.number, state=TrialState.COMPLETE, values=[chosen["lr"]])
+        tried = _grid_run(experiment, size)
     assert not [w for w in caught if "out of range" in str(w.message)]
-    assert len(set(points)) == size
-    assert sorted(points) == sorted(itertools.product(*grid.values()))
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    grid = grid_space(experiment.spec)
+    points = [(hp["lr"], hp["optimizer"], hp["batchSize"], blocks[0]["width"], blocks[0]["dropout"])
+              for hp, blocks in ((dict(hp), [dict(b) for b in blocks]) for hp, blocks in tried)]
+    assert sorted(points) == sorted(itertools.product(grid["lr"], grid["optimizer"], grid["batchSize"],
+                                                      grid["arch.block.width"], grid["arch.block.dropout"]))
