@@ -654,10 +654,11 @@ def _describe_changes(before: dict | None, experiment: Experiment) -> str:
     """The spec fields whose change alone changes the search-space fingerprint, each with its old and new value."""
     from kubetune.spec import parse_experiment
 
-    if not before:
-        return "the spec it was created with is not recorded"
+    try:
+        fingerprint = parse_experiment(before).search_space_fingerprint()
+    except UserError:  # not recorded, or refused by this version's stricter rules
+        return "the spec it was last run with is not recorded or no longer valid, so the fields cannot be named"
     old, new = _leaves(before), _leaves(experiment.to_dict())
-    fingerprint = parse_experiment(before).search_space_fingerprint()
     changed: dict[tuple, str] = {}
     for path in sorted(p for p in old.keys() | new.keys() if p[0] == "spec" and old.get(p, _UNSET) != new.get(p, _UNSET)):
         probe = {**old, path: new[path]} if path in new else {p: v for p, v in old.items() if p != path}

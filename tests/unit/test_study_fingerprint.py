@@ -47,3 +47,13 @@ def test_a_refused_change_names_the_field_and_budget_changes_are_not_named(ensur
     assert "spec.trial.epochs (10 -> 20)" in message
     assert "maxTrials" not in message
     assert ensure(budget={"maxTrials": 50}).user_attrs["spec"]["spec"]["budget"]["maxTrials"] == 50
+
+
+def test_a_recorded_spec_this_version_refuses_still_gives_the_refusal(ensure):
+    study = ensure()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9))
+    spec = study.user_attrs["spec"]
+    spec["spec"]["budget"]["maxTrials"] = 0  # as if an older kubetune had accepted it
+    study.set_user_attr("spec", spec)
+    with pytest.raises(StudyError, match="different data, objective or search space: the spec it was last run with"):
+        ensure(trial={"epochs": 20})
