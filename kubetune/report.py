@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import optuna
@@ -10,7 +9,7 @@ from optuna.trial import TrialState
 
 from kubetune import settings
 from kubetune.spec import Experiment
-from kubetune.study import best_trial, count_trials
+from kubetune.study import best_trial, count_trials, name_metrics
 
 __all__ = ["summarize", "write_plots", "where_to_look"]
 
@@ -53,15 +52,6 @@ PARALLEL_AXES = 8  # parameters on the parallel-coordinates plot: more overlap i
 MLFLOW_RUNS_PAGE = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 IMPORTANCE_METHOD = "PED-ANOVA, each scaled by the share of completed trials that set the parameter"
-
-
-def name_metrics(study: optuna.Study, experiment: Experiment) -> None:
-    """Give the study its objectives' metric names, which Optuna's plots and optuna-dashboard show."""
-    names = [o.metric for o in experiment.spec.objectives]
-    if study.metric_names != names:
-        with warnings.catch_warnings():  # experimental since Optuna 3.2, still public and unchanged
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(names)
 
 
 def weighted_importances(study: optuna.Study, experiment: Experiment) -> dict[str, float]:

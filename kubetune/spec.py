@@ -52,7 +52,7 @@ SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
-MAX_GRID_POINTS = 100_000  # Optuna's GridSampler lists every point in memory when the study loads
+MAX_GRID_POINTS = 100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
 # A spec file, comments included; its YAML aliases may not expand it past this size either (a "YAML bomb").
 MAX_SPEC_FILE_BYTES = 256 * 1024
 MAX_NESTING = 32  # levels of mappings and lists in a spec file; a real spec has fewer than 10

@@ -91,6 +91,11 @@ PERMANENT_MARKERS = (
     "invalid connection option",
     "permission denied",
     "authentication failed",
+    # A full disk or a read-only file does not heal by waiting: say so at once instead of retrying.
+    "database or disk is full",
+    "attempt to write a readonly database",
+    "no space left on device",
+    "could not extend file",
 )
 
 _log = logging.getLogger(__name__)
@@ -672,6 +677,13 @@ def _describe_changes(before: dict | None, experiment: Experiment) -> str:
     return ", ".join(changed.values()) or "a field of data, objective, parameters, architecture, trial.epochs or trial.batchSize"
 
 
+def name_metrics(study: optuna.Study, experiment: Experiment) -> None:
+    """Give the study its objectives' metric names, which Optuna's plots and optuna-dashboard show."""
+    names = [o.metric for o in experiment.spec.objectives]
+    if study.metric_names != names:
+        study.set_metric_names(names)  # experimental since Optuna 3.2 (its warning is filtered above), public
+
+
 def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -> optuna.Study:
     """Create or load the study, record how to reproduce it, and fail trials whose heartbeat stopped.
 
@@ -704,6 +716,7 @@ def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -
         study.set_user_attr("versions", _versions())
         study.set_user_attr("seed", experiment.spec.strategy.sampler.seed)
         study.set_user_attr("metrics", [o.metric for o in experiment.spec.objectives])
+    name_metrics(study, experiment)
     study.set_user_attr("spec", experiment.to_dict())
     optuna.storages.fail_stale_trials(study)
     return study

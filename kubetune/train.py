@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kubetune.data import SplitData
-from kubetune.hyperparameters import HYPERPARAMETERS, OPTIMIZERS
+from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, OPTIMIZERS
 from kubetune.nas import build_model
 
 __all__ = ["TrainResult", "HYPERPARAMETERS", "OPTIMIZERS", "train_model", "evaluate_model", "predict_logits", "pick_device",
@@ -179,20 +179,11 @@ def _settings(hyperparameters: dict) -> dict:
     settings = {**HYPERPARAMETERS, **hyperparameters}
     if settings["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)} but got {settings['optimizer']!r}")
-    batch = settings["batchSize"]
-    if isinstance(batch, bool) or not isinstance(batch, (int, float)) or not float(batch).is_integer() or batch < 1:
-        raise ValueError(f"batchSize must be a positive integer but got {batch!r}")
-    settings["batchSize"] = int(batch)
-    for name, low, high in (("weightDecay", 0, math.inf), ("momentum", 0, 1), ("labelSmoothing", 0, 1)):
-        if not _number(settings[name]) or not low <= settings[name] < high:
-            raise ValueError(f"{name} must lie in [{low}, {high}) but got {settings[name]!r}")
-    if not _number(settings["lr"]) or not 0 < settings["lr"] < math.inf:
-        raise ValueError(f"lr must be a positive number but got {settings['lr']!r}")
+    for name, domain in DOMAINS.items():  # the same domains the spec is validated against
+        if not domain.admits(settings[name]):
+            raise ValueError(f"{name} must be {domain.describe()} but got {settings[name]!r}")
+    settings["batchSize"] = int(settings["batchSize"])
     return settings
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _optimizer(settings: dict, parameters) -> torch.optim.Optimizer:
