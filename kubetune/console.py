@@ -92,7 +92,7 @@ def _progress_lines(experiment: Experiment, console: Console):
 def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> None:
     table = Table(title=f"kubetune experiment {summary['experiment']}", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # long values wrap whole, never end in an ellipsis
     rows = {
         "stopped because": summary.get("stop_reason"),
         "trials": f"{summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
@@ -111,8 +111,9 @@ def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> 
     if summary.get("pareto_front") is not None:
         rows["pareto front (trials)"] = ", ".join(map(str, summary["pareto_front"]))
     rows["registered model"] = summary.get("champion")
-    rows["MLflow UI"] = where["mlflow"]
-    rows["Optuna dashboard"] = where["optuna_dashboard"]
     for key, value in rows.items():
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)
+    # The commands on whole lines, so that they can be copied from a narrow terminal or a Job's log.
+    for label, command in (("MLflow UI", where["mlflow"]), ("Optuna dashboard", where["optuna_dashboard"])):
+        console.print(f"{label}: {command}", soft_wrap=True, markup=False, highlight=False)

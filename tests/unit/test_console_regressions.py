@@ -44,3 +44,18 @@ def test_progress_written_to_a_file_is_whole_plain_lines(minimal_spec, monkeypat
         f"{experiment.name}: 123/500 trials  segment 1  running 4  best val_accuracy=0.9877  0:00:00",
     ]
     assert "…" not in out.getvalue().split("kubetune experiment")[0]
+
+
+def test_the_summarys_commands_are_whole_lines_in_a_narrow_log():
+    """A Job's log is 80 columns: the MLflow and dashboard commands must not end in an ellipsis."""
+    url = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
+    where = {"mlflow": f"mlflow ui --backend-store-uri sqlite:////a/long/home/.kubetune/mlflow.db, then open {url}",
+             "optuna_dashboard": "optuna-dashboard sqlite:////a/long/home/.kubetune/optuna.db"}
+    summary = {"experiment": "digits-cnn", "trials_complete": 1, "trials_pruned": 0, "trials_failed": 0,
+               "trials_budget": 1, "wall_seconds": 1.0, "champion": "models:/" + "m" * 90 + "@champion"}
+    output = io.StringIO()
+    console_module.print_summary(summary, where, console=Console(file=output, width=80, force_terminal=False))
+    lines = output.getvalue().splitlines()
+    assert f"MLflow UI: {where['mlflow']}" in lines
+    assert f"Optuna dashboard: {where['optuna_dashboard']}" in lines
+    assert "…" not in output.getvalue()
