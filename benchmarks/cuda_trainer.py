@@ -41,8 +41,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run this on a machine with a GPU")
     split = load_split({"source": args.data})
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {len(split.y_train)} training samples, "
-          f"{args.epochs} epochs, batch {SETTINGS['batchSize']}")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {len(split.y_train)} training samples, "
+        f"{args.epochs} epochs, batch {SETTINGS['batchSize']}"
+    )
     for device in ("cuda", "cpu"):
         seconds, accuracy, placed = run(split, device, args.epochs)
         print(f"  {device:<4}: {seconds:.3f} s/epoch (median), val accuracy {accuracy:.4f}, weights on {placed}")

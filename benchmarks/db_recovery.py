@@ -106,12 +106,17 @@ def main() -> None:
                 break
         import optuna
 
-        stored = {t.number for t in optuna.load_study(study_name=experiment.name, storage=url).trials
-                  if t.state == optuna.trial.TrialState.COMPLETE}
+        stored = {
+            t.number
+            for t in optuna.load_study(study_name=experiment.name, storage=url).trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+        }
         lost = sorted(set(numbers) - stored)
-        print(f"\nrecovery: median {np.median(recoveries):.2f} s, max {max(recoveries):.2f} s "
-              f"(target < 5 s: {'meets' if max(recoveries) < 5 else 'misses'}); "
-              f"{len(numbers)} tells, {len(lost)} lost")
+        print(
+            f"\nrecovery: median {np.median(recoveries):.2f} s, max {max(recoveries):.2f} s "
+            f"(target < 5 s: {'meets' if max(recoveries) < 5 else 'misses'}); "
+            f"{len(numbers)} tells, {len(lost)} lost"
+        )
     finally:
         stop.set()
         for process in processes:

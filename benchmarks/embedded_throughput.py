@@ -23,9 +23,9 @@ import optuna
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inprocess import run_inprocess  # noqa: E402
+from inprocess import run_inprocess
 
-from kubetune.spec import parse_experiment  # noqa: E402
+from kubetune.spec import parse_experiment
 
 
 def _spec(example: str, trials: int) -> dict:
@@ -45,10 +45,13 @@ def run_kubetune(data: dict) -> tuple[float, float, int, float, list[dict]]:
         env = {k: v for k, v in os.environ.items() if k not in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI")}
         env["KUBETUNE_HOME"] = str(Path(folder) / "home")
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(path)], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "kubetune.cli", "run", str(path)], check=True, env=env, stdout=subprocess.DEVNULL
+        )
         wall = time.monotonic() - started
-        study = optuna.load_study(study_name=data["metadata"]["name"], storage=f"sqlite:///{env['KUBETUNE_HOME']}/optuna.db")
+        study = optuna.load_study(
+            study_name=data["metadata"]["name"], storage=f"sqlite:///{env['KUBETUNE_HOME']}/optuna.db"
+        )
         trained = sum(t.user_attrs.get("train_seconds", 0.0) for t in study.trials)
         return wall, trained, len(study.trials), study.best_value, [t.params for t in study.trials]
 
@@ -64,8 +67,10 @@ def main() -> None:
 
     k_wall, k_train, k_trials, k_best, k_params = run_kubetune(data)
     rows = [("kubetune run", k_wall, k_train, k_trials, k_best)]
-    for name, plain in (("plain optuna, own trials", run_inprocess(experiment)),
-                        ("plain optuna, replayed", run_inprocess(experiment, replay=k_params))):
+    for name, plain in (
+        ("plain optuna, own trials", run_inprocess(experiment)),
+        ("plain optuna, replayed", run_inprocess(experiment, replay=k_params)),
+    ):
         rows.append((name, plain.wall_seconds, plain.train_seconds, plain.trials, plain.best))
     print(f"example {args.example}: {args.trials} trials, {lanes} lanes, {os.cpu_count()} CPUs")
     print(f"{'':26}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}{'best':>8}")

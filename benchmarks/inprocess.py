@@ -38,8 +38,9 @@ class SearchRun:
         return None
 
 
-def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: int | None = None,
-                  replay: list[dict] | None = None) -> SearchRun:
+def run_inprocess(
+    experiment: Experiment, *, sampler: str | None = None, seed: int | None = None, replay: list[dict] | None = None
+) -> SearchRun:
     """Run ``experiment``'s whole budget in this process; optionally swap the sampler name or seed.
 
     ``replay`` (parameters of earlier trials, in order) makes it train exactly those trials instead.
@@ -47,15 +48,22 @@ def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: i
     spec = experiment.spec
     overrides = {}
     if sampler is not None or seed is not None:
-        strategy = spec.strategy.model_copy(update={"sampler": spec.strategy.sampler.model_copy(
-            update={k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None})})
+        strategy = spec.strategy.model_copy(
+            update={
+                "sampler": spec.strategy.sampler.model_copy(
+                    update={k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None}
+                )
+            }
+        )
         overrides["strategy"] = strategy
     experiment = experiment.model_copy(update={"spec": spec.model_copy(update=overrides)})
     spec = experiment.spec
     lanes = spec.budget.parallel_trials
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // min(lanes, 2)))
     split = load_split(experiment.to_dict()["spec"]["data"])
-    study = optuna.create_study(directions=spec.directions, sampler=make_sampler(experiment), pruner=make_pruner(experiment))
+    study = optuna.create_study(
+        directions=spec.directions, sampler=make_sampler(experiment), pruner=make_pruner(experiment)
+    )
     metric = spec.objectives[0].metric
     started = time.monotonic()
     values: list[tuple[float, float, int]] = []
@@ -65,14 +73,22 @@ def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: i
         chosen, architecture = space.sample(trial, spec)
         architecture = architecture or nas.default_architecture(split.input_shape)
         seed_value = (spec.strategy.sampler.seed or 0) + trial.number
-        model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed_value)
+        model = nas.build_model(
+            architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed_value
+        )
 
         def on_epoch(epoch: int, metrics: dict) -> bool:
             trial.report(metrics[metric], epoch)
             return trial.should_prune()
 
-        result = train.train_model(model, split, epochs=spec.trial.epochs, seed=seed_value, on_epoch=on_epoch,
-                                   hyperparameters=space.trainer_hyperparameters(spec, chosen))
+        result = train.train_model(
+            model,
+            split,
+            epochs=spec.trial.epochs,
+            seed=seed_value,
+            on_epoch=on_epoch,
+            hyperparameters=space.trainer_hyperparameters(spec, chosen),
+        )
         trained.append(result.train_seconds)
         if result.status == "pruned":
             raise optuna.TrialPruned()
@@ -84,6 +100,7 @@ def run_inprocess(experiment: Experiment, *, sampler: str | None = None, seed: i
 
     for params in replay or []:
         study.enqueue_trial(params)
-    study.optimize(objective, n_trials=len(replay) if replay else spec.budget.max_trials, n_jobs=lanes,
-                   catch=(RuntimeError,))
+    study.optimize(
+        objective, n_trials=len(replay) if replay else spec.budget.max_trials, n_jobs=lanes, catch=(RuntimeError,)
+    )
     return SearchRun(time.monotonic() - started, sum(trained), values, len(study.trials))

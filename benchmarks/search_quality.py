@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inprocess import run_inprocess  # noqa: E402
+from inprocess import run_inprocess
 
-from kubetune.spec import load_experiment  # noqa: E402
+from kubetune.spec import load_experiment
 
 
 def main() -> None:
@@ -29,8 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     experiment = load_experiment(args.example)
     default = experiment.spec.strategy.sampler.name
-    print(f"{args.example}: {experiment.spec.budget.max_trials} trials, {experiment.spec.budget.parallel_trials} lanes, "
-          f"target {args.target}")
+    print(
+        f"{args.example}: {experiment.spec.budget.max_trials} trials, {experiment.spec.budget.parallel_trials} lanes, "
+        f"target {args.target}"
+    )
     print(f"{'strategy':10}{'seed':>6}{'s to target':>13}{'trials to target':>18}{'best acc':>10}{'wall s':>9}")
     bests: dict[str, list[float]] = {}
     for name in (default, "random"):

@@ -88,8 +88,11 @@ def lane(kind: str, url: str, spec_path: str, study_name: str, slot: int, quota:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     experiment = load_experiment(spec_path)
-    study = optuna.load_study(study_name=study_name, storage=open_any(kind, url, experiment),
-                              sampler=make_sampler(experiment, seed_offset=slot))
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=open_any(kind, url, experiment),
+        sampler=make_sampler(experiment, seed_offset=slot),
+    )
     study.get_trials(deepcopy=False)  # warm the connection and the cache before the clock starts
     start.wait()
     began = time.perf_counter()
@@ -119,8 +122,10 @@ def measure(kind: str, url: str, spec_path: str, lanes: int, trials: int) -> dic
     create(kind, url, spec_path, name)
     start, results = SPAWN.Event(), SPAWN.Queue()
     quotas = [trials // lanes + (1 if i < trials % lanes else 0) for i in range(lanes)]
-    processes = [SPAWN.Process(target=lane, args=(kind, url, spec_path, name, i, quotas[i], start, results))
-                 for i in range(lanes)]
+    processes = [
+        SPAWN.Process(target=lane, args=(kind, url, spec_path, name, i, quotas[i], start, results))
+        for i in range(lanes)
+    ]
     for process in processes:
         process.start()
     time.sleep(1.0 + 0.5 * lanes)  # let every lane import and connect
@@ -145,8 +150,9 @@ def cold_suggest(url: str, spec_path: str, results) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     imported = time.perf_counter()
     experiment = load_experiment(spec_path)
-    study = optuna.load_study(study_name="latency", storage=open_storage(experiment, url),
-                              sampler=make_sampler(experiment, seed_offset=99))
+    study = optuna.load_study(
+        study_name="latency", storage=open_storage(experiment, url), sampler=make_sampler(experiment, seed_offset=99)
+    )
     study.get_trials(deepcopy=False)
     loaded = time.perf_counter()
     trial = study.ask()
@@ -178,8 +184,9 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
     out = {"fill_s": fill_seconds}
     memory = optuna.create_study(direction="maximize", sampler=make_sampler(experiment))
     memory.add_trials(finished)
-    database = optuna.load_study(study_name="latency", storage=open_any("postgresql", url, experiment),
-                                 sampler=make_sampler(experiment))
+    database = optuna.load_study(
+        study_name="latency", storage=open_any("postgresql", url, experiment), sampler=make_sampler(experiment)
+    )
     for label, study in (("postgresql", database), ("in-memory", memory)):
         study.get_trials(deepcopy=False)
         latencies = timed_ask_tell(study, experiment.spec, samples)
@@ -207,8 +214,9 @@ def same_suggestions_as_optuna(spec_path: str, trials: int = 200) -> bool:
     experiment = load_experiment(spec_path)
     ours = make_sampler(experiment, seed_offset=7)
     seed = (experiment.spec.strategy.sampler.seed + 7) % 2**32  # as make_sampler seeds a lane
-    theirs = optuna.samplers.TPESampler(seed=seed, n_startup_trials=ours._n_startup_trials,
-                                        multivariate=True, group=True, constant_liar=True)
+    theirs = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=ours._n_startup_trials, multivariate=True, group=True, constant_liar=True
+    )
 
     def suggestions(sampler) -> list[dict]:
         study = optuna.create_study(sampler=sampler, direction="maximize")
@@ -225,8 +233,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--backends", nargs="*", default=["postgresql", "sqlite", "journal"],
-                        choices=["postgresql", "sqlite", "journal"])
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        default=["postgresql", "sqlite", "journal"],
+        choices=["postgresql", "sqlite", "journal"],
+    )
     parser.add_argument("--latency-trials", type=int, default=5000, help="0 skips the latency measurement")
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the lanes sample")
@@ -237,11 +249,15 @@ def main() -> None:
 
     from kubetune import devstack
 
-    print(f"optuna {optuna.__version__}, {os.cpu_count()} CPUs, search space of {args.spec}, "
-          f"{args.trials} trials per cell, PostgreSQL {'without' if args.fast_postgres else 'with'} fsync",
-          flush=True)
-    print(f"kubetune's TPE suggests what Optuna's TPESampler suggests: {same_suggestions_as_optuna(args.spec)}",
-          flush=True)
+    print(
+        f"optuna {optuna.__version__}, {os.cpu_count()} CPUs, search space of {args.spec}, "
+        f"{args.trials} trials per cell, PostgreSQL {'without' if args.fast_postgres else 'with'} fsync",
+        flush=True,
+    )
+    print(
+        f"kubetune's TPE suggests what Optuna's TPESampler suggests: {same_suggestions_as_optuna(args.spec)}",
+        flush=True,
+    )
     folder = Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
     postgres = None
     try:
@@ -255,27 +271,39 @@ def main() -> None:
                 index += 1
                 result = measure(kind, new_backend(kind, folder, postgres, index), args.spec, lanes, args.trials)
                 rows.append((kind, lanes, result))
-                print(f"{kind:<11} {lanes:>5} {result['trials_per_s']:>9.1f} {result['p50_ms']:>8.1f} "
-                      f"{result['p99_ms']:>8.1f} {result['wall_s']:>7.1f}", flush=True)
+                print(
+                    f"{kind:<11} {lanes:>5} {result['trials_per_s']:>9.1f} {result['p50_ms']:>8.1f} "
+                    f"{result['p99_ms']:>8.1f} {result['wall_s']:>7.1f}",
+                    flush=True,
+                )
         if args.latency_trials:
-            latency = latency_at(args.latency_trials, args.latency_samples, postgres.create_database("latency"),
-                                 args.spec)
-            print(f"\nask+tell with {args.latency_trials} trials in the study ({args.latency_samples} calls, "
-                  f"filled in {latency['fill_s']:.0f} s):")
+            latency = latency_at(
+                args.latency_trials, args.latency_samples, postgres.create_database("latency"), args.spec
+            )
+            print(
+                f"\nask+tell with {args.latency_trials} trials in the study ({args.latency_samples} calls, "
+                f"filled in {latency['fill_s']:.0f} s):"
+            )
             for label in ("postgresql", "in-memory"):
                 r = latency[label]
-                print(f"  {label:<11} p50 {r['p50_ms']:7.1f} ms   p99 {r['p99_ms']:7.1f} ms   mean {r['mean_ms']:7.1f} ms")
+                print(
+                    f"  {label:<11} p50 {r['p50_ms']:7.1f} ms   p99 {r['p99_ms']:7.1f} ms   mean {r['mean_ms']:7.1f} ms"
+                )
             imports, read, ask = latency["cold"]
-            print(f"  a suggest step's own process (median of 3): imports {imports:.2f} s, open and read the study "
-                  f"{read:.2f} s, ask+sample+tell {ask:.2f} s")
+            print(
+                f"  a suggest step's own process (median of 3): imports {imports:.2f} s, open and read the study "
+                f"{read:.2f} s, ask+sample+tell {ask:.2f} s"
+            )
         for kind, lanes, result in rows:
             if kind == "postgresql" and lanes == 2:
                 verdict = "meets" if result["trials_per_s"] >= 30 else "misses"
                 print(f"\ntarget >= 30 trials/s with 2 lanes on PostgreSQL: {result['trials_per_s']:.1f} ({verdict})")
         if args.latency_trials:
             p99 = latency["postgresql"]["p99_ms"]
-            print(f"target p99 < 250 ms at {args.latency_trials} trials: {p99:.0f} ms "
-                  f"({'meets' if p99 < 250 else 'misses'})")
+            print(
+                f"target p99 < 250 ms at {args.latency_trials} trials: {p99:.0f} ms "
+                f"({'meets' if p99 < 250 else 'misses'})"
+            )
     finally:
         if postgres is not None:
             postgres.stop()

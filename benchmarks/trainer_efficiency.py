@@ -44,7 +44,7 @@ def plain_loop(model: nn.Module, split, *, epochs: int, seed: int, device: str) 
         model.train()
         permutation = torch.randperm(len(y), device=device)
         for i in range(0, len(y), BATCH_SIZE):
-            index = permutation[i:i + BATCH_SIZE]
+            index = permutation[i : i + BATCH_SIZE]
             with torch.autocast("cuda", enabled=amp):
                 loss = loss_fn(model(x[index]), y[index])
             optimizer.zero_grad()
@@ -53,16 +53,24 @@ def plain_loop(model: nn.Module, split, *, epochs: int, seed: int, device: str) 
             scaler.update()
         model.eval()
         with torch.no_grad(), torch.autocast("cuda", enabled=amp):
-            correct = sum((model(x_val[i:i + 512]).argmax(1) == y_val[i:i + 512]).sum().item()
-                          for i in range(0, len(y_val), 512))
+            correct = sum(
+                (model(x_val[i : i + 512]).argmax(1) == y_val[i : i + 512]).sum().item()
+                for i in range(0, len(y_val), 512)
+            )
         assert correct > 0
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
 def kubetune_loop(model: nn.Module, split, *, epochs: int, seed: int, device: str) -> list[float]:
-    result = train_model(model, split, epochs=epochs, seed=seed, device=device,
-                         hyperparameters={"lr": LR, "optimizer": "adam", "batchSize": BATCH_SIZE})
+    result = train_model(
+        model,
+        split,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        hyperparameters={"lr": LR, "optimizer": "adam", "batchSize": BATCH_SIZE},
+    )
     assert result.status == "complete", result.reason
     return [row["seconds"] for row in result.history]
 
@@ -83,8 +91,10 @@ def main() -> None:
             times[name] += loop(model, split, epochs=args.epochs, seed=round_, device=args.device)
     plain, ours = statistics.median(times["plain"]), statistics.median(times["kubetune"])
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "1 CPU thread"
-    print(f"MNIST-1D, {len(split.y_train)} training samples, batch {BATCH_SIZE}, {where}, "
-          f"{args.rounds} rounds x {args.epochs} epochs each")
+    print(
+        f"MNIST-1D, {len(split.y_train)} training samples, batch {BATCH_SIZE}, {where}, "
+        f"{args.rounds} rounds x {args.epochs} epochs each"
+    )
     print(f"plain PyTorch loop : {plain:.3f} s/epoch (median)")
     print(f"kubetune train_model: {ours:.3f} s/epoch (median)")
     print(f"ratio kubetune/plain: {ours / plain:.3f} (target <= 1.2)")

@@ -7,9 +7,10 @@ on a CUDA image while the other steps use the CPU runtime image.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kfp import dsl
+
 from kubetune.components.ensure_study import ensure_study
 from kubetune.components.evaluate_trial import evaluate_trial
 from kubetune.components.next_segment import next_segment

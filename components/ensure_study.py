@@ -1,9 +1,7 @@
 """Component: create or load the study, fail stale trials, plan this segment's slots."""
 
-from typing import List
 
-
-def ensure_study(experiment_spec: str, segment: int) -> List[int]:
+def ensure_study(experiment_spec: str, segment: int) -> list[int]:
     """Returns the slot indices of this segment (empty when the budget is spent)."""
     from kubetune.steps import call
 

@@ -3,7 +3,9 @@
 from typing import NamedTuple
 
 
-def next_segment(experiment_spec: str, segment: int, cluster_settings: str) -> NamedTuple("Decision", go_on=bool, reason=str):
+def next_segment(experiment_spec: str, segment: int, cluster_settings: str) -> NamedTuple(
+    "Decision", go_on=bool, reason=str
+):
     """The segment's exit step: runs even when a lane failed. In a cluster it submits the next run itself."""
     from collections import namedtuple
 

@@ -13,6 +13,12 @@ def train_trial(experiment_spec: str, trial_number: int, dataset: Input[Dataset]
     from kubetune.steps import call
 
     with tempfile.TemporaryDirectory() as folder:
-        result = call("search.train_trial", experiment_spec, number=int(trial_number), split_path=dataset.path,
-                      model_path=str(Path(folder) / "model.pt"), predictions_path=predictions.path)
+        result = call(
+            "search.train_trial",
+            experiment_spec,
+            number=int(trial_number),
+            split_path=dataset.path,
+            model_path=str(Path(folder) / "model.pt"),
+            predictions_path=predictions.path,
+        )
     return json.dumps(result)

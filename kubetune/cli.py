@@ -15,7 +15,7 @@ import click
 
 from kubetune.errors import UserError
 
-__all__ = ["main", "cli"]
+__all__ = ["cli", "main"]
 
 
 class UsageProblem(click.ClickException):
@@ -46,8 +46,11 @@ class Group(click.Group):
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 # What SQLite says (through sqlalchemy) for the same problems, which carry no errno.
-SQLITE_ERRNOS = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS,
-                 "unable to open database file": errno.EACCES}
+SQLITE_ERRNOS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "unable to open database file": errno.EACCES,
+}
 
 
 def environment_problem(error: BaseException) -> str | None:
@@ -59,10 +62,14 @@ def environment_problem(error: BaseException) -> str | None:
 
     where = path or f"a file under the kubetune home {settings.home()}"
     if code in DISK_FULL:
-        return (f"no space left on the disk while writing {where}: free some space, or move the state with --home "
-                "or KUBETUNE_HOME, then run the same command again (the trials recorded so far are kept)")
-    return (f"cannot write {where} ({os.strerror(code)}): pick a writable directory with --home or KUBETUNE_HOME, "
-            "or fix its permissions (the trials recorded so far are kept)")
+        return (
+            f"no space left on the disk while writing {where}: free some space, or move the state with --home "
+            "or KUBETUNE_HOME, then run the same command again (the trials recorded so far are kept)"
+        )
+    return (
+        f"cannot write {where} ({os.strerror(code)}): pick a writable directory with --home or KUBETUNE_HOME, "
+        "or fix its permissions (the trials recorded so far are kept)"
+    )
 
 
 def _errno_and_path(error: BaseException) -> tuple[int | None, str | None]:
@@ -115,20 +122,51 @@ def cluster_options(command):
     """The options that say how steps run in a cluster, shared by compile, submit and register-pipeline."""
     options = [
         click.option("--image", envvar="KUBETUNE_IMAGE", help="Runtime image of the steps. Env: KUBETUNE_IMAGE."),
-        click.option("--trainer-image", envvar="KUBETUNE_TRAINER_IMAGE",
-                     help="Image of GPU trial pods. Env: KUBETUNE_TRAINER_IMAGE."),
-        click.option("--secret", envvar="KUBETUNE_CREDENTIALS_SECRET", default="kubetune-credentials", show_default=True,
-                     help="Kubernetes Secret holding KUBETUNE_STORAGE and the S3 keys, injected as environment variables."),
-        click.option("--config-map", envvar="KUBETUNE_CONFIG_MAP", default="kubetune-config", show_default=True,
-                     help="ConfigMap holding MLFLOW_TRACKING_URI, the S3 endpoint and the KFP host."),
-        click.option("--image-pull-secret", "image_pull_secrets", multiple=True, envvar="KUBETUNE_IMAGE_PULL_SECRETS",
-                     help="Image pull Secret for every step (repeatable). Env: KUBETUNE_IMAGE_PULL_SECRETS (space-separated)."),
-        click.option("--gpu-node-selector", envvar="KUBETUNE_GPU_NODE_SELECTOR", default="{}", callback=_json_option,
-                     help="JSON node selector added to GPU trial pods (the spec's own wins). Env: KUBETUNE_GPU_NODE_SELECTOR."),
-        click.option("--gpu-tolerations", envvar="KUBETUNE_GPU_TOLERATIONS", default="[]", callback=_json_option,
-                     help="JSON list of tolerations added to GPU trial pods. Env: KUBETUNE_GPU_TOLERATIONS."),
-        click.option("--service-account", envvar="KUBETUNE_SERVICE_ACCOUNT",
-                     help="ServiceAccount the runs use. Env: KUBETUNE_SERVICE_ACCOUNT."),
+        click.option(
+            "--trainer-image",
+            envvar="KUBETUNE_TRAINER_IMAGE",
+            help="Image of GPU trial pods. Env: KUBETUNE_TRAINER_IMAGE.",
+        ),
+        click.option(
+            "--secret",
+            envvar="KUBETUNE_CREDENTIALS_SECRET",
+            default="kubetune-credentials",
+            show_default=True,
+            help="Kubernetes Secret holding KUBETUNE_STORAGE and the S3 keys, injected as environment variables.",
+        ),
+        click.option(
+            "--config-map",
+            envvar="KUBETUNE_CONFIG_MAP",
+            default="kubetune-config",
+            show_default=True,
+            help="ConfigMap holding MLFLOW_TRACKING_URI, the S3 endpoint and the KFP host.",
+        ),
+        click.option(
+            "--image-pull-secret",
+            "image_pull_secrets",
+            multiple=True,
+            envvar="KUBETUNE_IMAGE_PULL_SECRETS",
+            help="Image pull Secret for every step (repeatable). Env: KUBETUNE_IMAGE_PULL_SECRETS (space-separated).",
+        ),
+        click.option(
+            "--gpu-node-selector",
+            envvar="KUBETUNE_GPU_NODE_SELECTOR",
+            default="{}",
+            callback=_json_option,
+            help="JSON node selector added to GPU trial pods (the spec's own wins). Env: KUBETUNE_GPU_NODE_SELECTOR.",
+        ),
+        click.option(
+            "--gpu-tolerations",
+            envvar="KUBETUNE_GPU_TOLERATIONS",
+            default="[]",
+            callback=_json_option,
+            help="JSON list of tolerations added to GPU trial pods. Env: KUBETUNE_GPU_TOLERATIONS.",
+        ),
+        click.option(
+            "--service-account",
+            envvar="KUBETUNE_SERVICE_ACCOUNT",
+            help="ServiceAccount the runs use. Env: KUBETUNE_SERVICE_ACCOUNT.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -142,28 +180,40 @@ def _json_option(ctx: click.Context, param: click.Parameter, value: str):
         raise click.BadParameter(f"must be JSON, e.g. '{param.default}', but got {value!r} ({error.msg})") from None
 
 
-def _cluster(image, trainer_image, secret, config_map, image_pull_secrets, gpu_node_selector, gpu_tolerations,
-             service_account):
+def _cluster(
+    image, trainer_image, secret, config_map, image_pull_secrets, gpu_node_selector, gpu_tolerations, service_account
+):
     from kubetune.pipelines import ClusterSettings
 
     overrides = {k: v for k, v in {"image": image, "trainer_image": trainer_image}.items() if v}
     return ClusterSettings(
-        secret=secret, config_map=config_map, image_pull_secrets=tuple(image_pull_secrets),
-        gpu_node_selector=gpu_node_selector or {}, gpu_tolerations=tuple(gpu_tolerations or ()),
-        service_account=service_account, **overrides,
+        secret=secret,
+        config_map=config_map,
+        image_pull_secrets=tuple(image_pull_secrets),
+        gpu_node_selector=gpu_node_selector or {},
+        gpu_tolerations=tuple(gpu_tolerations or ()),
+        service_account=service_account,
+        **overrides,
     )
 
 
-host_option = click.option("--host", envvar="KUBETUNE_KFP_HOST",
-                           help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888. Env: KUBETUNE_KFP_HOST.")
+host_option = click.option(
+    "--host",
+    envvar="KUBETUNE_KFP_HOST",
+    help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888. Env: KUBETUNE_KFP_HOST.",
+)
 namespace_option = click.option(
-    "--namespace", envvar="KUBETUNE_NAMESPACE",
-    help="Kubeflow profile namespace (multi-user KFP). Env: KUBETUNE_NAMESPACE. Default: the pod's own namespace.")
+    "--namespace",
+    envvar="KUBETUNE_NAMESPACE",
+    help="Kubeflow profile namespace (multi-user KFP). Env: KUBETUNE_NAMESPACE. Default: the pod's own namespace.",
+)
 
 
 @cli.command()
 @experiment_argument
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pipeline YAML to write (default: NAME.pipeline.yaml).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Pipeline YAML to write (default: NAME.pipeline.yaml)."
+)
 @cluster_options
 def compile(experiment_file: str, output: str | None, **cluster) -> None:
     """Write the KFP pipeline YAML to upload in the Kubeflow UI."""
@@ -207,19 +257,28 @@ def resume(experiment_file: str, host: str | None, namespace: str | None, **clus
 @namespace_option
 @click.option("--name", default="kubetune-search", show_default=True, help="Pipeline name in KFP.")
 @click.option("--version", "version", required=True, help="Pipeline version name, e.g. the chart and app version.")
-@click.option("--experiment", "experiment_file", type=click.Path(dir_okay=False), default=None,
-              help="Spec whose pipeline is registered (its spec is the run's default parameter). Default: the digits example.")
+@click.option(
+    "--experiment",
+    "experiment_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Spec whose pipeline is registered (its spec is the run's default parameter). Default: the digits example.",
+)
 @cluster_options
-def register_pipeline(host: str | None, namespace: str | None, name: str, version: str, experiment_file: str | None,
-                      **cluster) -> None:
+def register_pipeline(
+    host: str | None, namespace: str | None, name: str, version: str, experiment_file: str | None, **cluster
+) -> None:
     """Upload the search pipeline to KFP as a new version (idempotent), so the UI can start runs."""
     from kubetune.cluster import register_search_pipeline
     from kubetune.examples import default_experiment
 
     experiment = _load(experiment_file) if experiment_file else default_experiment()
-    pipeline_id, created = register_search_pipeline(experiment, name=name, version=version, cluster=_cluster(**cluster),
-                                                    host=host, namespace=namespace)
-    click.echo(f"pipeline {name} version {version} {'registered' if created else 'already registered'} (pipeline id {pipeline_id})")
+    pipeline_id, created = register_search_pipeline(
+        experiment, name=name, version=version, cluster=_cluster(**cluster), host=host, namespace=namespace
+    )
+    click.echo(
+        f"pipeline {name} version {version} {'registered' if created else 'already registered'} (pipeline id {pipeline_id})"
+    )
 
 
 @cli.command()
@@ -251,7 +310,9 @@ def doctor(experiment_file: str | None, host: str | None, namespace: str | None)
         click.echo(result.line())
     failed = [result.name for result in results if not result.ok]
     if failed:
-        raise UserError(f"{len(failed)} of {len(results)} checks failed ({', '.join(failed)}); fix the lines marked FAIL")
+        raise UserError(
+            f"{len(failed)} of {len(results)} checks failed ({', '.join(failed)}); fix the lines marked FAIL"
+        )
 
 
 @cli.command()
@@ -273,8 +334,12 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
 
 
 @cli.command("dev-stack")
-@click.option("--dir", "directory", type=click.Path(file_okay=False),
-              help="Keep the servers' data here (reused next time). Default: a temporary directory.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Keep the servers' data here (reused next time). Default: a temporary directory.",
+)
 def dev_stack(directory: str | None) -> None:
     """Start PostgreSQL, an S3 server and an MLflow server locally; print the variables to export."""
     from kubetune.devstack import ServiceError, run_dev_stack

@@ -19,7 +19,7 @@ from kubetune.kfp_api import KfpGateway, Submission
 from kubetune.segments import SUBMITTED_PREFIX, chain_finished, run_name, segments_finished
 from kubetune.spec import Experiment
 
-__all__ = ["run_name", "submit_segment", "resume_experiment", "continue_experiment", "register_search_pipeline"]
+__all__ = ["continue_experiment", "register_search_pipeline", "resume_experiment", "run_name", "submit_segment"]
 
 HOST_ENV = "KUBETUNE_KFP_HOST"
 
@@ -66,8 +66,10 @@ def resume_experiment(experiment: Experiment, *, cluster, host: str | None = Non
     try:
         study = load_study(experiment)
     except StudyError:
-        raise UserError(f"experiment {experiment.name!r} has no study in the database KUBETUNE_STORAGE points at: "
-                        "start it with `kubetune submit`, or point KUBETUNE_STORAGE at the cluster's database") from None
+        raise UserError(
+            f"experiment {experiment.name!r} has no study in the database KUBETUNE_STORAGE points at: "
+            "start it with `kubetune submit`, or point KUBETUNE_STORAGE at the cluster's database"
+        ) from None
     decision = decide(study, experiment, segments_finished=segments_finished(study))
     if not decision.go_on:
         return f"nothing to resume: experiment {experiment.name} stopped by its stop rule ({decision.reason})"
@@ -95,8 +97,13 @@ def continue_experiment(experiment: Experiment, study, *, segment: int, cluster_
     if key in study.user_attrs:
         return study.user_attrs[key]
     fields = json.loads(cluster_settings)
-    cluster = ClusterSettings(**{**fields, "image_pull_secrets": tuple(fields.get("image_pull_secrets", ())),
-                                 "gpu_tolerations": tuple(fields.get("gpu_tolerations", ()))})
+    cluster = ClusterSettings(
+        **{
+            **fields,
+            "image_pull_secrets": tuple(fields.get("image_pull_secrets", ())),
+            "gpu_tolerations": tuple(fields.get("gpu_tolerations", ())),
+        }
+    )
     submission = submit_segment(experiment, segment=segment + 1, cluster=cluster)
     study.set_user_attr(key, submission.run_id)
     return submission.run_id

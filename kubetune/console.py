@@ -13,7 +13,7 @@ from rich.table import Table
 
 from kubetune.spec import Experiment
 
-__all__ = ["run_with_progress", "print_summary"]
+__all__ = ["print_summary", "run_with_progress"]
 
 
 def _format_value(value) -> str:
@@ -35,7 +35,9 @@ def run_with_progress(experiment: Experiment, *, verbose: bool = False, console:
     summary["run_seconds"] = round(time.monotonic() - started, 1)
     champion = registry.champion(experiment)
     if champion:
-        summary["champion"] = f"models:/{experiment.model_name}@{experiment.spec.registry.alias} (version {champion['version']}, trial {champion['trial']})"
+        summary["champion"] = (
+            f"models:/{experiment.model_name}@{experiment.spec.registry.alias} (version {champion['version']}, trial {champion['trial']})"
+        )
     print_summary(summary, report.where_to_look(experiment), console=console)
     return summary
 
@@ -64,8 +66,13 @@ def _progress_bar(experiment: Experiment, console: Console, *, disabled: bool):
         task = bar.add_task(experiment.name, total=experiment.spec.budget.max_trials, segment=0, running=0, best="-")
 
         def show(progress) -> None:
-            bar.update(task, completed=progress.done, segment=progress.segment, running=progress.running,
-                       best=f"{metric}={_format_value(progress.best)}")
+            bar.update(
+                task,
+                completed=progress.done,
+                segment=progress.segment,
+                running=progress.running,
+                best=f"{metric}={_format_value(progress.best)}",
+            )
 
         yield show
 
@@ -82,9 +89,11 @@ def _progress_lines(experiment: Experiment, console: Console):
             return
         last = progress
         elapsed = dt.timedelta(seconds=int(time.monotonic() - started))
-        console.out(f"{experiment.name}: {progress.done}/{progress.budget} trials  segment {progress.segment}  "
-                    f"running {progress.running}  best {metric}={_format_value(progress.best)}  {elapsed}",
-                    highlight=False)
+        console.out(
+            f"{experiment.name}: {progress.done}/{progress.budget} trials  segment {progress.segment}  "
+            f"running {progress.running}  best {metric}={_format_value(progress.best)}  {elapsed}",
+            highlight=False,
+        )
 
     return show
 
@@ -100,9 +109,16 @@ def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> 
         "wall time": f"{summary.get('run_seconds', summary['wall_seconds'])} s",
         "best trial": summary.get("best_trial"),
     }
-    rows.update({key.replace("_", " "): _format_value(value) for key, value in summary.items()
-                 if key.startswith("best_") and isinstance(value, (int, float)) and key != "best_trial"})
-    rows["best hyperparameters"] = ", ".join(f"{k}={_format_value(v)}" for k, v in summary.get("best_hyperparameters", {}).items())
+    rows.update(
+        {
+            key.replace("_", " "): _format_value(value)
+            for key, value in summary.items()
+            if key.startswith("best_") and isinstance(value, (int, float)) and key != "best_trial"
+        }
+    )
+    rows["best hyperparameters"] = ", ".join(
+        f"{k}={_format_value(v)}" for k, v in summary.get("best_hyperparameters", {}).items()
+    )
     architecture = summary.get("best_architecture")
     if architecture:
         rows["best architecture"] = "\n".join(

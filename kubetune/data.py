@@ -41,8 +41,14 @@ from kubetune.errors import UserError
 
 __all__ = ["DataError", "SplitData", "load_split", "read_split", "retrieve", "save_split"]
 
-OPTIONS = {"source": None, "sha256": None, "labelColumn": "label", "validationFraction": 0.2, "testFraction": 0.2,
-           "seed": 0}
+OPTIONS = {
+    "source": None,
+    "sha256": None,
+    "labelColumn": "label",
+    "validationFraction": 0.2,
+    "testFraction": 0.2,
+    "seed": 0,
+}
 EXTENSIONS = (".npz", ".csv")
 CSV_CHUNK_ROWS = 1024  # rows parsed at a time: bounds the strings held at once to a few MB
 # A 3-D ``x`` whose second axis is at most this long is read as (N, C, L) sequences, else (N, H, W) images.
@@ -102,8 +108,11 @@ def load_split(data: dict) -> SplitData:
         "num_classes": len(classes),
         "classes": classes,
         "input_shape": list(input_shape),
-        "normalisation": {"axis": "channel" if len(input_shape) > 1 else "feature",
-                          "mean": mean.ravel().tolist(), "std": std.ravel().tolist()},
+        "normalisation": {
+            "axis": "channel" if len(input_shape) > 1 else "feature",
+            "mean": mean.ravel().tolist(),
+            "std": std.ravel().tolist(),
+        },
     }
     return SplitData(**parts, num_classes=len(classes), input_shape=input_shape, metadata=metadata)
 
@@ -273,8 +282,16 @@ def _read_file(url) -> bytes:
 # S3 error codes, as MinIO, AWS and rclone name them, and what the user should check.
 S3_MISSING_BUCKET = {"NoSuchBucket"}
 S3_MISSING_KEY = {"NoSuchKey", "NoSuchObject"}
-S3_CREDENTIALS = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken",
-                  "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
+S3_CREDENTIALS = {
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+    "InvalidSecurity",
+    "AllAccessDisabled",
+}
 
 
 def _s3_error_code(error) -> tuple[str | None, int | None]:
@@ -292,7 +309,9 @@ def _s3_problem(code: str | None, status: int | None, bucket: str, key: str, end
     if code in S3_MISSING_BUCKET or (code is None and status == 404 and not key):
         return f"bucket {bucket!r} does not exist at S3 endpoint {endpoint}; check the bucket name in data.source"
     if code in S3_MISSING_KEY or (code is None and status == 404):
-        return f"key {key!r} does not exist in bucket {bucket!r} at S3 endpoint {endpoint}; check the key in data.source"
+        return (
+            f"key {key!r} does not exist in bucket {bucket!r} at S3 endpoint {endpoint}; check the key in data.source"
+        )
     if code in S3_CREDENTIALS or status in (401, 403):
         given = "" if os.environ.get("AWS_ACCESS_KEY_ID") else " (AWS_ACCESS_KEY_ID is not set)"
         return (
@@ -342,7 +361,7 @@ def _read_s3(url) -> bytes:
                 f"data.source {source}: S3 endpoint {shown} failed ({type(error).__name__}); check KUBETUNE_S3_ENDPOINT"
             ) from None
         raise DataError(f"data.source {source}: {_s3_problem(code, status, bucket, key, shown)}") from None
-    except Exception as error:  # urllib3 raises many connection errors; the message names the endpoint instead
+    except Exception as error:  # noqa: BLE001 - urllib3 raises many connection errors; the message names the endpoint instead
         raise DataError(
             f"data.source {source}: cannot reach S3 endpoint {shown} ({type(error).__name__}); "
             "check KUBETUNE_S3_ENDPOINT and that the server is up"
@@ -359,9 +378,11 @@ def _read_http(url) -> bytes:
         with urllib.request.urlopen(url.geturl(), timeout=DOWNLOAD_TIMEOUT_S) as response:
             return response.read()
     except urllib.error.HTTPError as error:
-        hint = {401: "; kubetune sends no credentials to https sources: use a public address or s3://",
-                403: "; kubetune sends no credentials to https sources: use a public address or s3://",
-                404: "; check the address"}.get(error.code, "")
+        hint = {
+            401: "; kubetune sends no credentials to https sources: use a public address or s3://",
+            403: "; kubetune sends no credentials to https sources: use a public address or s3://",
+            404: "; check the address",
+        }.get(error.code, "")
         raise DataError(f"data.source {source}: the server answered HTTP {error.code} {error.reason}{hint}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
@@ -380,7 +401,7 @@ def _parse_npz(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
             x, y = stored["x"], stored["y"]
     except DataError:
         raise
-    except Exception as error:  # zipfile, pickle and format errors all mean the same thing to the user
+    except Exception as error:  # noqa: BLE001 - zipfile, pickle and format errors all mean the same thing to the user
         raise DataError(f"data.source {_display(source)} is not a readable .npz file: {error}") from None
     try:
         return x.astype(np.float32), y
@@ -398,8 +419,9 @@ def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, 
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"data.source {_display(source)} is not a readable UTF-8 .csv file: {error}") from None
     if not chunks:
-        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has "
-                        f"{1 if header else 0} rows")
+        raise DataError(
+            f"data.source {_display(source)} must have a header row and data rows but has {1 if header else 0} rows"
+        )
     x = np.concatenate([chunk[0] for chunk in chunks])
     return x, _typed_labels(np.concatenate([chunk[1] for chunk in chunks]))
 
@@ -432,8 +454,9 @@ def _row_chunks(rows, size: int = CSV_CHUNK_ROWS):
         yield chunk
 
 
-def _csv_chunk(rows: list[list[str]], header: list[str], label: int, features: list[int],
-               source: str) -> tuple[np.ndarray, np.ndarray]:
+def _csv_chunk(
+    rows: list[list[str]], header: list[str], label: int, features: list[int], source: str
+) -> tuple[np.ndarray, np.ndarray]:
     """One chunk's float32 features and stripped label strings."""
     widths = {len(row) for row in rows} | {len(header)}
     if len(widths) != 1:
@@ -500,10 +523,14 @@ def _split(x: np.ndarray, y: np.ndarray, options: dict) -> tuple[dict[str, np.nd
 def _partition(x, y, *, n_val: int, n_test: int, seed: int, stratify: bool) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    x_rest, x_test, y_rest, y_test = (x, x[:0], y, y[:0]) if n_test == 0 else train_test_split(
-        x, y, test_size=n_test, random_state=seed, stratify=y if stratify else None)
+    x_rest, x_test, y_rest, y_test = (
+        (x, x[:0], y, y[:0])
+        if n_test == 0
+        else train_test_split(x, y, test_size=n_test, random_state=seed, stratify=y if stratify else None)
+    )
     x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=n_val, random_state=seed, stratify=y_rest if stratify else None)
+        x_rest, y_rest, test_size=n_val, random_state=seed, stratify=y_rest if stratify else None
+    )
     return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
 

@@ -19,7 +19,7 @@ from kubetune import kfp_api
 from kubetune.errors import UserError
 from kubetune.kube import KubeApi, Permission
 
-__all__ = ["Check", "Problem", "Context", "CHECKS", "run_checks"]
+__all__ = ["CHECKS", "Check", "Context", "Problem", "run_checks"]
 
 SECRET_ENV, DEFAULT_SECRET = "KUBETUNE_CREDENTIALS_SECRET", "kubetune-credentials"
 CONFIG_MAP_ENV, DEFAULT_CONFIG_MAP = "KUBETUNE_CONFIG_MAP", "kubetune-config"
@@ -88,7 +88,9 @@ class Context:
 
 def kfp_reachable(context: Context) -> str:
     if not context.host:
-        raise Problem("no KFP API host", "pass --host or set KUBETUNE_KFP_HOST (e.g. http://ml-pipeline.kubeflow.svc:8888)")
+        raise Problem(
+            "no KFP API host", "pass --host or set KUBETUNE_KFP_HOST (e.g. http://ml-pipeline.kubeflow.svc:8888)"
+        )
     context.kfp_client = kfp_api.connect(context.host, context.namespace)
     context.backend = kfp_api.probe_backend(context.kfp_client, context.host)
     return f"{context.host} answers"
@@ -99,8 +101,10 @@ def backend_version(context: Context) -> str:
     if backend.supported is None:
         return f"warning: version unknown (tag_name {backend.version!r}); kubetune needs >= {kfp_api.MINIMUM_BACKEND}"
     if not backend.supported:
-        raise Problem(f"Kubeflow Pipelines {backend.version} is older than {kfp_api.MINIMUM_BACKEND}",
-                      f"upgrade Kubeflow Pipelines to {kfp_api.MINIMUM_BACKEND} or later")
+        raise Problem(
+            f"Kubeflow Pipelines {backend.version} is older than {kfp_api.MINIMUM_BACKEND}",
+            f"upgrade Kubeflow Pipelines to {kfp_api.MINIMUM_BACKEND} or later",
+        )
     return f"{backend.version} (>= {kfp_api.MINIMUM_BACKEND})"
 
 
@@ -114,9 +118,11 @@ def kfp_token(context: Context) -> str:
         return "not needed in single-user mode" + (f" (found {token})" if token else "")
     if token is None:
         path = os.environ.get(kfp_api.TOKEN_PATH_ENV) or kfp_api.DEFAULT_TOKEN_PATH
-        raise Problem(f"no ServiceAccount token at {path}",
-                      "label the pod access-ml-pipeline: \"true\" so Kubeflow's PodDefault mounts it, "
-                      f"or set {kfp_api.TOKEN_PATH_ENV}")
+        raise Problem(
+            f"no ServiceAccount token at {path}",
+            'label the pod access-ml-pipeline: "true" so Kubeflow\'s PodDefault mounts it, '
+            f"or set {kfp_api.TOKEN_PATH_ENV}",
+        )
     return f"found {token}"
 
 
@@ -129,15 +135,19 @@ def namespace_known(context: Context) -> str:
 def kfp_access(context: Context) -> str:
     """List one experiment as submit would: proves the token and the namespace work together."""
     namespace = context.need_namespace() if context.need_backend().multi_user else None
-    kfp_api.call(context.host, "list experiments", context.kfp_client.list_experiments, page_size=1, namespace=namespace)
+    kfp_api.call(
+        context.host, "list experiments", context.kfp_client.list_experiments, page_size=1, namespace=namespace
+    )
     return f"may list experiments in {namespace}" if namespace else "may list experiments"
 
 
 def _object(context: Context, kind: str, env: str, default: str) -> str:
     namespace, name = context.need_namespace(), os.environ.get(env) or default
     if not context.kube().exists(kind, namespace, name):
-        raise Problem(f"{kind} {name} not found in namespace {namespace}",
-                      f"install the kubetune chart in {namespace}, or set {env} to the {kind} you created")
+        raise Problem(
+            f"{kind} {name} not found in namespace {namespace}",
+            f"install the kubetune chart in {namespace}, or set {env} to the {kind} you created",
+        )
     return f"{namespace}/{name} exists"
 
 
@@ -156,8 +166,10 @@ def _run_account(context: Context) -> str:
 def run_account(context: Context) -> str:
     namespace, name = context.need_namespace(), _run_account(context)
     if not context.kube().exists("serviceaccount", namespace, name):
-        raise Problem(f"ServiceAccount {name} not found in namespace {namespace}",
-                      f"create it, or set {SERVICE_ACCOUNT_ENV} to the account runs use (empty: KFP's default)")
+        raise Problem(
+            f"ServiceAccount {name} not found in namespace {namespace}",
+            f"create it, or set {SERVICE_ACCOUNT_ENV} to the account runs use (empty: KFP's default)",
+        )
     return f"{namespace}/{name} exists"
 
 
@@ -165,8 +177,10 @@ def run_permissions(context: Context) -> str:
     namespace, name = context.need_namespace(), _run_account(context)
     missing = [str(p) for p in RUN_PERMISSIONS if not context.kube().may(namespace, name, p)]
     if missing:
-        raise Problem(f"ServiceAccount {namespace}/{name} may not: {', '.join(missing)}",
-                      "bind it to KFP's pipeline-runner Role (standalone) or use the profile's default-editor")
+        raise Problem(
+            f"ServiceAccount {namespace}/{name} may not: {', '.join(missing)}",
+            "bind it to KFP's pipeline-runner Role (standalone) or use the profile's default-editor",
+        )
     return f"{namespace}/{name} may " + ", ".join(str(p) for p in RUN_PERMISSIONS)
 
 
@@ -176,8 +190,10 @@ def gpu_nodes(context: Context) -> str | None:
     resources = context.experiment.spec.trial.resources
     nodes = context.kube().allocatable(resources.gpu_type)
     if not any(count >= resources.gpu for count in nodes.values()):
-        raise Problem(f"no node has {resources.gpu} allocatable {resources.gpu_type} (found {nodes or 'none'})",
-                      "add GPU nodes with the device plugin, or lower spec.trial.resources.gpu")
+        raise Problem(
+            f"no node has {resources.gpu} allocatable {resources.gpu_type} (found {nodes or 'none'})",
+            "add GPU nodes with the device plugin, or lower spec.trial.resources.gpu",
+        )
     return ", ".join(f"{node}: {count}" for node, count in sorted(nodes.items()))
 
 
@@ -201,7 +217,7 @@ def study_database(context: Context) -> str:
             connection.execute(text("SELECT 1"))
     except Problem:
         raise
-    except Exception as error:  # drivers raise many types; the summary is scrubbed
+    except Exception as error:  # noqa: BLE001 - drivers raise many types; the summary is scrubbed
         raise Problem(f"cannot open {redact(url)}: {_summary(error, url)}", fix) from None
     return f"{redact(url)} answers"
 
@@ -232,10 +248,19 @@ def mlflow_server(context: Context) -> str:
 
 
 CHECKS = {
-    "KFP API": kfp_reachable, "KFP version": backend_version, "KFP mode": kfp_mode, "KFP token": kfp_token,
-    "namespace": namespace_known, "KFP access": kfp_access, "credentials Secret": credentials_secret, "ConfigMap": config_map,
-    "run ServiceAccount": run_account, "run permissions": run_permissions, "GPU nodes": gpu_nodes,
-    "study database": study_database, "MLflow": mlflow_server,
+    "KFP API": kfp_reachable,
+    "KFP version": backend_version,
+    "KFP mode": kfp_mode,
+    "KFP token": kfp_token,
+    "namespace": namespace_known,
+    "KFP access": kfp_access,
+    "credentials Secret": credentials_secret,
+    "ConfigMap": config_map,
+    "run ServiceAccount": run_account,
+    "run permissions": run_permissions,
+    "GPU nodes": gpu_nodes,
+    "study database": study_database,
+    "MLflow": mlflow_server,
 }
 
 

@@ -42,8 +42,13 @@ def evaluate_trial(
     study = load_study(experiment)
     frozen = get_trial(study, number)
     if frozen.state.is_finished():
-        return {"number": number, "state": frozen.state.name, "values": frozen.values,
-                "metrics": frozen.user_attrs.get("metrics", {}), "mlflow_run_id": frozen.user_attrs.get("mlflow_run_id")}
+        return {
+            "number": number,
+            "state": frozen.state.name,
+            "values": frozen.values,
+            "metrics": frozen.user_attrs.get("metrics", {}),
+            "mlflow_run_id": frozen.user_attrs.get("mlflow_run_id"),
+        }
     state = STATES[result["status"]]
     metrics: dict[str, float] = {}
     values = None

@@ -20,8 +20,17 @@ from pathlib import Path
 from kubetune.errors import UserError
 
 __all__ = [
-    "KfpError", "RunInfo", "Submission", "Backend", "KfpGateway", "MINIMUM_BACKEND", "call", "connect", "probe_backend",
-    "resolve_namespace", "token_file",
+    "MINIMUM_BACKEND",
+    "Backend",
+    "KfpError",
+    "KfpGateway",
+    "RunInfo",
+    "Submission",
+    "call",
+    "connect",
+    "probe_backend",
+    "resolve_namespace",
+    "token_file",
 ]
 
 _log = logging.getLogger(__name__)
@@ -87,12 +96,19 @@ class Backend:
     def require_supported(self) -> None:
         """Refuse an older backend; warn and go on when its version cannot be read."""
         if self.supported is None:
-            _log.warning("warning: the KFP API at %s does not report its version (tag_name %r); kubetune needs "
-                         "Kubeflow Pipelines >= %s and goes on assuming it", self.host, self.version, MINIMUM_BACKEND)
+            _log.warning(
+                "warning: the KFP API at %s does not report its version (tag_name %r); kubetune needs "
+                "Kubeflow Pipelines >= %s and goes on assuming it",
+                self.host,
+                self.version,
+                MINIMUM_BACKEND,
+            )
         elif not self.supported:
-            raise KfpError(f"KFP API at {self.host} runs Kubeflow Pipelines {self.version}, but kubetune's pipelines "
-                           f"need >= {MINIMUM_BACKEND} (the platform-spec fields their steps carry); "
-                           "upgrade Kubeflow Pipelines or point --host / KUBETUNE_KFP_HOST at a newer one")
+            raise KfpError(
+                f"KFP API at {self.host} runs Kubeflow Pipelines {self.version}, but kubetune's pipelines "
+                f"need >= {MINIMUM_BACKEND} (the platform-spec fields their steps carry); "
+                "upgrade Kubeflow Pipelines or point --host / KUBETUNE_KFP_HOST at a newer one"
+            )
 
 
 def token_file() -> Path | None:
@@ -131,13 +147,17 @@ def _fix(error: Exception) -> str:
     if status == 400 and "namespace" in str(getattr(error, "body", "")):
         return NAMESPACE_FIX
     if status == 401:
-        return (f"the API wants a ServiceAccount token: run in a pod with the PodDefault that mounts it, "
-                f"or set {TOKEN_PATH_ENV} to a token file")
+        return (
+            f"the API wants a ServiceAccount token: run in a pod with the PodDefault that mounts it, "
+            f"or set {TOKEN_PATH_ENV} to a token file"
+        )
     if status == 403:
         return f"this account may not use that namespace: {NAMESPACE_FIX} where it is a contributor"
     if status is not None and 400 <= status < 500:
-        return (f"the server refused the request as quoted; check that Kubeflow Pipelines is >= {MINIMUM_BACKEND} "
-                "and that --host / KUBETUNE_KFP_HOST is the API of the intended cluster")
+        return (
+            f"the server refused the request as quoted; check that Kubeflow Pipelines is >= {MINIMUM_BACKEND} "
+            "and that --host / KUBETUNE_KFP_HOST is the API of the intended cluster"
+        )
     return "check --host / KUBETUNE_KFP_HOST and that the API is reachable"
 
 
@@ -146,7 +166,7 @@ def call(host: str, what: str, function, /, *args, **kwargs):
     the server's reason and the fix. Anything else is a bug here, not the host's, and propagates as itself."""
     try:
         return function(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - sorted by _host_problem; the rest propagates unchanged
+    except Exception as error:
         if not _host_problem(error):
             raise
         raise KfpError(f"KFP API at {host} failed to {what}: {_reason(error)}. Fix: {_fix(error)}.") from None
@@ -185,13 +205,16 @@ def probe_backend(client, host: str) -> Backend:
 
     The generated model drops ``tag_name``, so the raw JSON is read through the client's own healthz API.
     """
-    response = call(host, "read /apis/v2beta1/healthz", client._healthz_api.healthz_service_get_healthz,
-                    _preload_content=False)
+    response = call(
+        host, "read /apis/v2beta1/healthz", client._healthz_api.healthz_service_get_healthz, _preload_content=False
+    )
     try:
         health = json.loads(response.data)
     except ValueError:
-        raise KfpError(f"KFP API at {host} answered /apis/v2beta1/healthz with something that is not JSON; "
-                       "check that --host / KUBETUNE_KFP_HOST points at the ml-pipeline API (port 8888)") from None
+        raise KfpError(
+            f"KFP API at {host} answered /apis/v2beta1/healthz with something that is not JSON; "
+            "check that --host / KUBETUNE_KFP_HOST points at the ml-pipeline API (port 8888)"
+        ) from None
     return Backend(host, bool(health.get("multi_user")), str(health.get("tag_name") or "unknown"))
 
 
@@ -216,8 +239,10 @@ class KfpGateway:
         if not self.backend.multi_user:
             return None
         if not resolved:
-            raise KfpError(f"KFP API at {self.host} runs in multi-user mode and needs a namespace, "
-                           f"but none was given: {NAMESPACE_FIX}")
+            raise KfpError(
+                f"KFP API at {self.host} runs in multi-user mode and needs a namespace, "
+                f"but none was given: {NAMESPACE_FIX}"
+            )
         return resolved
 
     def _call(self, what: str, function, /, *args, **kwargs):
@@ -230,8 +255,9 @@ class KfpGateway:
             # kfp 2.17 signals "not found" only by this message (kfp/client/client.py@2.17.0, create_experiment).
             if not str(error).startswith("No experiment is found with name"):
                 raise
-        return self._call("create the experiment", self._client.create_experiment, name,
-                          namespace=self.namespace).experiment_id
+        return self._call(
+            "create the experiment", self._client.create_experiment, name, namespace=self.namespace
+        ).experiment_id
 
     def find_run(self, experiment_id: str, run_name: str) -> str | None:
         runs = self._call("list runs", self._client.list_runs, experiment_id=experiment_id, filter=_by_name(run_name))
@@ -242,8 +268,9 @@ class KfpGateway:
         experiment_id = self._call(f"find experiment {experiment_name!r}", self._experiment_id, experiment_name)
         found, token = [], ""
         while True:
-            page = self._call("list runs", self._client.list_runs, experiment_id=experiment_id, page_size=200,
-                              page_token=token)
+            page = self._call(
+                "list runs", self._client.list_runs, experiment_id=experiment_id, page_size=200, page_token=token
+            )
             found += [RunInfo(r.display_name, r.run_id, str(r.state or "")) for r in page.runs or ()]
             token = page.next_page_token
             if not token:
@@ -259,16 +286,21 @@ class KfpGateway:
         if existing:
             return Submission(existing, run_name, created=False)
         result = self._call(
-            "create the run", self._client.create_run_from_pipeline_package,
-            package, arguments=arguments, run_name=run_name, experiment_id=experiment_id,
+            "create the run",
+            self._client.create_run_from_pipeline_package,
+            package,
+            arguments=arguments,
+            run_name=run_name,
+            experiment_id=experiment_id,
             service_account=service_account,
         )
         return Submission(result.run_id, run_name, created=True)
 
     def _pipeline_id(self, name: str) -> str | None:
         # client.get_pipeline_id lists shared pipelines only; a namespaced one is listed in its namespace.
-        found = self._call("look up the pipeline", self._client.list_pipelines, filter=_by_name(name),
-                           namespace=self.namespace)
+        found = self._call(
+            "look up the pipeline", self._client.list_pipelines, filter=_by_name(name), namespace=self.namespace
+        )
         return found.pipelines[0].pipeline_id if found.pipelines else None
 
     def register_pipeline(self, package: str, *, name: str, version: str) -> tuple[str, bool]:
@@ -281,14 +313,24 @@ class KfpGateway:
         self.backend.require_supported()
         pipeline_id = self._pipeline_id(name)
         if pipeline_id is None:
-            pipeline = self._call("upload the pipeline", self._client.upload_pipeline, package, pipeline_name=name,
-                                  namespace=self.namespace)
+            pipeline = self._call(
+                "upload the pipeline",
+                self._client.upload_pipeline,
+                package,
+                pipeline_name=name,
+                namespace=self.namespace,
+            )
             pipeline_id = pipeline.pipeline_id
-        versions = self._call("list pipeline versions", self._client.list_pipeline_versions, pipeline_id,
-                              filter=_by_name(version))
+        versions = self._call(
+            "list pipeline versions", self._client.list_pipeline_versions, pipeline_id, filter=_by_name(version)
+        )
         if versions.pipeline_versions:
             return pipeline_id, False
-        self._call("upload the pipeline version", self._client.upload_pipeline_version, package,
-                   pipeline_version_name=version, pipeline_id=pipeline_id)
+        self._call(
+            "upload the pipeline version",
+            self._client.upload_pipeline_version,
+            package,
+            pipeline_version_name=version,
+            pipeline_id=pipeline_id,
+        )
         return pipeline_id, True
-

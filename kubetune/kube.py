@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 from kubetune.errors import UserError
 
-__all__ = ["KubeError", "Permission", "KubeApi", "service_account_user"]
+__all__ = ["KubeApi", "KubeError", "Permission", "service_account_user"]
 
-KINDS = {"secret": "read_namespaced_secret", "configmap": "read_namespaced_config_map",
-         "serviceaccount": "read_namespaced_service_account"}
+KINDS = {
+    "secret": "read_namespaced_secret",
+    "configmap": "read_namespaced_config_map",
+    "serviceaccount": "read_namespaced_service_account",
+}
 
 
 class KubeError(UserError):
@@ -39,8 +42,10 @@ class Permission:
 
 def service_account_user(namespace: str, name: str) -> tuple[str, list[str]]:
     """The user name and groups the API server gives a ServiceAccount's token."""
-    return (f"system:serviceaccount:{namespace}:{name}",
-            ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"])
+    return (
+        f"system:serviceaccount:{namespace}:{name}",
+        ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+    )
 
 
 class KubeApi:
@@ -53,10 +58,14 @@ class KubeApi:
                 config.load_incluster_config(client_configuration=configuration)
                 self._api = client.ApiClient(configuration)
             else:
-                self._api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"), persist_config=False)
+                self._api = config.new_client_from_config(
+                    config_file=os.environ.get("KUBECONFIG"), persist_config=False
+                )
         except (config.ConfigException, OSError, TypeError) as error:
-            raise KubeError(f"no Kubernetes API configuration: {error}. Run in a pod, or set KUBECONFIG "
-                            "to a kubeconfig for the cluster") from None
+            raise KubeError(
+                f"no Kubernetes API configuration: {error}. Run in a pod, or set KUBECONFIG "
+                "to a kubeconfig for the cluster"
+            ) from None
         self.server = self._api.configuration.host
         self._core = client.CoreV1Api(self._api)
         self._authorization = client.AuthorizationV1Api(self._api)
@@ -70,16 +79,20 @@ class KubeApi:
         except ApiException as error:
             if missing_ok and error.status == 404:
                 return None
-            raise KubeError(f"Kubernetes API at {self.server} refused to {what}: HTTP {error.status} "
-                            f"{_status_message(error)}") from None
-        except Exception as error:  # urllib3 connection errors of many types
-            raise KubeError(f"Kubernetes API at {self.server} failed to {what}: {str(error).splitlines()[0][:200]}. "
-                            "Check KUBECONFIG / the pod's network") from None
+            raise KubeError(
+                f"Kubernetes API at {self.server} refused to {what}: HTTP {error.status} {_status_message(error)}"
+            ) from None
+        except Exception as error:  # noqa: BLE001 - urllib3 connection errors of many types
+            raise KubeError(
+                f"Kubernetes API at {self.server} failed to {what}: {str(error).splitlines()[0][:200]}. "
+                "Check KUBECONFIG / the pod's network"
+            ) from None
 
     def exists(self, kind: str, namespace: str, name: str) -> bool:
         """Whether ``kind`` (secret, configmap, serviceaccount) ``name`` exists; only 404 means no."""
-        response = self._call(f"get {kind} {namespace}/{name}", getattr(self._core, KINDS[kind]), name, namespace,
-                              missing_ok=True)
+        response = self._call(
+            f"get {kind} {namespace}/{name}", getattr(self._core, KINDS[kind]), name, namespace, missing_ok=True
+        )
         if response is None:
             return False
         response.release_conn()  # the body (a Secret's data) is never read
@@ -91,13 +104,27 @@ class KubeApi:
 
         user, groups = service_account_user(namespace, service_account)
         review = client.V1LocalSubjectAccessReview(
-            api_version="authorization.k8s.io/v1", kind="LocalSubjectAccessReview",
+            api_version="authorization.k8s.io/v1",
+            kind="LocalSubjectAccessReview",
             metadata=client.V1ObjectMeta(namespace=namespace),
-            spec=client.V1SubjectAccessReviewSpec(user=user, groups=groups, resource_attributes=client.V1ResourceAttributes(
-                namespace=namespace, verb=permission.verb, group=permission.group, resource=permission.resource,
-                name=permission.name)))
-        response = self._call(f"review whether {user} may {permission}",
-                              self._authorization.create_namespaced_local_subject_access_review, namespace, review)
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=groups,
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=namespace,
+                    verb=permission.verb,
+                    group=permission.group,
+                    resource=permission.resource,
+                    name=permission.name,
+                ),
+            ),
+        )
+        response = self._call(
+            f"review whether {user} may {permission}",
+            self._authorization.create_namespaced_local_subject_access_review,
+            namespace,
+            review,
+        )
         return bool(json.loads(response.data).get("status", {}).get("allowed"))
 
     def allocatable(self, resource: str) -> dict[str, int]:

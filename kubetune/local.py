@@ -11,9 +11,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from kubetune import settings
 from kubetune.errors import UserError
@@ -46,8 +46,13 @@ class Progress:
 def _progress(study, experiment: Experiment, segment: int) -> Progress:
     counts = count_trials(study)
     best = best_trial(study, experiment)
-    return Progress(segment, counts.consumed, experiment.spec.budget.max_trials, counts.running,
-                    None if best is None else best.values[0])
+    return Progress(
+        segment,
+        counts.consumed,
+        experiment.spec.budget.max_trials,
+        counts.running,
+        None if best is None else best.values[0],
+    )
 
 
 def _train_threads(experiment: Experiment) -> str:
@@ -96,7 +101,9 @@ def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
     trial = re.search(r'"trial_number": (\d+)', failed[0])
     raised = re.findall(  # the last exception line, without the step server's wrapper
         r"^\s*(?:kubetune\.steps\.StepFailed: )?(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Failed): .*)$",
-        failed[0], re.MULTILINE)
+        failed[0],
+        re.MULTILINE,
+    )
     what = f"step {name.group(1) if name else '?'!r}" + (f" of trial {trial.group(1)}" if trial else "")
     why = f" with {raised[-1][:300]}" if raised else ""
     return StepFailed(f"a pipeline step failed: {what} ended{why}; see the step's log {where}")
@@ -109,9 +116,12 @@ def _wait_for_slots(study, experiment: Experiment, segment: int):
     queues their retries. Each wait is announced with the time left, since nothing else moves meanwhile.
     """
     while not plan_slots(study, experiment) and (running := count_trials(study).running):
-        print(f"kubetune: {running} trial(s) of an earlier run still hold the rest of the budget; waiting for "
-              f"their heartbeats to go stale (at most {seconds_until_stale(study) or 0:.0f} s more if they "
-              "stopped), then they are failed and retried", file=sys.stderr)
+        print(
+            f"kubetune: {running} trial(s) of an earlier run still hold the rest of the budget; waiting for "
+            f"their heartbeats to go stale (at most {seconds_until_stale(study) or 0:.0f} s more if they "
+            "stopped), then they are failed and retried",
+            file=sys.stderr,
+        )
         time.sleep(experiment.spec.trial.heartbeat_seconds)
         start_segment(experiment, segment=segment)
         study = load_study(experiment)
@@ -125,7 +135,9 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     os.environ.update(settings.embedded_environment())
     os.environ.setdefault("KUBETUNE_TRAIN_THREADS", _train_threads(experiment))
     home = settings.home()
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True)
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True
+    )
     (home / "logs").mkdir(parents=True, exist_ok=True)
     with serving(home / "logs" / "step-server.log"):  # its imports overlap this process's first study work
         start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
@@ -140,8 +152,9 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
             report(_progress(study, experiment, segment))
             study = _wait_for_slots(study, experiment, segment)
             with _poll(study, experiment, segment, report):
-                _run_segment(experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log",
-                             verbose=verbose)
+                _run_segment(
+                    experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log", verbose=verbose
+                )
             study = load_study(experiment)
             report(_progress(study, experiment, segment))
             if study.user_attrs.get("stop_reason"):

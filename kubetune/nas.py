@@ -24,8 +24,16 @@ from torch import nn
 
 from kubetune.hyperparameters import MAX_FLAT_FEATURES
 
-__all__ = ["ArchitectureError", "build_model", "default_architecture", "count_parameters",
-           "KINDS", "ACTIVATIONS", "NORMS", "MAX_FLAT_FEATURES"]
+__all__ = [
+    "ACTIVATIONS",
+    "KINDS",
+    "MAX_FLAT_FEATURES",
+    "NORMS",
+    "ArchitectureError",
+    "build_model",
+    "count_parameters",
+    "default_architecture",
+]
 
 KINDS = ("conv", "mlp")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -182,7 +190,11 @@ def _validate_block(index: int, block: dict) -> dict:
 
 def _positive_int(name: str, value) -> int:
     """Integers, also as integral floats (KFP hands collected ints over as floats)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (isinstance(value, float) and not value.is_integer()) or value < 1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+        or value < 1
+    ):
         raise ArchitectureError(f"{name} must be a positive integer but got {value!r}")
     return int(value)

@@ -19,7 +19,7 @@ from kubetune import tracking
 from kubetune.spec import Experiment
 from kubetune.study import best_trial, load_study
 
-__all__ = ["register_best", "champion"]
+__all__ = ["champion", "register_best"]
 
 TAG_VALUE = "kubetune.value"
 
@@ -40,8 +40,11 @@ def _champion(client, experiment: Experiment) -> dict | None:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise  # the registry did not answer: not the same as "no champion yet"
         return None
-    return {"version": int(version.version), "value": _recorded_value(version.tags.get(TAG_VALUE)),
-            "trial": version.tags.get(tracking.TAG_TRIAL)}
+    return {
+        "version": int(version.version),
+        "value": _recorded_value(version.tags.get(TAG_VALUE)),
+        "trial": version.tags.get(tracking.TAG_TRIAL),
+    }
 
 
 def _recorded_value(tag: str | None) -> float | None:
@@ -86,10 +89,9 @@ def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
     import mlflow.pytorch
     import numpy as np
     import torch
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from kubetune.train import load_model
-
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     client = tracking.client()
     # The logged model belongs to the trial's experiment: without it MLflow files it under "Default", with its
@@ -127,9 +129,12 @@ def register_best(experiment: Experiment) -> dict:
         return {"registered": False, "reason": "no completed trial yet"}
     run_id = best.user_attrs.get("mlflow_run_id")
     if not tracking.run_exists(run_id):  # its weights went with it: nothing to register, and no retry brings them back
-        return {"registered": False, "trial": best.number,
-                "reason": f"the MLflow run of trial {best.number} is gone (the MLflow store was deleted or replaced); "
-                          "the next better trial is registered"}
+        return {
+            "registered": False,
+            "trial": best.number,
+            "reason": f"the MLflow run of trial {best.number} is gone (the MLflow store was deleted or replaced); "
+            "the next better trial is registered",
+        }
     name, alias = experiment.model_name, experiment.spec.registry.alias
     value, direction = best.values[0], experiment.spec.directions[0]
     client = tracking.client()
@@ -153,5 +158,12 @@ def register_best(experiment: Experiment) -> dict:
         return int(version.version), moved
 
     number, moved = tracking.with_retries(register, what=f"registering trial {best.number} as model {name!r}")
-    return {"registered": True, "model": name, "version": number, "trial": best.number,
-            "value": value, "alias": alias, "alias_moved": moved}
+    return {
+        "registered": True,
+        "model": name,
+        "version": number,
+        "trial": best.number,
+        "value": value,
+        "alias": alias,
+        "alias_moved": moved,
+    }

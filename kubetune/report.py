@@ -11,7 +11,7 @@ from kubetune import settings
 from kubetune.spec import Experiment
 from kubetune.study import best_trial, count_trials, name_metrics
 
-__all__ = ["summarize", "write_plots", "where_to_look"]
+__all__ = ["summarize", "where_to_look", "write_plots"]
 
 
 def _wall_seconds(study: optuna.Study) -> float:
@@ -40,7 +40,7 @@ def summarize(study: optuna.Study, experiment: Experiment) -> dict:
     }
     if best is not None:
         summary["best_trial"] = best.number
-        summary.update({f"best_{metric}": value for metric, value in zip(metrics, best.values)})
+        summary.update({f"best_{metric}": value for metric, value in zip(metrics, best.values, strict=True)})
         summary["best_hyperparameters"] = best.user_attrs.get("hyperparameters", {})
         summary["best_architecture"] = best.user_attrs.get("architecture")
     if experiment.spec.is_multi_objective:
@@ -89,10 +89,20 @@ def _importance_figure(importances: dict[str, float], metric: str):
     import plotly.graph_objects as go
 
     names = list(reversed(importances))  # the most important on top
-    figure = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h",
-                              text=[f"{importances[n]:.2f}" for n in names], textposition="outside"))
-    figure.update_layout(title=f"Parameter importances for {metric}<br><sub>{IMPORTANCE_METHOD}</sub>",
-                         xaxis_title=f"importance for {metric}", yaxis_title="parameter")
+    figure = go.Figure(
+        go.Bar(
+            x=[importances[n] for n in names],
+            y=names,
+            orientation="h",
+            text=[f"{importances[n]:.2f}" for n in names],
+            textposition="outside",
+        )
+    )
+    figure.update_layout(
+        title=f"Parameter importances for {metric}<br><sub>{IMPORTANCE_METHOD}</sub>",
+        xaxis_title=f"importance for {metric}",
+        yaxis_title="parameter",
+    )
     return figure
 
 
@@ -108,7 +118,8 @@ def _plot_makers(study: optuna.Study, experiment: Experiment) -> dict:
         makers["param_importances"] = lambda: _importance_figure(importances, metric)
         parallel = {} if experiment.spec.is_multi_objective else first
         makers["parallel_coordinate"] = lambda: vis.plot_parallel_coordinate(
-            study, params=list(importances)[:PARALLEL_AXES], **parallel)
+            study, params=list(importances)[:PARALLEL_AXES], **parallel
+        )
     if experiment.spec.is_multi_objective:
         makers["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=study.metric_names)
     return makers

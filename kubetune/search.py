@@ -14,7 +14,7 @@ from kubetune.segments import run_name
 from kubetune.spec import Experiment
 from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, stop_before_trial
 
-__all__ = ["NO_TRIAL", "suggest_trial", "train_trial", "train_threads"]
+__all__ = ["NO_TRIAL", "suggest_trial", "train_threads", "train_trial"]
 
 NO_TRIAL = -1  # what suggest_trial returns when a stop rule holds; the pipeline trains only numbers >= 0
 
@@ -54,7 +54,9 @@ def train_threads(experiment: Experiment) -> int:
     return max(1, math.floor(cores))
 
 
-def train_trial(experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str) -> dict:
+def train_trial(
+    experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str
+) -> dict:
     """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
 
     For a completed trial, writes the model's class scores on the held-out validation and test sets to
@@ -73,8 +75,14 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
     study = load_study(experiment)
     frozen = get_trial(study, number)
     if frozen.state.is_finished():
-        return {"status": "skipped", "reason": f"trial already {frozen.state.name}", "epochs_run": 0,
-                "train_seconds": 0.0, "params": 0, "history": []}
+        return {
+            "status": "skipped",
+            "reason": f"trial already {frozen.state.name}",
+            "epochs_run": 0,
+            "train_seconds": 0.0,
+            "params": 0,
+            "history": [],
+        }
     split = read_split(split_path)
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
     seed = (experiment.spec.strategy.sampler.seed or 0) + number
@@ -108,8 +116,9 @@ def train_trial(experiment: Experiment, *, number: int, split_path: str, model_p
 
         train.save_model(model, architecture, model_path, input_shape=split.input_shape, num_classes=split.num_classes)
         tracking.log_trial_weights(study.user_attrs["mlflow_parent_run_id"], number, model_path)
-        held_out = {name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test))
-                    if len(x)}
+        held_out = {
+            name: train.predict_logits(model, x) for name, x in (("val", split.x_val), ("test", split.x_test)) if len(x)
+        }
     with open(predictions_path, "wb") as file:
         np.savez(file, **held_out)
     return {

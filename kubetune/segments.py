@@ -22,8 +22,17 @@ from kubetune.spec import Experiment
 from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
 
 __all__ = [
-    "run_name", "chain_prefix", "chain_finished", "start_segment", "close_lanes", "register_new_best", "segments_finished", "finish_segment",
-    "FINISHED_PREFIX", "SUBMITTED_PREFIX", "LOST_LANE_REASON",
+    "FINISHED_PREFIX",
+    "LOST_LANE_REASON",
+    "SUBMITTED_PREFIX",
+    "chain_finished",
+    "chain_prefix",
+    "close_lanes",
+    "finish_segment",
+    "register_new_best",
+    "run_name",
+    "segments_finished",
+    "start_segment",
 ]
 
 FINISHED_PREFIX = "finished:"  # + run name -> when the segment's last step ran
@@ -51,8 +60,11 @@ def chain_prefix(experiment: Experiment) -> str:
 def chain_finished(study: optuna.Study, experiment: Experiment) -> list[int]:
     """The segments of this spec's chain whose exit step ran."""
     prefix = FINISHED_PREFIX + chain_prefix(experiment)
-    return sorted(int(key.removeprefix(prefix)) for key in study.user_attrs
-                  if key.startswith(prefix) and key.removeprefix(prefix).isdigit())
+    return sorted(
+        int(key.removeprefix(prefix))
+        for key in study.user_attrs
+        if key.startswith(prefix) and key.removeprefix(prefix).isdigit()
+    )
 
 
 def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
@@ -68,9 +80,12 @@ def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
     parent = tracking.ensure_parent_run(experiment, known=known)
     if parent != known:
         if known is not None:
-            print(f"kubetune: the MLflow run {known} of experiment {experiment.name!r} is gone from "
-                  f"{tracking.redact_uri(settings.tracking_uri())}; trials from now on are logged to a new run "
-                  f"{parent} (the study keeps every earlier trial)", file=sys.stderr)
+            print(
+                f"kubetune: the MLflow run {known} of experiment {experiment.name!r} is gone from "
+                f"{tracking.redact_uri(settings.tracking_uri())}; trials from now on are logged to a new run "
+                f"{parent} (the study keeps every earlier trial)",
+                file=sys.stderr,
+            )
         study.set_user_attr("mlflow_parent_run_id", parent)
     return plan_slots(study, experiment)
 
@@ -82,8 +97,11 @@ def close_lanes(study: optuna.Study, experiment: Experiment, *, segment: int) ->
     leaves a failed trial at once instead of a running one that holds a budget slot until it goes stale.
     """
     name = run_name(experiment, segment)
-    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("run") == name]
+    lost = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("run") == name
+    ]
     for number in lost:
         live_trial(study, number).set_user_attr("fail_reason", LOST_LANE_REASON)
         tell_once(study, number, state=TrialState.FAIL)
@@ -109,8 +127,10 @@ def _register_if_missed(experiment: Experiment) -> None:
     try:
         register_new_best(experiment)
     except Exception as error:  # noqa: BLE001 - MLflow or the object store away; nothing recorded is lost
-        print(f"kubetune: the best model was not registered this segment ({error}); the next segment retries",
-              file=sys.stderr)
+        print(
+            f"kubetune: the best model was not registered this segment ({error}); the next segment retries",
+            file=sys.stderr,
+        )
 
 
 def segments_finished(study: optuna.Study) -> int:
@@ -127,7 +147,7 @@ def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: st
     _register_if_missed(experiment)
     finished = FINISHED_PREFIX + run_name(experiment, segment)
     if finished not in study.user_attrs:  # a re-run of this step counts the segment once
-        study.set_user_attr(finished, dt.datetime.now(dt.timezone.utc).isoformat())
+        study.set_user_attr(finished, dt.datetime.now(dt.UTC).isoformat())
     if study.user_attrs.get("segment", 0) <= segment:
         study.set_user_attr("segment", segment + 1)
     decision = decide(study, experiment, segments_finished=segments_finished(study))

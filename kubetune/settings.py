@@ -12,7 +12,15 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["home", "embedded_study_file", "storage_url", "tracking_uri", "artifact_root", "redact", "embedded_environment"]
+__all__ = [
+    "artifact_root",
+    "embedded_environment",
+    "embedded_study_file",
+    "home",
+    "redact",
+    "storage_url",
+    "tracking_uri",
+]
 
 DEFAULT_HOME = ".kubetune"
 SECRET_QUERY_KEYS = {"password", "sslpassword"}

@@ -23,7 +23,7 @@ from kubetune.spec import (
     sampling_order,
 )
 
-__all__ = ["sample", "grid_points", "grid_space", "trainer_hyperparameters"]
+__all__ = ["grid_points", "grid_space", "sample", "trainer_hyperparameters"]
 
 BLOCK_FIELDS = ("kind", "width", "kernelSize", "activation", "norm", "dropout", "skip")
 
@@ -119,7 +119,9 @@ def grid_space(spec: ExperimentSpec) -> dict[str, list]:
     space = spec.architecture
     if space is not None:
         grid["arch.blocks"] = list(range(space.blocks.low, space.blocks.high + 1))
-        grid.update({f"arch.block.{field}": _values(dimension) for field, dimension in _block_dimensions(space).items()})
+        grid.update(
+            {f"arch.block.{field}": _values(dimension) for field, dimension in _block_dimensions(space).items()}
+        )
     return grid
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import ParseResult, parse_qs, parse_qsl, urlparse
 
 import yaml
@@ -28,8 +28,8 @@ __all__ = [
     "Experiment",
     "SpecError",
     "load_experiment",
-    "parse_experiment",
     "parse_duration",
+    "parse_experiment",
 ]
 
 API_VERSION = "kubetune/v1alpha1"
@@ -44,15 +44,24 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 SECRET_QUERY_KEYS = {
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential",
-    "sig", "signature", "token", "access_token",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "sig",
+    "signature",
+    "token",
+    "access_token",
 }
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
 SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
-MAX_GRID_POINTS = 100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
+MAX_GRID_POINTS = (
+    100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
+)
 # A spec file, comments included; its YAML aliases may not expand it past this size either (a "YAML bomb").
 MAX_SPEC_FILE_BYTES = 256 * 1024
 MAX_NESTING = 32  # levels of mappings and lists in a spec file; a real spec has fewer than 10
@@ -129,9 +138,7 @@ class DataSpec(_Model):
                 f"in the environment (a Kubernetes Secret in a cluster), but got {_redacted(url)!r}"
             )
         if url.scheme not in DATA_SCHEMES:
-            raise ValueError(
-                f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {value!r}"
-            )
+            raise ValueError(f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {value!r}")
         if url.scheme == "builtin" and url.path not in ("digits", "mnist1d"):
             raise ValueError(f"builtin datasets are builtin:digits and builtin:mnist1d but got {value!r}")
         return value
@@ -225,7 +232,7 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError("log and step cannot be used together; drop one")
 
 
-Parameter = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+Parameter = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
 class Choice(_Model):
@@ -280,8 +287,11 @@ class BlockSpace(_Model):
             if bad:
                 raise _FieldError(field, f"choices must be among {list(allowed)} but got {bad}")
         for field, most in (("width", MAX_WIDTH), ("kernel_size", MAX_KERNEL_SIZE)):
-            bad = [c for c in getattr(self, field).choices
-                   if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= most]
+            bad = [
+                c
+                for c in getattr(self, field).choices
+                if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= most
+            ]
             if bad:
                 raise _FieldError(to_camel(field), f"choices must be integers from 1 to {most} but got {bad}")
         bad = [c for c in self.skip.choices if not isinstance(c, bool)]
@@ -476,7 +486,7 @@ class ExperimentSpec(_Model):
                 raise _FieldError(
                     name,
                     f"{name!r} is not a hyperparameter the trainer understands; use one of "
-                    f"{', '.join(HYPERPARAMETERS)} (the architecture goes under spec.architecture)"
+                    f"{', '.join(HYPERPARAMETERS)} (the architecture goes under spec.architecture)",
                 )
             _check_values(name, param)
         _check_conditions(value)
@@ -549,7 +559,9 @@ def _check_conditions(parameters: dict[str, Any]) -> None:
         for other, values in (param.when or {}).items():
             parent = parameters.get(other)
             if not isinstance(parent, CategoricalParam) or other == name:
-                raise _FieldError(f"{name}.when.{other}", f"refers to {other!r}, which must be another categorical parameter")
+                raise _FieldError(
+                    f"{name}.when.{other}", f"refers to {other!r}, which must be another categorical parameter"
+                )
             bad = [v for v in values if v not in parent.choices]
             if bad:
                 raise _FieldError(f"{name}.when.{other}", f"values must be among {parent.choices} but got {bad}")
@@ -575,10 +587,12 @@ def _check_finite(spec: ExperimentSpec) -> None:
             raise _FieldError(
                 f"parameters.{name}", "sampler grid needs a finite space: give it a step or make it categorical"
             )
-    if spec.architecture and isinstance(spec.architecture.block.dropout, Range) and spec.architecture.block.dropout.step is None:
-        raise _FieldError(
-            "architecture.block.dropout", "sampler grid needs a finite space: give it a step or choices"
-        )
+    if (
+        spec.architecture
+        and isinstance(spec.architecture.block.dropout, Range)
+        and spec.architecture.block.dropout.step is None
+    ):
+        raise _FieldError("architecture.block.dropout", "sampler grid needs a finite space: give it a step or choices")
 
     from kubetune.space import grid_points  # imports this module; needed only for grid specs
 
@@ -724,14 +738,17 @@ class _SpecLoader(yaml.SafeLoader):
             event = self.peek_event()
             target = self.anchors.get(event.anchor)
             if target is not None and id(target) not in self._sizes:
-                raise _Refused(problem=f"the alias *{event.anchor} refers to a value that contains it",
-                               problem_mark=event.start_mark)
+                raise _Refused(
+                    problem=f"the alias *{event.anchor} refers to a value that contains it",
+                    problem_mark=event.start_mark,
+                )
             return super().compose_node(parent, index)
         self._depth += 1
         try:
             if self._depth > MAX_NESTING:
-                raise _Refused(problem=f"values nest deeper than {MAX_NESTING} levels",
-                               problem_mark=self.peek_event().start_mark)
+                raise _Refused(
+                    problem=f"values nest deeper than {MAX_NESTING} levels", problem_mark=self.peek_event().start_mark
+                )
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -771,7 +788,7 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     raw = _read_limited(path)
     try:
-        data = yaml.load(raw, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(raw, Loader=_SpecLoader)
     except _Refused as error:
         mark = error.problem_mark
         raise SpecError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {error.problem}") from None

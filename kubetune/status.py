@@ -22,26 +22,35 @@ def experiment_status(name: str) -> dict:
     try:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
-        raise StudyError(f"no experiment {name!r} in the study database {settings.redact(url)}; "
-                         "check the name and KUBETUNE_STORAGE") from None
+        raise StudyError(
+            f"no experiment {name!r} in the study database {settings.redact(url)}; check the name and KUBETUNE_STORAGE"
+        ) from None
     experiment = parse_experiment(study.user_attrs["spec"])
     counts = count_trials(study)
     best = best_trial(study, experiment)
     champion = registry.champion(experiment)
-    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("fail_reason") == LOST_LANE_REASON]
+    lost = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("fail_reason") == LOST_LANE_REASON
+    ]
     attrs = study.user_attrs
     return {
         "experiment": name,
         "trials": f"{counts.consumed} of {experiment.spec.budget.max_trials} done "
         f"({counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed, {counts.running} running)",
-        "best": None if best is None else f"{experiment.spec.objectives[0].metric}={best.values[0]:.4g} (trial {best.number})",
-        "champion": None if champion is None else
-        f"models:/{experiment.model_name}@{experiment.spec.registry.alias} version {champion['version']}",
+        "best": None
+        if best is None
+        else f"{experiment.spec.objectives[0].metric}={best.values[0]:.4g} (trial {best.number})",
+        "champion": None
+        if champion is None
+        else f"models:/{experiment.model_name}@{experiment.spec.registry.alias} version {champion['version']}",
         "segment": attrs.get("segment", 0),
         "stop_reason": attrs.get("stop_reason") or "running or not started",
         "lost_lanes": None if not lost else f"trials {', '.join(map(str, lost))}: {LOST_LANE_REASON}",
-        "submitted_runs": {k.removeprefix(SUBMITTED_PREFIX): v for k, v in attrs.items() if k.startswith(SUBMITTED_PREFIX)},
+        "submitted_runs": {
+            k.removeprefix(SUBMITTED_PREFIX): v for k, v in attrs.items() if k.startswith(SUBMITTED_PREFIX)
+        },
     }
 
 
@@ -50,8 +59,10 @@ def _require_embedded_study() -> None:
     path = settings.embedded_study_file()
     if path is not None and not path.is_file():
         found = "has no study database optuna.db" if settings.home().is_dir() else "does not exist"
-        raise StudyError(f"the kubetune home {settings.home()} {found}: pass the --home (or KUBETUNE_HOME) that "
-                         "`kubetune run` used, or KUBETUNE_STORAGE for a study on a database server")
+        raise StudyError(
+            f"the kubetune home {settings.home()} {found}: pass the --home (or KUBETUNE_HOME) that "
+            "`kubetune run` used, or KUBETUNE_STORAGE for a study on a database server"
+        )
 
 
 def print_status(status: dict, *, console: Console | None = None) -> None:

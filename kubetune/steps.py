@@ -52,17 +52,26 @@ def call(target: str, experiment_spec: str, **kwargs: Any) -> Any:
         try:
             connection.connect(path)
         except OSError as error:
-            raise StepFailed(f"the step server at {path} is not answering ({error.strerror or error}); "
-                             "see step-server.log in the logs folder of the kubetune home") from None
-        request = {"target": target, "experiment_spec": experiment_spec, "kwargs": kwargs,
-                   "env": dict(os.environ), "cwd": os.getcwd()}
+            raise StepFailed(
+                f"the step server at {path} is not answering ({error.strerror or error}); "
+                "see step-server.log in the logs folder of the kubetune home"
+            ) from None
+        request = {
+            "target": target,
+            "experiment_spec": experiment_spec,
+            "kwargs": kwargs,
+            "env": dict(os.environ),
+            "cwd": os.getcwd(),
+        }
         # The fork writes to this step's own stdout and stderr, so its output lands in the step's log.
         socket.send_fds(connection, [b"F"], [sys.stdout.fileno(), sys.stderr.fileno()])
         send_message(connection, request)
         reply = receive_message(connection)
     if reply is None:
-        raise StepFailed(f"the step server at {path} closed the connection before answering; "
-                         "see step-server.log in the logs folder of the kubetune home")
+        raise StepFailed(
+            f"the step server at {path} closed the connection before answering; "
+            "see step-server.log in the logs folder of the kubetune home"
+        )
     if "error" in reply:
         raise StepFailed(reply["error"])
     return reply["result"]

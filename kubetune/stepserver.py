@@ -22,8 +22,8 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from kubetune.steps import SERVER_ENV, receive_message, run_here, send_message
 
@@ -32,11 +32,27 @@ __all__ = ["serving"]
 READY = "ready"
 # What every step would otherwise import for itself, including what the core imports lazily on first
 # use: torch._dynamo by a step's first optimizer (about 1 s), alembic by the first study or MLflow store.
-PRELOAD = ("torch", "torch._dynamo", "optuna", "alembic.command", "sqlalchemy.dialects.sqlite", "mlflow",
-           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-           "mlflow.tracing.export", "mlflow.tracing.processor", "kubetune.search", "kubetune.evaluate",
-           "kubetune.segments", "kubetune.train", "kubetune.nas", "kubetune.data", "kubetune.cluster",
-           "kubetune.report", "optuna.visualization")
+PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "optuna",
+    "alembic.command",
+    "sqlalchemy.dialects.sqlite",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "mlflow.tracing.export",
+    "mlflow.tracing.processor",
+    "kubetune.search",
+    "kubetune.evaluate",
+    "kubetune.segments",
+    "kubetune.train",
+    "kubetune.nas",
+    "kubetune.data",
+    "kubetune.cluster",
+    "kubetune.report",
+    "optuna.visualization",
+)
 
 
 class _Call(socketserver.BaseRequestHandler):
@@ -57,7 +73,7 @@ class _Call(socketserver.BaseRequestHandler):
         threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
         try:
             reply = {"result": run_here(request["target"], request["experiment_spec"], request["kwargs"])}
-        except BaseException as error:  # the step fails with this message; the traceback goes to its log
+        except BaseException as error:  # noqa: BLE001 - the step fails with this message; the traceback goes to its log
             traceback.print_exc()
             reply = {"error": f"{type(error).__module__}.{type(error).__qualname__}: {error}"}
         sys.stdout.flush()
@@ -103,8 +119,9 @@ def serving(log_path: Path) -> Iterator[str]:
     """Start the server for the block, with ``KUBETUNE_STEP_SERVER`` set to its socket; yields the socket path."""
     with tempfile.TemporaryDirectory(prefix="kubetune-steps-") as folder, log_path.open("w") as log:
         path = str(Path(folder) / "steps.sock")  # short: socket paths are limited to about 100 bytes
-        process = subprocess.Popen([sys.executable, "-m", "kubetune.stepserver", path], stdout=subprocess.PIPE,
-                                   stderr=log, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kubetune.stepserver", path], stdout=subprocess.PIPE, stderr=log, text=True
+        )
         try:
             if process.stdout.readline().strip() != READY:
                 raise RuntimeError(f"the step server did not start; see {log_path}")

@@ -20,8 +20,9 @@ import random
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -39,22 +40,22 @@ from kubetune.space import grid_points
 from kubetune.spec import Experiment
 
 __all__ = [
-    "StudyError",
     "Counts",
     "Decision",
-    "open_storage",
-    "ensure_study",
-    "load_study",
-    "count_trials",
-    "plan_slots",
-    "decide",
-    "stop_before_trial",
-    "get_trial",
-    "tell_once",
+    "StudyError",
     "beat",
-    "heartbeat",
-    "seconds_until_stale",
     "best_trial",
+    "count_trials",
+    "decide",
+    "ensure_study",
+    "get_trial",
+    "heartbeat",
+    "load_study",
+    "open_storage",
+    "plan_slots",
+    "seconds_until_stale",
+    "stop_before_trial",
+    "tell_once",
 ]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,7 +132,8 @@ def _is_transient(error: BaseException) -> bool:
         if isinstance(link, DBAPIError) and link.connection_invalidated:
             return True
         if isinstance(link, (OperationalError, InterfaceError)) or type(link).__name__ in (
-            "OperationalError", "InterfaceError"  # psycopg, psycopg2, sqlite3 themselves
+            "OperationalError",
+            "InterfaceError",  # psycopg, psycopg2, sqlite3 themselves
         ):
             transient = True
     if not transient:
@@ -143,8 +145,9 @@ def _is_transient(error: BaseException) -> bool:
 def _summary(error: BaseException, url: str) -> str:
     """The innermost database error on one line, with the password (if any) removed."""
     links = list(_error_chain(error))
-    innermost = next((link for link in links if type(link).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3")),
-                     links[-1])
+    innermost = next(
+        (link for link in links if type(link).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3")), links[-1]
+    )
     text = " ".join(str(innermost).split())[:300].rstrip(" .?")  # the caller ends the sentence
     return f"{type(innermost).__name__}: {_scrub(text, url)}"
 
@@ -189,12 +192,29 @@ class _ReconnectingStorage(RDBStorage):
     """
 
     _RETRIED = (
-        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-        "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-        "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-        "create_new_trial", "_create_new_trial", "get_trial_param",
-        "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
+        "create_new_study",
+        "delete_study",
+        "set_study_user_attr",
+        "set_study_system_attr",
+        "get_study_id_from_name",
+        "get_study_name_from_id",
+        "get_study_directions",
+        "get_study_user_attrs",
+        "get_study_system_attrs",
+        "get_trial_user_attrs",
+        "get_trial_system_attrs",
+        "get_all_studies",
+        "create_new_trial",
+        "_create_new_trial",
+        "get_trial_param",
+        "set_trial_state_values",
+        "set_trial_intermediate_value",
+        "set_trial_user_attr",
+        "set_trial_system_attr",
+        "get_trial_id_from_study_id_trial_number",
+        "get_trial",
+        "get_all_trials",
+        "get_best_trial",
         "_get_best_trial_id",
     )
 
@@ -264,8 +284,11 @@ class _ReconnectingStorage(RDBStorage):
                 .all()
             )
             return {
-                trial.trial_id: ((database_now - trial.heartbeats[0].heartbeat) if trial.heartbeats
-                                 else (local_now - (trial.datetime_start or local_now))).total_seconds()
+                trial.trial_id: (
+                    (database_now - trial.heartbeats[0].heartbeat)
+                    if trial.heartbeats
+                    else (local_now - (trial.datetime_start or local_now))
+                ).total_seconds()
                 for trial in running
             }
 
@@ -312,10 +335,14 @@ class _ReconnectingStorage(RDBStorage):
                                 previous = distributions.json_to_distribution(record.distribution_json)
                         if previous is not None:
                             distributions.check_distribution_compatibility(previous, distribution)
-                        session.add(models.TrialParamModel(
-                            trial_id=trial_id, param_name=name, param_value=value,
-                            distribution_json=distributions.distribution_to_json(distribution),
-                        ))
+                        session.add(
+                            models.TrialParamModel(
+                                trial_id=trial_id,
+                                param_name=name,
+                                param_value=value,
+                                distribution_json=distributions.distribution_to_json(distribution),
+                            )
+                        )
             except Exception as error:
                 if not _is_transient(error):
                     pending.clear()  # they can never be written; the error says why
@@ -339,7 +366,7 @@ class _ReconnectingStorage(RDBStorage):
             try:
                 self._flush_params()
                 return method(self, *args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - classified below, re-raised unless transient
+            except Exception as error:
                 if not _is_transient(error):
                     raise
                 now = time.monotonic()
@@ -351,8 +378,12 @@ class _ReconnectingStorage(RDBStorage):
                         f"{RETRY_SECONDS_ENV} sets how long to wait."
                     ) from None
                 if not warned:
-                    _log.warning("study database %s unreachable (%s); retrying for up to %g s",
-                                 settings.redact(self.url), _summary(error, self.url), self.retry_seconds)
+                    _log.warning(
+                        "study database %s unreachable (%s); retrying for up to %g s",
+                        settings.redact(self.url),
+                        _summary(error, self.url),
+                        self.retry_seconds,
+                    )
                     warned = True
                 time.sleep(min(_backoff(attempt), max(0.0, deadline - now)))
                 attempt += 1
@@ -529,14 +560,17 @@ class _TPESampler(optuna.samplers.TPESampler):
             row = cache.get(trial.number, _UNSEEN) if finished else _UNSEEN
             if row is _UNSEEN:
                 params = self._get_params(trial, study)
-                row = (tuple(search_space[name].to_internal_repr(params[name]) for name in names)
-                       if search_space.keys() <= params.keys() else None)
+                row = (
+                    tuple(search_space[name].to_internal_repr(params[name]) for name in names)
+                    if search_space.keys() <= params.keys()
+                    else None
+                )
                 if finished:
                     cache[trial.number] = row
             if row is not None:
                 rows.append(row)
-        columns = list(zip(*rows)) if rows else [[] for _ in names]
-        return {name: np.asarray(column) for name, column in zip(names, columns)}
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
+        return {name: np.asarray(column) for name, column in zip(names, columns, strict=True)}
 
     def _sample(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
         below_trials, above_trials = self._split(study, trial)
@@ -640,7 +674,7 @@ def _document(leaves: dict[tuple, Any]) -> dict:
 
 def _holds(leaves: dict[tuple, Any], prefix: tuple) -> bool:
     """Whether the document has a value at ``prefix`` or under it."""
-    return any(p[:len(prefix)] == prefix for p in leaves)
+    return any(p[: len(prefix)] == prefix for p in leaves)
 
 
 def _shown(leaves: dict[tuple, Any], path: tuple) -> str:
@@ -651,8 +685,14 @@ def _shown(leaves: dict[tuple, Any], path: tuple) -> str:
 
 def _section(old: dict[tuple, Any], new: dict[tuple, Any], path: tuple) -> tuple:
     """The outermost part of ``path`` that one spec leaves empty or out (a whole new architecture), else ``path``."""
-    return next((path[:i] for i in range(2, len(path)) if path[:i] in old or path[:i] in new
-                 or not (_holds(old, path[:i]) and _holds(new, path[:i]))), path)
+    return next(
+        (
+            path[:i]
+            for i in range(2, len(path))
+            if path[:i] in old or path[:i] in new or not (_holds(old, path[:i]) and _holds(new, path[:i]))
+        ),
+        path,
+    )
 
 
 def _describe_changes(before: dict | None, experiment: Experiment) -> str:
@@ -665,7 +705,9 @@ def _describe_changes(before: dict | None, experiment: Experiment) -> str:
         return "the spec it was last run with is not recorded or no longer valid, so the fields cannot be named"
     old, new = _leaves(before), _leaves(experiment.to_dict())
     changed: dict[tuple, str] = {}
-    for path in sorted(p for p in old.keys() | new.keys() if p[0] == "spec" and old.get(p, _UNSET) != new.get(p, _UNSET)):
+    for path in sorted(
+        p for p in old.keys() | new.keys() if p[0] == "spec" and old.get(p, _UNSET) != new.get(p, _UNSET)
+    ):
         probe = {**old, path: new[path]} if path in new else {p: v for p, v in old.items() if p != path}
         try:
             alters = parse_experiment(_document(probe)).search_space_fingerprint() != fingerprint
@@ -674,7 +716,10 @@ def _describe_changes(before: dict | None, experiment: Experiment) -> str:
         if alters:
             named = _section(old, new, path)
             changed[named] = f"{'.'.join(map(str, named))} ({_shown(old, named)} -> {_shown(new, named)})"
-    return ", ".join(changed.values()) or "a field of data, objective, parameters, architecture, trial.epochs or trial.batchSize"
+    return (
+        ", ".join(changed.values())
+        or "a field of data, objective, parameters, architecture, trial.epochs or trial.batchSize"
+    )
 
 
 def name_metrics(study: optuna.Study, experiment: Experiment) -> None:
@@ -709,10 +754,12 @@ def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -
             "start a new study, or restore the original spec to resume it"
         )
     if [d.name.lower() for d in study.directions] != experiment.spec.directions:
-        raise StudyError(f"study {experiment.name!r} has directions {study.directions}; the spec asks for {experiment.spec.directions}")
+        raise StudyError(
+            f"study {experiment.name!r} has directions {study.directions}; the spec asks for {experiment.spec.directions}"
+        )
     if pinned != fingerprint:  # a new study, or one whose runs so far gave no result (bad data, say)
         study.set_user_attr("fingerprint", fingerprint)
-        study.set_user_attr("started_at", dt.datetime.now(dt.timezone.utc).isoformat())
+        study.set_user_attr("started_at", dt.datetime.now(dt.UTC).isoformat())
         study.set_user_attr("versions", _versions())
         study.set_user_attr("seed", experiment.spec.strategy.sampler.seed)
         study.set_user_attr("metrics", [o.metric for o in experiment.spec.objectives])
@@ -768,7 +815,7 @@ class Decision:
 
 def _elapsed_seconds(study: optuna.Study) -> float:
     started = dt.datetime.fromisoformat(study.user_attrs["started_at"])
-    return (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    return (dt.datetime.now(dt.UTC) - started).total_seconds()
 
 
 def _improves(value: float, best: float | None, direction: str) -> bool:
@@ -810,16 +857,32 @@ def _stop_rules(study: optuna.Study, experiment: Experiment, *, segments_finishe
     counts = count_trials(study)
     direction = experiment.spec.directions[0]
     rules = [
-        ("maxTrials", counts.consumed >= budget.max_trials, f"maxTrials reached ({counts.consumed} of {budget.max_trials})"),
-        ("maxDuration", budget.max_duration_seconds is not None and _elapsed_seconds(study) >= budget.max_duration_seconds,
-         f"maxDuration {budget.max_duration} reached"),
-        ("targetValue", _target_reached(best_trial(study, experiment), budget.target_value, direction),
-         f"targetValue {budget.target_value} reached"),
-        ("patience", budget.patience is not None and _patience_exhausted(study, budget.patience, direction),
-         f"patience: no improvement in the last {budget.patience} completed trials"),
+        (
+            "maxTrials",
+            counts.consumed >= budget.max_trials,
+            f"maxTrials reached ({counts.consumed} of {budget.max_trials})",
+        ),
+        (
+            "maxDuration",
+            budget.max_duration_seconds is not None and _elapsed_seconds(study) >= budget.max_duration_seconds,
+            f"maxDuration {budget.max_duration} reached",
+        ),
+        (
+            "targetValue",
+            _target_reached(best_trial(study, experiment), budget.target_value, direction),
+            f"targetValue {budget.target_value} reached",
+        ),
+        (
+            "patience",
+            budget.patience is not None and _patience_exhausted(study, budget.patience, direction),
+            f"patience: no improvement in the last {budget.patience} completed trials",
+        ),
         ("grid", _grid_covered(study, experiment), "the grid is covered: every configuration was tried"),
-        ("maxSegments", segments_finished is not None and segments_finished >= budget.max_segments,
-         f"maxSegments reached ({budget.max_segments})"),
+        (
+            "maxSegments",
+            segments_finished is not None and segments_finished >= budget.max_segments,
+            f"maxSegments reached ({budget.max_segments})",
+        ),
     ]
     return [(rule, reason) for rule, holds, reason in rules if holds]
 

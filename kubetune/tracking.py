@@ -23,8 +23,9 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -39,12 +40,12 @@ __all__ = [
     "client",
     "ensure_parent_run",
     "find_trial_run",
-    "log_trial",
+    "flatten_architecture",
     "log_summary",
+    "log_trial",
+    "retry_policy",
     "run_exists",
     "summary_tag",
-    "flatten_architecture",
-    "retry_policy",
     "with_retries",
 ]
 
@@ -65,8 +66,16 @@ MAX_BACKOFF_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 5.0
 # MLflow error codes that no amount of waiting fixes.
 PERMANENT_CODES = {
-    "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
-    "UNAUTHENTICATED", "INVALID_STATE", "BAD_REQUEST", "FEATURE_DISABLED", "NOT_FOUND", "ENDPOINT_NOT_FOUND",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "FEATURE_DISABLED",
+    "NOT_FOUND",
+    "ENDPOINT_NOT_FOUND",
 }
 # Environment variables whose values are secrets: scrubbed from every message this module writes.
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -131,8 +140,12 @@ def _probe(uri: str) -> None:
             pass  # a server is there; MLflow's own TLS settings (MLFLOW_TRACKING_INSECURE_TLS, ...) apply to real calls
 
     try:
-        _retry(answer, what="reaching it", transient=lambda error: isinstance(error, requests.RequestException),
-               level=logging.INFO)  # the final message says it all; no chatter before it
+        _retry(
+            answer,
+            what="reaching it",
+            transient=lambda error: isinstance(error, requests.RequestException),
+            level=logging.INFO,
+        )  # the final message says it all; no chatter before it
     except TrackingError as error:
         raise TrackingError(
             f"MLflow at {redact_uri(uri)} does not answer ({error}). Check MLFLOW_TRACKING_URI and that the server is up."
@@ -186,8 +199,9 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError, OSError))
 
 
-def _retry(action: Callable[[], T], *, what: str, transient: Callable[[BaseException], bool],
-           level: int = logging.WARNING) -> T:
+def _retry(
+    action: Callable[[], T], *, what: str, transient: Callable[[BaseException], bool], level: int = logging.WARNING
+) -> T:
     attempts, backoff = retry_policy()
     waited = 0.0
     for attempt in range(1, attempts + 1):
@@ -202,8 +216,15 @@ def _retry(action: Callable[[], T], *, what: str, transient: Callable[[BaseExcep
                 tries = f"{attempts} attempts over {waited:.1f} s" if attempts > 1 else "1 attempt"
                 raise TrackingError(f"{what} failed after {tries}: {_reason(error)}") from None
             delay = min(MAX_BACKOFF_SECONDS, backoff * 2 ** (attempt - 1))
-            _log.log(level, "%s failed (attempt %d of %d, retrying in %.1f s): %s", what, attempt, attempts, delay,
-                     _reason(error))
+            _log.log(
+                level,
+                "%s failed (attempt %d of %d, retrying in %.1f s): %s",
+                what,
+                attempt,
+                attempts,
+                delay,
+                _reason(error),
+            )
             time.sleep(delay)
             waited += delay
     raise AssertionError("unreachable")
@@ -312,9 +333,11 @@ def describe(error: Exception) -> str:
     if not message.rstrip().endswith("."):
         message += "."
     if not _is_http(uri):
-        return message + (" Check MLFLOW_TRACKING_URI and that this local store can be read and written; if it was "
-                          "deleted or replaced, run the experiment again: kubetune starts a new MLflow run for it "
-                          "(the trials kept in the study are not lost).")
+        return message + (
+            " Check MLFLOW_TRACKING_URI and that this local store can be read and written; if it was "
+            "deleted or replaced, run the experiment again: kubetune starts a new MLflow run for it "
+            "(the trials kept in the study are not lost)."
+        )
     hint = " Check MLFLOW_TRACKING_URI and that the server is up"
     store = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     if store:
@@ -470,7 +493,10 @@ def summary_tag(summary: dict) -> str:
     text = json.dumps(summary)
     if len(text) <= SUMMARY_TAG_LIMIT:
         return text
-    short = {key: value for key, value in summary.items()
-             if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)}
+    short = {
+        key: value
+        for key, value in summary.items()
+        if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)
+    }
     text = json.dumps({**short, "truncated": "the whole summary is the artifact summary.json"})
     return text if len(text) <= SUMMARY_TAG_LIMIT else json.dumps({"truncated": "see the artifact summary.json"})

@@ -28,8 +28,18 @@ from kubetune.data import SplitData
 from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, OPTIMIZERS
 from kubetune.nas import build_model
 
-__all__ = ["TrainResult", "HYPERPARAMETERS", "OPTIMIZERS", "train_model", "evaluate_model", "predict_logits", "pick_device",
-           "save_model", "load_model", "wall_clock_ms"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "OPTIMIZERS",
+    "TrainResult",
+    "evaluate_model",
+    "load_model",
+    "pick_device",
+    "predict_logits",
+    "save_model",
+    "train_model",
+    "wall_clock_ms",
+]
 
 
 @dataclass
@@ -90,15 +100,28 @@ def train_model(
             epoch_start = time.perf_counter()
             model.train()
             permutation = torch.randperm(len(y_train), generator=order).to(device)
-            train_loss = _train_epoch(model, optimizer, scaler, loss_fn, x_train[permutation], y_train[permutation],
-                                      batch_size=settings["batchSize"], amp=amp)
+            train_loss = _train_epoch(
+                model,
+                optimizer,
+                scaler,
+                loss_fn,
+                x_train[permutation],
+                y_train[permutation],
+                batch_size=settings["batchSize"],
+                amp=amp,
+            )
             validation = _evaluate(model, x_val, y_val, batch_size=max(512, settings["batchSize"]), amp=amp)
             for name, value in (("loss", train_loss), ("validation loss", validation["loss"])):
                 if not math.isfinite(value):
                     return _result("failed", history, started, f"{name} became {value} at epoch {epoch}")
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": validation["loss"],
-                       "val_accuracy": validation["accuracy"], "seconds": time.perf_counter() - epoch_start,
-                       "timestamp": wall_clock_ms()}
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": validation["loss"],
+                "val_accuracy": validation["accuracy"],
+                "seconds": time.perf_counter() - epoch_start,
+                "timestamp": wall_clock_ms(),
+            }
             history.append(metrics)
             if on_epoch is not None and on_epoch(epoch, dict(metrics)):
                 return _result("pruned", history, started, f"pruned after epoch {epoch}")
@@ -117,8 +140,9 @@ def evaluate_model(model: nn.Module, x, y, *, batch_size: int = 512, device: str
         raise ValueError("evaluate_model needs at least one sample but got an empty array")
     device = pick_device(device)
     model.to(device)
-    return _evaluate(model, _features(x, device), _labels(y, device), batch_size=batch_size,
-                     amp=device.startswith("cuda"))
+    return _evaluate(
+        model, _features(x, device), _labels(y, device), batch_size=batch_size, amp=device.startswith("cuda")
+    )
 
 
 def predict_logits(model: nn.Module, x, *, batch_size: int = 512, device: str | None = None) -> np.ndarray:
@@ -127,7 +151,7 @@ def predict_logits(model: nn.Module, x, *, batch_size: int = 512, device: str | 
     model.to(device).eval()
     features = _features(x, device)
     with torch.inference_mode():
-        batches = [model(features[start:start + batch_size]).float() for start in range(0, len(features), batch_size)]
+        batches = [model(features[start : start + batch_size]).float() for start in range(0, len(features), batch_size)]
     return torch.cat(batches).cpu().numpy() if batches else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -146,8 +170,9 @@ def pick_device(requested: str | None = None) -> str:
     return requested
 
 
-def save_model(model: nn.Module, architecture: dict, path: str | Path, *, input_shape: tuple[int, ...],
-               num_classes: int) -> None:
+def save_model(
+    model: nn.Module, architecture: dict, path: str | Path, *, input_shape: tuple[int, ...], num_classes: int
+) -> None:
     """Save weights (on CPU) with what :func:`load_model` needs to rebuild the network; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +190,11 @@ def save_model(model: nn.Module, architecture: dict, path: str | Path, *, input_
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a saved model on CPU, in eval mode; returns ``(model, info)`` with architecture and shapes."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    info = {"architecture": checkpoint["architecture"], "input_shape": tuple(checkpoint["input_shape"]),
-            "num_classes": checkpoint["num_classes"]}
+    info = {
+        "architecture": checkpoint["architecture"],
+        "input_shape": tuple(checkpoint["input_shape"]),
+        "num_classes": checkpoint["num_classes"],
+    }
     model = build_model(info["architecture"], input_shape=info["input_shape"], num_classes=info["num_classes"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), info
@@ -204,8 +232,9 @@ def _labels(values, device: str) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.int64, device=device)
 
 
-def _train_epoch(model, optimizer, scaler, loss_fn, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-                 amp: bool) -> float:
+def _train_epoch(
+    model, optimizer, scaler, loss_fn, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, amp: bool
+) -> float:
     """One pass over already-shuffled tensors; returns the mean training loss (NaN if it diverged).
 
     A trailing batch of a single sample is skipped: batch norm cannot train on one value per channel.
@@ -232,8 +261,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size:
     loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device, dtype=torch.long)
     with torch.inference_mode(), torch.autocast("cuda", enabled=amp):
         for start in range(0, len(y), batch_size):
-            logits = model(x[start:start + batch_size]).float()
-            target = y[start:start + batch_size]
+            logits = model(x[start : start + batch_size]).float()
+            target = y[start : start + batch_size]
             loss += nn.functional.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(dim=1) == target).sum()
     return {"accuracy": correct.item() / len(y), "loss": loss.item() / len(y)}
@@ -245,5 +274,10 @@ def wall_clock_ms() -> int:
 
 
 def _result(status: str, history: list[dict], started: float, reason: str | None) -> TrainResult:
-    return TrainResult(status=status, epochs_run=len(history), history=history, reason=reason,
-                       train_seconds=time.perf_counter() - started)
+    return TrainResult(
+        status=status,
+        epochs_run=len(history),
+        history=history,
+        reason=reason,
+        train_seconds=time.perf_counter() - started,
+    )

@@ -16,16 +16,15 @@ loop would never run there. The pipeline is built per experiment because Paralle
 and the trial pod's resources are fixed at compile time.
 """
 
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
-from kubetune.components import build
 
 from kubetune import __version__
 from kubetune.cluster import settings_json
+from kubetune.components import build
 from kubetune.spec import Experiment
 
 __all__ = ["ClusterSettings", "build_pipeline", "compile_pipeline"]
@@ -116,7 +115,9 @@ def _trial_pod(task: dsl.PipelineTask, experiment: Experiment, settings: Cluster
         kubernetes.add_node_selector(task, key, value)
     for toleration in tolerations:
         kubernetes.add_toleration(task, **{k: toleration.get(k) for k in ("key", "operator", "value", "effect")})
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
+    )
     kubernetes.set_timeout(task, settings.trial_timeout_seconds)
     task.set_retry(num_retries=settings.infrastructure_retries, backoff_duration="30s", backoff_factor=2.0)
 
@@ -135,8 +136,17 @@ def _data_is_pinned(experiment: Experiment) -> bool:
 def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = None):
     """The segment pipeline of ``experiment``; with ``cluster`` the Kubernetes settings are added."""
     image = cluster.image if cluster else DEFAULT_IMAGE
-    steps = {name: build(name, image=image) for name in
-             ("retrieve-data", "ensure-study", "suggest-trial", "evaluate-trial", "register-best", "next-segment")}
+    steps = {
+        name: build(name, image=image)
+        for name in (
+            "retrieve-data",
+            "ensure-study",
+            "suggest-trial",
+            "evaluate-trial",
+            "register-best",
+            "next-segment",
+        )
+    }
     train = build("train-trial", image=_trainer_image(experiment, cluster) if cluster else image)
     lanes = experiment.spec.budget.parallel_trials
 
@@ -154,8 +164,11 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
         description=f"kubetune search segment for experiment {experiment.name}: suggest, train and evaluate "
         f"up to {experiment.spec.budget.trials_per_segment} trials, {lanes} at a time, then register the best model.",
     )
-    def search_segment(experiment_spec: str = experiment.to_json(), segment: int = 0,
-                       cluster_settings: str = settings_json(cluster) if cluster else ""):
+    def search_segment(
+        experiment_spec: str = experiment.to_json(),
+        segment: int = 0,
+        cluster_settings: str = settings_json(cluster) if cluster else "",
+    ):
         """One segment of a kubetune search.
 
         Args:
@@ -163,8 +176,9 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
             segment: Index of this segment, 0 for the first run. The next-segment step submits the run for segment + 1.
             cluster_settings: Images, Secret and ConfigMap names the next segment's run is compiled with (JSON, names only, no credentials); empty under kfp.local, where the local runner starts the next segment.
         """
-        finish = settle(steps["next-segment"](experiment_spec=experiment_spec, segment=segment,
-                                              cluster_settings=cluster_settings))
+        finish = settle(
+            steps["next-segment"](experiment_spec=experiment_spec, segment=segment, cluster_settings=cluster_settings)
+        )
         if cluster:
             _submits_runs(finish)
         with dsl.ExitHandler(finish, name="segment"):
@@ -175,18 +189,25 @@ def build_pipeline(experiment: Experiment, cluster: ClusterSettings | None = Non
                 suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
                 # suggest-trial returns -1 (no trial) once a stop rule holds: the lane then trains nothing.
                 with dsl.If(suggested.output >= 0, name="trial-suggested"):
-                    trained = settle(train(
-                        experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]
-                    ), step=False)
+                    trained = settle(
+                        train(
+                            experiment_spec=experiment_spec,
+                            trial_number=suggested.output,
+                            dataset=data.outputs["dataset"],
+                        ),
+                        step=False,
+                    )
                     if cluster:
                         _trial_pod(trained, experiment, cluster)
-                    evaluated = settle(steps["evaluate-trial"](
-                        experiment_spec=experiment_spec,
-                        trial_number=suggested.output,
-                        train_result=trained.outputs["Output"],
-                        predictions=trained.outputs["predictions"],
-                        dataset=data.outputs["dataset"],
-                    ))
+                    evaluated = settle(
+                        steps["evaluate-trial"](
+                            experiment_spec=experiment_spec,
+                            trial_number=suggested.output,
+                            train_result=trained.outputs["Output"],
+                            predictions=trained.outputs["predictions"],
+                            dataset=data.outputs["dataset"],
+                        )
+                    )
             settle(steps["register-best"](experiment_spec=experiment_spec).after(evaluated))
 
     return search_segment

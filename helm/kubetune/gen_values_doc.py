@@ -45,7 +45,7 @@ def parse_descriptions(text: str, data: dict[str, Any]) -> dict[str, str]:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("# --"):
-            pending = [stripped[len("# --"):].strip()]
+            pending = [stripped[len("# --") :].strip()]
             continue
         if stripped.startswith("#"):
             if pending is not None:

@@ -85,11 +85,7 @@ class MlflowServer:
             self.directory = make_workdir("kubetune-mlflow-")
         self.directory.mkdir(parents=True, exist_ok=True)
         # Inherit nothing MLflow- or AWS-specific from the caller: this server's settings only.
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("MLFLOW_", "AWS_"))
-        }
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "AWS_"))}
         env.update(self.s3_env)
         env.update(
             MLFLOW_BACKEND_STORE_URI=self.backend_uri,  # the environment, not argv: a password

@@ -245,9 +245,7 @@ class Postgres:
             )
         if result.returncode != 0:
             tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
-            raise ServiceError(
-                f"initdb failed with code {result.returncode}. Log {self.log_path}:\n{tail}"
-            )
+            raise ServiceError(f"initdb failed with code {result.returncode}. Log {self.log_path}:\n{tail}")
         (self.data_directory / "pg_hba.conf").write_text(
             "# kubetune dev stack: the socket directory is private to its owner; TCP needs the\n"
             "# password that kubetune sets on every start.\n"

@@ -101,7 +101,7 @@ def require_or_skip(what: str, exc: BaseException) -> NoReturn:
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """Status code of a GET, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -234,20 +234,14 @@ class ServerProcess:
                 log = self.log_tail()
                 if "address already in use" in log.lower():
                     raise ServiceError(
-                        f"{self.name} cannot listen on {HOST}:{port}: the port is in use. "
-                        f"Log {self.log_path}:\n{log}"
+                        f"{self.name} cannot listen on {HOST}:{port}: the port is in use. Log {self.log_path}:\n{log}"
                     )
-                raise ServiceError(
-                    f"{self.name} exited with code {code} while starting. "
-                    f"Log {self.log_path}:\n{log}"
-                )
+                raise ServiceError(f"{self.name} exited with code {code} while starting. Log {self.log_path}:\n{log}")
             if ready():
                 return
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServiceError(
-                    f"{self.name} did not become ready within {timeout:g} s. "
-                    f"Log {self.log_path}:\n{self.log_tail()}"
+                    f"{self.name} did not become ready within {timeout:g} s. Log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
-

@@ -137,9 +137,7 @@ def run_dev_stack(directory: PathLike | None, *, echo: Callable[[str], Any] = pr
         echo("# Local dev stack ready: paste the lines above into your shell. Ctrl-C stops it.")
         while not (dead := stack.dead()):
             time.sleep(0.5)
-        raise ServiceError(
-            f"{', '.join(dead)} stopped unexpectedly; the logs are in {stack.directory}."
-        )
+        raise ServiceError(f"{', '.join(dead)} stopped unexpectedly; the logs are in {stack.directory}.")
     except KeyboardInterrupt:
         echo("# Stopping ...")
     finally:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kfp_double import KfpApiDouble  # noqa: E402
+from kfp_double import KfpApiDouble
 
-from kubetune import kfp_api as gateway  # noqa: E402
+from kubetune import kfp_api as gateway
 
 
 @pytest.fixture

@@ -28,11 +28,20 @@ from kubetune.kfp_api import MINIMUM_BACKEND
 PREFIX = "/apis/v2beta1"
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = Path(os.environ.get("KUBETUNE_KFP_PROTOS", ROOT / "build" / f"kfp-protos-{MINIMUM_BACKEND}"))
-PROTOS_HINT = (f"python -m pip install --no-deps --target {PROTOS} "
-               f"kfp-pipeline-spec=={MINIMUM_BACKEND} kfp-kubernetes=={MINIMUM_BACKEND}")
+PROTOS_HINT = (
+    f"python -m pip install --no-deps --target {PROTOS} "
+    f"kfp-pipeline-spec=={MINIMUM_BACKEND} kfp-kubernetes=={MINIMUM_BACKEND}"
+)
 SYSTEM_NAMESPACE = "kubeflow"
 # gRPC codes and the HTTP status grpc-gateway v2 maps them to (runtime.HTTPStatusFromCode).
-INVALID, NOT_FOUND, EXISTS, DENIED, UNAVAILABLE, UNAUTHENTICATED = (3, 400), (5, 404), (6, 409), (7, 403), (14, 503), (16, 401)
+INVALID, NOT_FOUND, EXISTS, DENIED, UNAVAILABLE, UNAUTHENTICATED = (
+    (3, 400),
+    (5, 404),
+    (6, 409),
+    (7, 403),
+    (14, 503),
+    (16, 401),
+)
 
 
 class Refusal(Exception):
@@ -59,7 +68,10 @@ def _serialized_file(pb2: Path) -> bytes:
 
 def minimum_protos() -> dict[str, type]:
     """PipelineSpec, PlatformSpec and KubernetesExecutorConfig as MINIMUM_BACKEND defines them."""
-    files = [PROTOS / "kfp/pipeline_spec/pipeline_spec_pb2.py", PROTOS / "kfp/kubernetes/kubernetes_executor_config_pb2.py"]
+    files = [
+        PROTOS / "kfp/pipeline_spec/pipeline_spec_pb2.py",
+        PROTOS / "kfp/kubernetes/kubernetes_executor_config_pb2.py",
+    ]
     if not all(path.is_file() for path in files):
         raise RuntimeError(f"the KFP {MINIMUM_BACKEND} protos are missing under {PROTOS}; install them: {PROTOS_HINT}")
     from google.protobuf import duration_pb2, struct_pb2
@@ -70,8 +82,11 @@ def minimum_protos() -> dict[str, type]:
         _add_with_dependencies(pool, module.DESCRIPTOR)
     for path in files:
         pool.AddSerializedFile(_serialized_file(path))
-    names = {"PipelineSpec": "ml_pipelines.PipelineSpec", "PlatformSpec": "ml_pipelines.PlatformSpec",
-             "KubernetesExecutorConfig": "kfp_kubernetes.KubernetesExecutorConfig"}
+    names = {
+        "PipelineSpec": "ml_pipelines.PipelineSpec",
+        "PlatformSpec": "ml_pipelines.PlatformSpec",
+        "KubernetesExecutorConfig": "kfp_kubernetes.KubernetesExecutorConfig",
+    }
     return {key: message_factory.GetMessageClass(pool.FindMessageTypeByName(name)) for key, name in names.items()}
 
 
@@ -95,8 +110,14 @@ def _strict(message_class, data, what: str):
 
 
 # parameterType -> the JSON value kinds the server accepts (validatePipelineJobInputs, v2_template.go@2.17.0).
-PARAMETER_KINDS = {"NUMBER_DOUBLE": (int, float), "NUMBER_INTEGER": (int, float), "STRING": (str,),
-                   "BOOLEAN": (bool,), "LIST": (list,), "STRUCT": (dict,)}
+PARAMETER_KINDS = {
+    "NUMBER_DOUBLE": (int, float),
+    "NUMBER_INTEGER": (int, float),
+    "STRING": (str,),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
+}
 
 
 class LocalJsonServer:
@@ -145,8 +166,14 @@ class LocalJsonServer:
 
 
 class KfpApiDouble(LocalJsonServer):
-    def __init__(self, *, multi_user: bool = False, version: str = "2.17.0", token: str = "token-team-a",
-                 namespace: str = "team-a"):
+    def __init__(
+        self,
+        *,
+        multi_user: bool = False,
+        version: str = "2.17.0",
+        token: str = "token-team-a",
+        namespace: str = "team-a",
+    ):
         self.multi_user, self.version = multi_user, version
         self.token, self.namespace = token, namespace
         self.tokens: dict[str, set[str]] = {token: {namespace}}  # token -> namespaces it may use
@@ -176,13 +203,19 @@ class KfpApiDouble(LocalJsonServer):
         if not self.multi_user:
             return
         value = headers.get("authorization", "")
-        token = value[len("Bearer "):] if value.startswith("Bearer ") else ""
+        token = value[len("Bearer ") :] if value.startswith("Bearer ") else ""
         if token not in self.tokens:
-            raise Refusal(UNAUTHENTICATED, "Failed to check authorization. User identity is empty in the request "
-                          "header: Request header error: there is no user identity header.")
+            raise Refusal(
+                UNAUTHENTICATED,
+                "Failed to check authorization. User identity is empty in the request "
+                "header: Request header error: there is no user identity header.",
+            )
         if namespace not in self.tokens[token]:
-            raise Refusal(DENIED, f"User 'system:serviceaccount:{namespace}:x' is not authorized with reason: "
-                          f"no RBAC policy matched (request: namespace {namespace!r})")
+            raise Refusal(
+                DENIED,
+                f"User 'system:serviceaccount:{namespace}:x' is not authorized with reason: "
+                f"no RBAC policy matched (request: namespace {namespace!r})",
+            )
 
     def _authorize_upload(self, headers: dict, namespace: str, message: str) -> None:
         """The upload server answers any authorization failure with 400 and its generic message
@@ -194,7 +227,9 @@ class KfpApiDouble(LocalJsonServer):
 
     def _experiment(self, experiment_id: str) -> dict:
         if experiment_id not in self.experiments:
-            raise Refusal(NOT_FOUND, f"Failed to get experiment: ResourceNotFoundError: Experiment {experiment_id} not found")
+            raise Refusal(
+                NOT_FOUND, f"Failed to get experiment: ResourceNotFoundError: Experiment {experiment_id} not found"
+            )
         return self.experiments[experiment_id]
 
     def _pipeline(self, pipeline_id: str) -> dict:
@@ -218,14 +253,24 @@ class KfpApiDouble(LocalJsonServer):
         Argo compiler reads it (v2/compiler/argocompiler/container.go@2.15.0)."""
         spec = _strict(self.protos["PipelineSpec"], document, f"invalid v2 pipeline spec (KFP {MINIMUM_BACKEND})")
         if spec.schema_version != "2.1.0":
-            raise Refusal(INVALID, f"KFP only supports schema version 2.1.0, but the pipeline spec has version {spec.schema_version}")
+            raise Refusal(
+                INVALID,
+                f"KFP only supports schema version 2.1.0, but the pipeline spec has version {spec.schema_version}",
+            )
         if not spec.pipeline_info.name or not spec.HasField("root"):
             raise Refusal(INVALID, "invalid v2 pipeline spec: name is empty or root component is empty")
         if platform:
-            parsed = _strict(self.protos["PlatformSpec"], platform, f"cannot unmarshal platform specific configs (KFP {MINIMUM_BACKEND})")
+            parsed = _strict(
+                self.protos["PlatformSpec"],
+                platform,
+                f"cannot unmarshal platform specific configs (KFP {MINIMUM_BACKEND})",
+            )
             for name, config in parsed.platforms["kubernetes"].deployment_spec.executors.items():
-                _strict(self.protos["KubernetesExecutorConfig"], json_format.MessageToDict(config),
-                        f"executor {name}: invalid kubernetes executor config (KFP {MINIMUM_BACKEND})")
+                _strict(
+                    self.protos["KubernetesExecutorConfig"],
+                    json_format.MessageToDict(config),
+                    f"executor {name}: invalid kubernetes executor config (KFP {MINIMUM_BACKEND})",
+                )
 
     @staticmethod
     def _check_parameters(document: dict, parameters: dict) -> None:
@@ -234,12 +279,17 @@ class KfpApiDouble(LocalJsonServer):
         for name, spec in declared.items():
             if name not in parameters:
                 if not spec.get("isOptional") and "defaultValue" not in spec:
-                    raise Refusal(INVALID, f"parameter {name} is not optional, yet has neither default value nor user provided value")
+                    raise Refusal(
+                        INVALID,
+                        f"parameter {name} is not optional, yet has neither default value nor user provided value",
+                    )
                 continue
             kinds = PARAMETER_KINDS.get(spec.get("parameterType"), ())
             value = parameters[name]
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise Refusal(INVALID, f"input parameter {name} requires type {spec.get('parameterType')}, but got {value!r}")
+                raise Refusal(
+                    INVALID, f"input parameter {name} requires type {spec.get('parameterType')}, but got {value!r}"
+                )
         extra = sorted(set(parameters) - set(declared))
         if extra:
             raise Refusal(INVALID, f"parameter(s) provided are not required by pipeline: {', '.join(extra)}")
@@ -254,15 +304,22 @@ class KfpApiDouble(LocalJsonServer):
         if (method, path) in self.faults:
             raise self.faults.pop((method, path))
         if (method, path) == ("GET", "/healthz"):  # no authentication: main.go@2.17.0 serves it outside gRPC
-            return 200, {"commit_sha": "unknown", "tag_name": self.version, "multi_user": self.multi_user,
-                         "pipeline_store": "database"}
+            return 200, {
+                "commit_sha": "unknown",
+                "tag_name": self.version,
+                "multi_user": self.multi_user,
+                "pipeline_store": "database",
+            }
         if path in ("/pipelines/upload", "/pipelines/upload_version") and method == "POST":
             return 200, self._upload(path, query, body, headers)
         data = json.loads(body) if body else {}
         if (method, path) == ("GET", "/experiments"):
             namespace = self._experiment_namespace(query.get("namespace", [""])[0], headers)
-            return 200, {"experiments": [e for e in self.experiments.values()
-                                         if e["namespace"] == namespace and self._matches(e, query)]}
+            return 200, {
+                "experiments": [
+                    e for e in self.experiments.values() if e["namespace"] == namespace and self._matches(e, query)
+                ]
+            }
         if (method, path) == ("POST", "/experiments"):
             return 200, self._create_experiment(data, headers)
         if method == "GET" and path.startswith("/experiments/"):
@@ -281,15 +338,22 @@ class KfpApiDouble(LocalJsonServer):
             return 200, self.runs[run_id]
         if (method, path) == ("GET", "/pipelines"):
             namespace = self._namespace(query.get("namespace", [""])[0])
-            if namespace:  # reading shared pipelines needs no authorization (canAccessPipeline, pipeline_server.go@2.17.0)
+            if (
+                namespace
+            ):  # reading shared pipelines needs no authorization (canAccessPipeline, pipeline_server.go@2.17.0)
                 self._authorize(headers, namespace)
-            return 200, {"pipelines": [p for p in self.pipelines.values()
-                                       if p["namespace"] == namespace and self._matches(p, query)]}
+            return 200, {
+                "pipelines": [
+                    p for p in self.pipelines.values() if p["namespace"] == namespace and self._matches(p, query)
+                ]
+            }
         if method == "GET" and path.startswith("/pipelines/") and path.endswith("/versions"):
             pipeline = self._pipeline(path.split("/")[2])
             if pipeline["namespace"]:
                 self._authorize(headers, pipeline["namespace"])
-            return 200, {"pipeline_versions": [v for v in self.versions[pipeline["pipeline_id"]] if self._matches(v, query)]}
+            return 200, {
+                "pipeline_versions": [v for v in self.versions[pipeline["pipeline_id"]] if self._matches(v, query)]
+            }
         if method == "GET" and path.startswith("/pipelines/"):
             pipeline = self._pipeline(path.split("/")[2])
             if pipeline["namespace"]:
@@ -312,9 +376,15 @@ class KfpApiDouble(LocalJsonServer):
             raise Refusal(INVALID, "Experiment name is empty. Please specify a valid experiment name")
         # Name and namespace are unique together (model/experiment.go, storage/experiment_store.go@2.17.0).
         if any(e["display_name"] == name and e["namespace"] == namespace for e in self.experiments.values()):
-            raise Refusal(EXISTS, f"Failed to create a new experiment. The name {name} already exists. Please specify a new name")
-        experiment = {"experiment_id": self._new_id("experiment"), "display_name": name, "namespace": namespace,
-                      "storage_state": "AVAILABLE"}
+            raise Refusal(
+                EXISTS, f"Failed to create a new experiment. The name {name} already exists. Please specify a new name"
+            )
+        experiment = {
+            "experiment_id": self._new_id("experiment"),
+            "display_name": name,
+            "namespace": namespace,
+            "storage_state": "AVAILABLE",
+        }
         self.experiments[experiment["experiment_id"]] = experiment
         return experiment
 
@@ -328,8 +398,12 @@ class KfpApiDouble(LocalJsonServer):
             if self.multi_user and not namespace:
                 raise Refusal(INVALID, "A run cannot have an empty namespace in multi-user mode")
         self._authorize(headers, namespace)
-        runs = [r for r in self.runs.values() if self._matches(r, query)
-                and (r["experiment_id"] == experiment_id if experiment_id else r["namespace"] == namespace)]
+        runs = [
+            r
+            for r in self.runs.values()
+            if self._matches(r, query)
+            and (r["experiment_id"] == experiment_id if experiment_id else r["namespace"] == namespace)
+        ]
         return {**self._page(runs, query, "runs"), "total_size": len(runs)}
 
     @staticmethod
@@ -341,7 +415,7 @@ class KfpApiDouble(LocalJsonServer):
             raise Refusal(INVALID, f"The page size should be greater than 0. Got {size}")
         size = min(size or 20, 200)
         start = int(query.get("page_token", ["0"])[0] or 0)
-        page = {key: items[start:start + size]}
+        page = {key: items[start : start + size]}
         if start + size < len(items):
             page["next_page_token"] = str(start + size)
         return page
@@ -385,7 +459,11 @@ class KfpApiDouble(LocalJsonServer):
         specs = [d for d in documents if "pipelineInfo" in d]
         platforms = [d for d in documents if "platforms" in d]
         if len(specs) != 1 or len(platforms) > 1:
-            raise Refusal(INVALID, "invalid v2 pipeline spec: expected one pipeline spec and at most one platform spec", upload=True)
+            raise Refusal(
+                INVALID,
+                "invalid v2 pipeline spec: expected one pipeline spec and at most one platform spec",
+                upload=True,
+            )
         try:
             self._check_pipeline(specs[0], platforms[0] if platforms else None)
         except Refusal as refusal:
@@ -406,14 +484,21 @@ class KfpApiDouble(LocalJsonServer):
                 raise Refusal(EXISTS, "Failed to create a pipeline and a pipeline version", upload=True)
             pipeline = {"pipeline_id": self._new_id("pipeline"), "display_name": name, "namespace": namespace}
             self.pipelines[pipeline["pipeline_id"]] = pipeline
-            self.versions[pipeline["pipeline_id"]] = [{"pipeline_version_id": self._new_id("version"),
-                                                       "pipeline_id": pipeline["pipeline_id"], "display_name": name}]
+            self.versions[pipeline["pipeline_id"]] = [
+                {
+                    "pipeline_version_id": self._new_id("version"),
+                    "pipeline_id": pipeline["pipeline_id"],
+                    "display_name": name,
+                }
+            ]
             return pipeline
         pipeline_id = query.get("pipelineid", [""])[0]
         if pipeline_id not in self.pipelines:  # FetchNamespaceFromPipelineId fails: 400, not 404
             raise Refusal(INVALID, "Failed to create a pipeline version", upload=True)
         if self.pipelines[pipeline_id]["namespace"]:
-            self._authorize_upload(headers, self.pipelines[pipeline_id]["namespace"], "Failed to create a pipeline version")
+            self._authorize_upload(
+                headers, self.pipelines[pipeline_id]["namespace"], "Failed to create a pipeline version"
+            )
         if any(v["display_name"] == name for v in self.versions[pipeline_id]):
             # model/pipeline_version.go@2.17.0: (pipeline id, name) unique; 409 from the upload server.
             raise Refusal(EXISTS, "Failed to create a pipeline version", upload=True)

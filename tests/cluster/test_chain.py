@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from kubetune.cli import cli
-from kubetune.pipelines import ClusterSettings
-from kubetune.segments import LOST_LANE_REASON, finish_segment, run_name, start_segment
 from kubetune.cluster import settings_json
+from kubetune.pipelines import ClusterSettings
 from kubetune.search import suggest_trial
+from kubetune.segments import LOST_LANE_REASON, finish_segment, run_name, start_segment
 from kubetune.spec import parse_experiment
 from kubetune.study import load_study
 
@@ -40,7 +40,11 @@ def _experiment(**budget):
 
 
 def _run_names(double) -> list[str]:
-    return [json.loads(body)["display_name"] for method, path, body in double.requests if (method, path) == ("POST", "/runs")]
+    return [
+        json.loads(body)["display_name"]
+        for method, path, body in double.requests
+        if (method, path) == ("POST", "/runs")
+    ]
 
 
 def _play(experiment, segments):
@@ -124,7 +128,9 @@ def test_resume_continues_a_chain_whose_run_failed_before_its_exit_step(cluster_
         run["state"] = "FAILED"
     assert "segment 1" in _resume(spec, cluster_pod)
     assert "still active" in _resume(spec, cluster_pod), "resuming twice starts one run"
-    retried = [json.loads(body) for method, path, body in cluster_pod.requests if (method, path) == ("POST", "/runs")][-1]
+    retried = [json.loads(body) for method, path, body in cluster_pod.requests if (method, path) == ("POST", "/runs")][
+        -1
+    ]
     assert retried["display_name"] == run_name(experiment, 1) + "-retry1"
     assert retried["runtime_config"]["parameters"]["segment"] == 1
     # The retried run's exit step continues the chain under its usual names.
@@ -136,7 +142,9 @@ def test_resume_after_a_stop_rule_starts_nothing(cluster_pod, tmp_path):
     experiment = _experiment(maxSegments=1)
     (decision,) = _play(experiment, [0])
     assert not decision.go_on
-    assert "stopped by its stop rule (maxSegments reached (1))" in _resume(_spec_file(experiment, tmp_path), cluster_pod)
+    assert "stopped by its stop rule (maxSegments reached (1))" in _resume(
+        _spec_file(experiment, tmp_path), cluster_pod
+    )
     assert _run_names(cluster_pod) == []
 
 

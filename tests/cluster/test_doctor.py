@@ -37,10 +37,15 @@ def cluster(kfp_api, isolated_pod, tmp_path, monkeypatch):
     sqlite3.connect(database).close()
     with KubeApiDouble() as kube, MlflowHealth() as mlflow:
         account = doctor.DEFAULT_RUN_ACCOUNT[kfp_api.multi_user]
-        kube.objects |= {("secrets", namespace, "kubetune-credentials"), ("configmaps", namespace, "kubetune-config"),
-                         ("serviceaccounts", namespace, account)}
+        kube.objects |= {
+            ("secrets", namespace, "kubetune-credentials"),
+            ("configmaps", namespace, "kubetune-config"),
+            ("serviceaccounts", namespace, account),
+        }
         for permission in doctor.RUN_PERMISSIONS:
-            kube.grant(namespace, account, permission.verb, permission.resource, permission.group, permission.name or "")
+            kube.grant(
+                namespace, account, permission.verb, permission.resource, permission.group, permission.name or ""
+            )
         kube.nodes = {"cpu-1": {"cpu": "8"}, "gpu-1": {"cpu": "8", "nvidia.com/gpu": "2"}}
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("KUBECONFIG", kube.kubeconfig(tmp_path / "kubeconfig"))
@@ -71,7 +76,7 @@ def _line(result, name):
 
 
 def test_a_ready_cluster_passes_every_check(cluster, gpu_spec):
-    kfp, kube, namespace, account = cluster
+    _kfp, kube, namespace, account = cluster
     result = _doctor(gpu_spec)
     assert result.exit_code == 0, result.output
     assert [line.split()[0] for line in result.output.splitlines()] == ["ok"] * len(doctor.CHECKS)
@@ -116,8 +121,16 @@ def _break(name, cluster, monkeypatch):
     elif name == "run ServiceAccount":
         monkeypatch.setenv("KUBETUNE_SERVICE_ACCOUNT", "nobody")
     elif name == "run permissions":
-        kube.grants.discard((f"system:serviceaccount:{namespace}:{account}", namespace, "patch", "argoproj.io",
-                             "workflowtaskresults", ""))
+        kube.grants.discard(
+            (
+                f"system:serviceaccount:{namespace}:{account}",
+                namespace,
+                "patch",
+                "argoproj.io",
+                "workflowtaskresults",
+                "",
+            )
+        )
     elif name == "GPU nodes":
         kube.nodes.pop("gpu-1")
     elif name == "study database":
@@ -172,8 +185,12 @@ def test_without_kubernetes_configuration_the_kubernetes_checks_say_how_to_set_i
 
 
 def _post(kube, path, body, token):
-    request = urllib.request.Request(f"{kube.host}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{kube.host}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
@@ -183,16 +200,28 @@ def _post(kube, path, body, token):
 
 def test_the_kubernetes_double_refuses_reviews_as_the_api_server_does():
     path = "/apis/authorization.k8s.io/v1/namespaces/team-a/localsubjectaccessreviews"
-    good = {"apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview", "metadata": {"namespace": "team-a"},
-            "spec": {"user": "system:serviceaccount:team-a:x",
-                     "resourceAttributes": {"namespace": "team-a", "verb": "get", "resource": "secrets"}}}
+    good = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": "team-a"},
+        "spec": {
+            "user": "system:serviceaccount:team-a:x",
+            "resourceAttributes": {"namespace": "team-a", "verb": "get", "resource": "secrets"},
+        },
+    }
     with KubeApiDouble() as kube:
         assert _post(kube, path, good, "wrong")[0] == 401
-        assert _post(kube, path, good, kube.token) == (201, {**good, "status": {"allowed": False, "reason": "no RBAC policy matched"}})
+        assert _post(kube, path, good, kube.token) == (
+            201,
+            {**good, "status": {"allowed": False, "reason": "no RBAC policy matched"}},
+        )
         other = {**good, "metadata": {"namespace": "team-b"}}
         assert _post(kube, path, other, kube.token)[0] == 400
-        for spec in ({**good["spec"], "user": ""}, {"user": "u"},
-                     {**good["spec"], "resourceAttributes": {**good["spec"]["resourceAttributes"], "namespace": ""}}):
+        for spec in (
+            {**good["spec"], "user": ""},
+            {"user": "u"},
+            {**good["spec"], "resourceAttributes": {**good["spec"]["resourceAttributes"], "namespace": ""}},
+        ):
             status, body = _post(kube, path, {**good, "spec": spec}, kube.token)
             assert status == 422 and body["reason"] == "Invalid" and body["kind"] == "Status", spec
 
@@ -205,7 +234,9 @@ def test_a_token_the_api_does_not_accept_fails_the_access_check(cluster, tmp_pat
     result = _doctor()
     line = _line(result, "KFP access")
     if kfp.multi_user:
-        assert result.exit_code == 2 and line.startswith("FAIL") and "HTTP 401" in line and gateway.TOKEN_PATH_ENV in line
+        assert (
+            result.exit_code == 2 and line.startswith("FAIL") and "HTTP 401" in line and gateway.TOKEN_PATH_ENV in line
+        )
         assert "stale-token-value" not in result.output
     else:
         assert result.exit_code == 0 and line.startswith("ok")

@@ -37,8 +37,14 @@ def _request(double, method, path, body=None, *, token=None, content_type="appli
 
 def _multipart(field, filename, content):
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -61,16 +67,21 @@ def multi_user():
 
 
 def _experiment(double, name="e", namespace="team-a"):
-    status, body = _request(double, "POST", "/experiments", {"display_name": name, "namespace": namespace},
-                            token=double.token)
+    status, body = _request(
+        double, "POST", "/experiments", {"display_name": name, "namespace": namespace}, token=double.token
+    )
     assert status == 200, body
     return body["experiment_id"]
 
 
 def _run(double, experiment_id, documents, parameters=None):
     spec, platform = documents
-    body = {"experiment_id": experiment_id, "display_name": "r", "pipeline_spec": {"pipeline_spec": spec, "platform_spec": platform},
-            "runtime_config": {"parameters": {"experiment_spec": "{}", "segment": 0} if parameters is None else parameters}}
+    body = {
+        "experiment_id": experiment_id,
+        "display_name": "r",
+        "pipeline_spec": {"pipeline_spec": spec, "platform_spec": platform},
+        "runtime_config": {"parameters": {"experiment_spec": "{}", "segment": 0} if parameters is None else parameters},
+    }
     return _request(double, "POST", "/runs", body, token=double.token)
 
 
@@ -79,7 +90,9 @@ def _run(double, experiment_id, documents, parameters=None):
 
 def test_multi_user_needs_a_token_and_says_so_as_the_server_does(multi_user):
     status, body = _request(multi_user, "GET", "/experiments", query="?namespace=team-a")
-    assert status == 401 and body["code"] == 16 and "User identity is empty" in body["message"] and body["details"] == []
+    assert (
+        status == 401 and body["code"] == 16 and "User identity is empty" in body["message"] and body["details"] == []
+    )
     assert _request(multi_user, "GET", "/experiments", query="?namespace=team-a", token="forged")[0] == 401
 
 
@@ -89,8 +102,10 @@ def test_a_token_is_refused_in_a_namespace_it_may_not_use(multi_user):
 
 
 def test_healthz_and_shared_pipelines_need_no_token(multi_user):
-    assert _request(multi_user, "GET", "/healthz") == (200, {"commit_sha": "unknown", "tag_name": "2.17.0",
-                                                             "multi_user": True, "pipeline_store": "database"})
+    assert _request(multi_user, "GET", "/healthz") == (
+        200,
+        {"commit_sha": "unknown", "tag_name": "2.17.0", "multi_user": True, "pipeline_store": "database"},
+    )
     assert _request(multi_user, "GET", "/pipelines")[0] == 200
 
 
@@ -101,8 +116,9 @@ def test_multi_user_refuses_an_experiment_without_namespace(multi_user):
 
 def test_experiment_names_are_unique_per_namespace(multi_user):
     _experiment(multi_user)
-    status, body = _request(multi_user, "POST", "/experiments", {"display_name": "e", "namespace": "team-a"},
-                            token=multi_user.token)
+    status, body = _request(
+        multi_user, "POST", "/experiments", {"display_name": "e", "namespace": "team-a"}, token=multi_user.token
+    )
     assert status == 409 and body["code"] == 6 and "already exists" in body["message"]
     multi_user.tokens[multi_user.token].add("team-b")
     _experiment(multi_user, namespace="team-b")
@@ -110,7 +126,13 @@ def test_experiment_names_are_unique_per_namespace(multi_user):
 
 def test_unknown_ids_are_404_with_the_gateway_body():
     with KfpApiDouble() as double:
-        for path in ("/experiments/nope", "/pipelines/nope", "/runs/nope", "/pipelines/nope/versions", "/no-such-route"):
+        for path in (
+            "/experiments/nope",
+            "/pipelines/nope",
+            "/runs/nope",
+            "/pipelines/nope/versions",
+            "/no-such-route",
+        ):
             status, body = _request(double, "GET", path)
             assert status == 404 and set(body) == {"code", "message", "details"} and body["code"] == 5, path
 
@@ -128,18 +150,37 @@ def test_uploads_follow_the_upload_server_rules(package):
         status, answer = _request(double, "POST", "/pipelines/upload", body, content_type=content_type)
         assert status == 409 and answer["error_message"] == "Failed to create a pipeline and a pipeline version"
         query = f"?name=v1&pipelineid={pipeline['pipeline_id']}"
-        assert _request(double, "POST", "/pipelines/upload_version", body, content_type=content_type, query=query)[0] == 200
-        assert _request(double, "POST", "/pipelines/upload_version", body, content_type=content_type, query=query)[0] == 409
-        status, _ = _request(double, "POST", "/pipelines/upload_version", body, content_type=content_type,
-                             query="?name=v2&pipelineid=nope")
+        assert (
+            _request(double, "POST", "/pipelines/upload_version", body, content_type=content_type, query=query)[0]
+            == 200
+        )
+        assert (
+            _request(double, "POST", "/pipelines/upload_version", body, content_type=content_type, query=query)[0]
+            == 409
+        )
+        status, _ = _request(
+            double,
+            "POST",
+            "/pipelines/upload_version",
+            body,
+            content_type=content_type,
+            query="?name=v2&pipelineid=nope",
+        )
         assert status == 400
 
 
 def test_an_unauthorized_upload_is_400_as_the_upload_server_answers(multi_user, package):
     body, content_type = _multipart("uploadfile", "pipeline.yaml", package.read_bytes())
     for token in (None, multi_user.token):
-        status, answer = _request(multi_user, "POST", "/pipelines/upload", body, content_type=content_type,
-                                  query="?name=p&namespace=team-b", token=token)
+        status, answer = _request(
+            multi_user,
+            "POST",
+            "/pipelines/upload",
+            body,
+            content_type=content_type,
+            query="?name=p&namespace=team-b",
+            token=token,
+        )
         assert status == 400 and answer["error_message"] == "Failed to create a pipeline"
     assert not multi_user.pipelines
 
@@ -147,9 +188,11 @@ def test_an_unauthorized_upload_is_400_as_the_upload_server_answers(multi_user, 
 def test_runs_are_checked_against_the_root_inputs(multi_user, documents):
     experiment_id = _experiment(multi_user)
     assert _run(multi_user, experiment_id, documents)[0] == 200
-    cases = {"not required by pipeline: segmnet": {"experiment_spec": "{}", "segment": 0, "segmnet": 1},
-             "requires type NUMBER_INTEGER": {"experiment_spec": "{}", "segment": "0"},
-             "requires type STRING": {"experiment_spec": True}}
+    cases = {
+        "not required by pipeline: segmnet": {"experiment_spec": "{}", "segment": 0, "segmnet": 1},
+        "requires type NUMBER_INTEGER": {"experiment_spec": "{}", "segment": "0"},
+        "requires type STRING": {"experiment_spec": True},
+    }
     for expected, parameters in cases.items():
         status, body = _run(multi_user, experiment_id, documents, parameters)
         assert status == 400 and expected in body["message"], (expected, body)
@@ -219,7 +262,9 @@ def test_missing_namespace_in_multi_user_mode_is_exit_2_with_the_fix(multi_user,
     monkeypatch.setenv(gateway.TOKEN_PATH_ENV, str(token))
     result = CliRunner().invoke(cli, SUBMIT + ["--host", multi_user.host])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "multi-user mode" in result.output and "--namespace" in result.output and "KUBETUNE_NAMESPACE" in result.output
+    assert (
+        "multi-user mode" in result.output and "--namespace" in result.output and "KUBETUNE_NAMESPACE" in result.output
+    )
     assert CliRunner().invoke(cli, SUBMIT + ["--host", multi_user.host, "--namespace", "team-a"]).exit_code == 0
 
 
@@ -269,9 +314,14 @@ def test_a_bug_in_kubetune_is_not_reported_as_a_host_problem():
         gateway.call("http://kfp.example:8888", "list runs", buggy, filter="x")
 
 
-@pytest.mark.parametrize("error", [ConnectionRefusedError(111, "Connection refused"),
-                                   urllib3_errors.NewConnectionError(None, "Failed to establish a new connection"),
-                                   ApiException(status=503, reason="Service Unavailable")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        urllib3_errors.NewConnectionError(None, "Failed to establish a new connection"),
+        ApiException(status=503, reason="Service Unavailable"),
+    ],
+)
 def test_an_unreachable_or_refusing_host_is_a_kfp_error_with_the_fix(error):
     def unreachable():
         raise error

@@ -27,8 +27,11 @@ def test_submit_starts_one_run_and_the_same_spec_again_starts_nothing(kfp_api):
     (run,) = _posted_runs(kfp_api)
     assert run["display_name"] == run_name(load_experiment("examples/digits.yaml"), 0)
     assert run["runtime_config"]["parameters"]["segment"] == 0
-    settings = json.loads(run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
-                          ["cluster_settings"]["defaultValue"])
+    settings = json.loads(
+        run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]["cluster_settings"][
+            "defaultValue"
+        ]
+    )
     assert settings["image"] == "img:1" and settings["secret"] == "kubetune-credentials"
 
 
@@ -81,9 +84,18 @@ def test_next_segment_submits_the_following_run_once_with_its_idempotency_key(kf
     monkeypatch.setenv("KUBETUNE_KFP_HOST", kfp_api.host)
     experiment = _experiment()
     start_segment(experiment, segment=0)
-    settings = json.dumps({"image": "img:1", "trainer_image": "img:gpu", "secret": "s", "config_map": "c",
-                           "image_pull_secrets": [], "shm_size": "1Gi", "trial_timeout_seconds": 60,
-                           "infrastructure_retries": 1})
+    settings = json.dumps(
+        {
+            "image": "img:1",
+            "trainer_image": "img:gpu",
+            "secret": "s",
+            "config_map": "c",
+            "image_pull_secrets": [],
+            "shm_size": "1Gi",
+            "trial_timeout_seconds": 60,
+            "infrastructure_retries": 1,
+        }
+    )
     first = finish_segment(experiment, segment=0, cluster_settings=settings)
     again = finish_segment(experiment, segment=0, cluster_settings=settings)
     assert first.go_on and again.go_on

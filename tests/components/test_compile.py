@@ -43,7 +43,9 @@ def compiled(tmp_path, gpu_experiment):
     path = compile_pipeline(
         gpu_experiment,
         tmp_path / "pipeline.yaml",
-        ClusterSettings(image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda", image_pull_secrets=("regcred",)),
+        ClusterSettings(
+            image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda", image_pull_secrets=("regcred",)
+        ),
     )
     pipeline, platform = _documents(path)
     return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -101,15 +103,20 @@ def test_only_data_retrieval_is_cached_and_lanes_run_in_parallel(compiled, gpu_e
     assert _cached(pipeline) == {"retrieve-data"}
 
 
-@pytest.mark.parametrize("data, cached", [
-    ({"source": "s3://bucket/data.npz"}, False),
-    ({"source": "https://example.org/data.npz", "sha256": "a" * 64}, True),
-    ({"source": "file:///data/digits.npz"}, False),
-])
+@pytest.mark.parametrize(
+    "data, cached",
+    [
+        ({"source": "s3://bucket/data.npz"}, False),
+        ({"source": "https://example.org/data.npz", "sha256": "a" * 64}, True),
+        ({"source": "file:///data/digits.npz"}, False),
+    ],
+)
 def test_data_retrieval_is_cached_only_when_its_source_cannot_change(tmp_path, data, cached):
     spec = yaml.safe_load(open("examples/digits.yaml"))
     spec["spec"]["data"].update(data)
-    pipeline, _ = _documents(compile_pipeline(parse_experiment(spec), tmp_path / "p.yaml", ClusterSettings(image=IMAGE)))
+    pipeline, _ = _documents(
+        compile_pipeline(parse_experiment(spec), tmp_path / "p.yaml", ClusterSettings(image=IMAGE))
+    )
     assert ("retrieve-data" in _cached(pipeline)) is cached
 
 
@@ -124,7 +131,9 @@ def test_a_failed_lane_still_runs_the_segments_exit_step(compiled):
     handler = pipeline["components"][root[group]["componentRef"]["name"]]["dag"]["tasks"]
     assert {"retrieve-data", "ensure-study", "register-best"} <= set(handler)
     assert any("parameterIterator" in task for task in handler.values()), "the lanes run inside the exit handler"
-    exit_tasks = [t for t in tasks.values() if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"]
+    exit_tasks = [
+        t for t in tasks.values() if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
+    ]
     assert exit_tasks == [root["next-segment"]]
     for task in exit_tasks:
         assert not any("parameterIterator" in tasks[d] for d in task["dependentTasks"])
@@ -137,7 +146,10 @@ def test_a_lane_trains_only_when_suggest_found_no_stop_rule(compiled):
     tasks = _tasks(pipeline)
     (gate,) = [task for task in tasks.values() if "triggerPolicy" in task and "condition" in task["triggerPolicy"]]
     assert gate["dependentTasks"] == ["suggest-trial"]
-    assert gate["triggerPolicy"]["condition"] == "int(inputs.parameter_values['pipelinechannel--suggest-trial-Output']) >= 0"
+    assert (
+        gate["triggerPolicy"]["condition"]
+        == "int(inputs.parameter_values['pipelinechannel--suggest-trial-Output']) >= 0"
+    )
     gated = pipeline["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
     assert set(gated) == {"train-trial", "evaluate-trial"}
     loop = next(name for name, task in tasks.items() if "parameterIterator" in task)
@@ -185,8 +197,9 @@ def test_every_step_gets_the_s3_region(compiled):
 
 
 def test_a_toleration_in_both_the_spec_and_the_cluster_defaults_is_emitted_once(tmp_path, gpu_experiment):
-    cluster = ClusterSettings(image=IMAGE, gpu_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists",
-                                                             "effect": "NoSchedule"},))
+    cluster = ClusterSettings(
+        image=IMAGE, gpu_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    )
     _, platform = _documents(compile_pipeline(gpu_experiment, tmp_path / "p.yaml", cluster))
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-trial"]
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

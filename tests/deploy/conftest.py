@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -86,7 +86,9 @@ def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list
 
 def one(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     matches = find(objs, kind, name)
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}: {[o['metadata']['name'] for o in find(objs, kind)]}"
+    assert len(matches) == 1, (
+        f"expected one {kind}/{name}, found {len(matches)}: {[o['metadata']['name'] for o in find(objs, kind)]}"
+    )
     return matches[0]
 
 
@@ -112,7 +114,7 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def decoded_secret_values(objs: list[dict[str, Any]]) -> dict[str, str]:
-    """"<secret>/<key>" -> plain value for every Secret in a render."""
+    """ "<secret>/<key>" -> plain value for every Secret in a render."""
     values = {}
     for secret in find(objs, "Secret"):
         for key, value in (secret.get("data") or {}).items():
@@ -141,7 +143,7 @@ def security_problems(objs: list[dict[str, Any]]) -> list[str]:
             at = f"{where}/{container['name']}"
             sc = container.get("securityContext") or {}
 
-            def setting(key: str, sc: dict[str, Any] = sc) -> Any:
+            def setting(key: str, sc: dict[str, Any] = sc, pod_sc: dict[str, Any] = pod_sc) -> Any:
                 return sc[key] if key in sc else pod_sc.get(key)
 
             if setting("runAsNonRoot") is not True:
@@ -177,7 +179,9 @@ def resource_problems(objs: list[dict[str, Any]]) -> list[str]:
             for section in ("requests", "limits"):
                 for resource in ("cpu", "memory"):
                     if resource not in (resources.get(section) or {}):
-                        problems.append(f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}: no {section}.{resource}")
+                        problems.append(
+                            f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}: no {section}.{resource}"
+                        )
     return problems
 
 
@@ -201,19 +205,39 @@ def token_privilege_problems(objs: list[dict[str, Any]], account: str) -> list[s
         return ["the render binds ClusterRoles"]
     problems = []
     for rule in rules_of(objs, account):
-        review = rule["apiGroups"] == ["authorization.k8s.io"] and rule["resources"] == ["localsubjectaccessreviews"] and rule["verbs"] == ["create"]
+        review = (
+            rule["apiGroups"] == ["authorization.k8s.io"]
+            and rule["resources"] == ["localsubjectaccessreviews"]
+            and rule["verbs"] == ["create"]
+        )
         named_get = rule["verbs"] == ["get"] and bool(rule.get("resourceNames")) and "*" not in rule["resources"]
         kfp_read = rule["apiGroups"] == ["pipelines.kubeflow.org"] and set(rule["verbs"]) <= {"get", "list"}
         if not (review or named_get or kfp_read):
-            problems.append(f"{account} may {rule['verbs']} {rule['apiGroups']}/{rule['resources']} {rule.get('resourceNames', 'of any name')}")
+            problems.append(
+                f"{account} may {rule['verbs']} {rule['apiGroups']}/{rule['resources']} {rule.get('resourceNames', 'of any name')}"
+            )
     return problems
 
 
 # Custom resources that kubernetes-validate has no schema for, with the fields their CRD defines.
 # PodDefault: kubeflow/dashboard components/poddefaults-webhooks/pkg/apis/settings/v1alpha1/poddefault_types.go@v2.0.0.
 PODDEFAULT_SPEC_FIELDS = {
-    "selector", "desc", "initContainers", "sidecars", "serviceAccountName", "automountServiceAccountToken", "env",
-    "envFrom", "volumes", "volumeMounts", "annotations", "labels", "tolerations", "command", "args", "imagePullSecrets",
+    "selector",
+    "desc",
+    "initContainers",
+    "sidecars",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "env",
+    "envFrom",
+    "volumes",
+    "volumeMounts",
+    "annotations",
+    "labels",
+    "tolerations",
+    "command",
+    "args",
+    "imagePullSecrets",
 }
 
 
@@ -229,13 +253,20 @@ def poddefault_errors(obj: dict[str, Any], version: str) -> list[str]:
     if not spec.get("desc"):
         errors.append("spec.desc is required")
     container = {"name": "c", "image": "x:1", "env": spec.get("env", []), "volumeMounts": spec.get("volumeMounts", [])}
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [container], "volumes": spec.get("volumes", [])}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [container], "volumes": spec.get("volumes", [])},
+    }
     try:
         kubernetes_validate.validate(pod, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         errors.append(f"injected pod fields: {'/'.join(str(p) for p in error.absolute_path)}: {error.message}")
     volumes = {v["name"] for v in spec.get("volumes", [])}
-    errors.extend(f"volumeMount {m['name']} has no volume" for m in spec.get("volumeMounts", []) if m["name"] not in volumes)
+    errors.extend(
+        f"volumeMount {m['name']} has no volume" for m in spec.get("volumeMounts", []) if m["name"] not in volumes
+    )
     return errors
 
 
@@ -252,7 +283,9 @@ def validation_errors(objs: list[dict[str, Any]], versions: list[str] = KUBE_VER
         for obj in objs:
             custom = CUSTOM_RESOURCE_CHECKS.get((obj.get("apiVersion"), obj.get("kind")))
             if custom:
-                errors.extend(f"{version} {obj['kind']}/{obj['metadata'].get('name')}: {e}" for e in custom(obj, version))
+                errors.extend(
+                    f"{version} {obj['kind']}/{obj['metadata'].get('name')}: {e}" for e in custom(obj, version)
+                )
                 continue
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -295,7 +328,7 @@ class FakeKubeAPI:
     Listens on 127.0.0.1 only; objects are served from ``self.objects[(kind, namespace, name)]``.
     """
 
-    RESOURCES = {"secrets": "Secret", "configmaps": "ConfigMap"}
+    RESOURCES: ClassVar[dict[str, str]] = {"secrets": "Secret", "configmaps": "ConfigMap"}
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -314,7 +347,7 @@ class FakeKubeAPI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 api.requests.append(self.path)
                 path = self.path.split("?", 1)[0].rstrip("/")
                 parts = path.split("/")
@@ -322,7 +355,13 @@ class FakeKubeAPI:
                     self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
                 elif path == "/api/v1":
                     resources = [
-                        {"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": ["get", "list"]}
+                        {
+                            "name": plural,
+                            "singularName": kind.lower(),
+                            "namespaced": True,
+                            "kind": kind,
+                            "verbs": ["get", "list"],
+                        }
                         for plural, kind in FakeKubeAPI.RESOURCES.items()
                     ]
                     self._send(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
@@ -330,14 +369,30 @@ class FakeKubeAPI:
                     self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
                 elif path == "/version":
                     self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
-                elif len(parts) == 7 and parts[:4] == ["", "api", "v1", "namespaces"] and parts[5] in FakeKubeAPI.RESOURCES:
+                elif (
+                    len(parts) == 7
+                    and parts[:4] == ["", "api", "v1", "namespaces"]
+                    and parts[5] in FakeKubeAPI.RESOURCES
+                ):
                     key = (FakeKubeAPI.RESOURCES[parts[5]], parts[4], parts[6])
                     if key in api.objects:
                         self._send(200, api.objects[key])
                     else:
-                        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+                        self._send(
+                            404,
+                            {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "reason": "NotFound",
+                                "code": 404,
+                            },
+                        )
                 else:
-                    self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+                    self._send(
+                        404,
+                        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404},
+                    )
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -9,13 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import deploy_support as ds
+import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
-
-import deploy_support as ds
-
-import helm_python as helm  # noqa: E402
-import kubernetes_validate  # noqa: E402
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -54,9 +52,20 @@ def test_every_scenario_renders(scenario_objects: dict[str, list[dict[str, Any]]
     }
     for name, objs in scenario_objects.items():
         kinds = {o["kind"] for o in objs}
-        assert {"Deployment", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Job", "Pod"} <= kinds, name
+        assert {
+            "Deployment",
+            "ConfigMap",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "NetworkPolicy",
+            "Job",
+            "Pod",
+        } <= kinds, name
         for obj in objs:
-            assert DNS_LABEL.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+            assert DNS_LABEL.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"][
+                "name"
+            ]
             assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == ds.RELEASE
             assert obj["metadata"]["labels"]["helm.sh/chart"] == "kubetune-0.1.0"
 
@@ -110,7 +119,12 @@ def test_default_stack(default_objects: list[dict[str, Any]]) -> None:
 def test_fullname_follows_the_release_name() -> None:
     objs = ds.render_objects({}, name="search")
     names = {o["metadata"]["name"] for o in objs}
-    assert {"search-kubetune-mlflow", "search-kubetune-config", "search-kubetune-credentials", "search-kubetune"} <= names
+    assert {
+        "search-kubetune-mlflow",
+        "search-kubetune-config",
+        "search-kubetune-credentials",
+        "search-kubetune",
+    } <= names
     config = ds.one(objs, "ConfigMap", "search-kubetune-config")["data"]
     assert config["KUBETUNE_CONFIG_MAP"] == "search-kubetune-config"
     assert config["KUBETUNE_CREDENTIALS_SECRET"] == "search-kubetune-credentials"
@@ -151,7 +165,9 @@ def test_images_are_pinned(scenario_objects: dict[str, list[dict[str, Any]]]) ->
     assert ds.one(objs, "StatefulSet", "kubetune-postgresql")["spec"]["template"]["spec"]["containers"][0]["image"] == (
         f"docker.io/library/postgres@{digest}"
     )
-    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_IMAGE"] == f"ghcr.io/kubetune/runtime@{digest}"
+    assert (
+        ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_IMAGE"] == f"ghcr.io/kubetune/runtime@{digest}"
+    )
 
 
 # ------------------------------------------------------------------------------- Kubernetes validation
@@ -165,7 +181,9 @@ def test_strict_validation_catches_mistakes(default_objects: list[dict[str, Any]
 
 
 @pytest.mark.parametrize("scenario", ds.SCENARIOS)
-def test_objects_pass_kubernetes_validate_strict(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_objects_pass_kubernetes_validate_strict(
+    scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]
+) -> None:
     errors = ds.validation_errors(scenario_objects[scenario], ds.KUBE_VERSIONS)
     assert not errors, "\n".join(errors)
 
@@ -181,7 +199,9 @@ def test_supported_kubernetes_versions_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("scenario", ds.SCENARIOS)
-def test_restricted_security_context_and_resources(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_restricted_security_context_and_resources(
+    scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]
+) -> None:
     problems = ds.security_problems(scenario_objects[scenario])
     assert not problems, "\n".join(problems)
 
@@ -190,7 +210,9 @@ def test_security_check_catches_a_weakened_pod() -> None:
     objs = ds.render_objects(
         {
             "mlflow": {"containerSecurityContext": {"allowPrivilegeEscalation": True, "readOnlyRootFilesystem": False}},
-            "postgresql": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}},
+            "postgresql": {
+                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+            },
         }
     )
     problems = ds.security_problems(objs)
@@ -206,7 +228,9 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 @pytest.mark.parametrize("scenario", ["default-values", "dashboard-values", "experiments-values"])
-def test_network_policies_admit_only_the_access_label(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_network_policies_admit_only_the_access_label(
+    scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]
+) -> None:
     objs = scenario_objects[scenario]
     policies = {p["metadata"]["name"]: p for p in ds.find(objs, "NetworkPolicy")}
     assert set(policies) == {"kubetune-postgresql", "kubetune-minio"}
@@ -214,7 +238,9 @@ def test_network_policies_admit_only_the_access_label(scenario: str, scenario_ob
         policy = policies[name]["spec"]
         selector = policy["podSelector"]["matchLabels"]
         selected = [
-            o["metadata"]["name"] for o in ds.workloads(objs) if _matches(selector, ds.pod_template(o)["metadata"].get("labels", {}))
+            o["metadata"]["name"]
+            for o in ds.workloads(objs)
+            if _matches(selector, ds.pod_template(o)["metadata"].get("labels", {}))
         ]
         assert selected == [name], f"{name} selects {selected}"
         assert policy["policyTypes"] == ["Ingress"]
@@ -226,20 +252,27 @@ def test_network_policies_admit_only_the_access_label(scenario: str, scenario_ob
         namespace_peers = [p for p in rule["from"] if "namespaceSelector" in p]
         if scenario == "dashboard-values":
             assert namespace_peers == [
-                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}, "podSelector": {"matchLabels": ds.ACCESS_LABEL}}
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}},
+                    "podSelector": {"matchLabels": ds.ACCESS_LABEL},
+                }
             ]
         else:
             assert namespace_peers == []
 
     labelled = {
-        o["metadata"]["name"] for o in ds.workloads(objs) if _matches(ds.ACCESS_LABEL, ds.pod_template(o)["metadata"].get("labels", {}))
+        o["metadata"]["name"]
+        for o in ds.workloads(objs)
+        if _matches(ds.ACCESS_LABEL, ds.pod_template(o)["metadata"].get("labels", {}))
     }
     assert {"kubetune-mlflow", "kubetune-minio-make-bucket", "kubetune-test-connection"} <= labelled
     assert "kubetune-register-pipeline" not in labelled, "the registration Job only talks to KFP"
     assert "kubetune-postgresql" not in labelled and "kubetune-minio" not in labelled
     if scenario == "dashboard-values":
         assert "kubetune-dashboard" in labelled
-    experiment_jobs = {j["metadata"]["name"] for j in ds.find(objs, "Job") if j["metadata"]["name"].startswith("kubetune-exp-")}
+    experiment_jobs = {
+        j["metadata"]["name"] for j in ds.find(objs, "Job") if j["metadata"]["name"].startswith("kubetune-exp-")
+    }
     assert not experiment_jobs & labelled, "the experiment Jobs only talk to KFP"
     if scenario == "experiments-values":
         assert experiment_jobs
@@ -253,7 +286,9 @@ def test_network_policies_can_be_disabled() -> None:
 
 
 def test_rbac_is_minimal(default_objects: list[dict[str, Any]]) -> None:
-    roles = {r["metadata"]["name"]: r for r in ds.find(default_objects, "Role") if r["metadata"]["name"] != "kubetune-doctor"}
+    roles = {
+        r["metadata"]["name"]: r for r in ds.find(default_objects, "Role") if r["metadata"]["name"] != "kubetune-doctor"
+    }
     assert not ds.find(default_objects, "ClusterRole") and not ds.find(default_objects, "ClusterRoleBinding")
     for role in roles.values():  # the doctor's Role (a helm test hook) is checked in test_deploy_kubeflow.py
         for rule in role["rules"]:
@@ -263,7 +298,9 @@ def test_rbac_is_minimal(default_objects: list[dict[str, Any]]) -> None:
             assert set(rule["verbs"]) <= {"create", "get", "list"}
     runs = roles["kubetune-kfp-runs"]["rules"]
     assert {"create", "get", "list"} <= set(next(r for r in runs if "runs" in r["resources"])["verbs"])
-    assert all("create" not in r["verbs"] for r in runs if "pipelines" in r["resources"]), "pipeline pods do not create pipelines"
+    assert all("create" not in r["verbs"] for r in runs if "pipelines" in r["resources"]), (
+        "pipeline pods do not create pipelines"
+    )
     binding = ds.one(default_objects, "RoleBinding", "kubetune-kfp-runs")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune", "namespace": ds.NAMESPACE}]
     registrar = ds.one(default_objects, "RoleBinding", "kubetune-kfp-pipelines")
@@ -296,14 +333,23 @@ def test_pipeline_registration_hook(default_objects: list[dict[str, Any]]) -> No
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "ghcr.io/kubetune/runtime:0.1.0"
     assert container["command"] == [
-        "kubetune", "register-pipeline", "--host", "$(KUBETUNE_KFP_HOST)", "--name", "kubetune-search", "--version", "0.1.0-0.1.0",
+        "kubetune",
+        "register-pipeline",
+        "--host",
+        "$(KUBETUNE_KFP_HOST)",
+        "--name",
+        "kubetune-search",
+        "--version",
+        "0.1.0-0.1.0",
     ]
     assert {"configMapRef": {"name": "kubetune-config"}} in container["envFrom"]
     assert not any("secretRef" in source for source in container["envFrom"]), "no credentials for the registration Job"
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600 and job["spec"]["backoffLimit"] == 6
     bucket = ds.one(default_objects, "Job", "kubetune-minio-make-bucket")
     assert int(bucket["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
-    assert not ds.find(ds.render_objects({"kfp": {"registerPipeline": {"enabled": False}}}), "Job", "kubetune-register-pipeline")
+    assert not ds.find(
+        ds.render_objects({"kfp": {"registerPipeline": {"enabled": False}}}), "Job", "kubetune-register-pipeline"
+    )
 
 
 def test_helm_test_checks_database_and_mlflow(default_objects: list[dict[str, Any]]) -> None:
@@ -346,7 +392,10 @@ def test_external_database(scenario_objects: dict[str, list[dict[str, Any]]]) ->
     )
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-database", "key": "password"}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "kubetune-minio", "key": "root-user"}
-    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_CREDENTIALS_SECRET"] == "kubetune-pipeline-credentials"
+    assert (
+        ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_CREDENTIALS_SECRET"]
+        == "kubetune-pipeline-credentials"
+    )
 
 
 def test_existing_secrets(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
@@ -374,8 +423,10 @@ def test_gpu_cluster_settings(scenario_objects: dict[str, list[dict[str, Any]]])
     assert json.loads(data["KUBETUNE_GPU_TOLERATIONS"]) == values["trial"]["gpuTolerations"]
     assert data["KUBETUNE_IMAGE_PULL_SECRETS"].split() == ["registry-example-com"]
     trainer = values["trainerImage"]
-    assert data["KUBETUNE_TRAINER_IMAGE"] == f"{trainer['repository']}:{trainer['tag']}" == (
-        "registry.example.com/ml/kubetune-trainer-cuda:0.1.0"
+    assert (
+        data["KUBETUNE_TRAINER_IMAGE"]
+        == f"{trainer['repository']}:{trainer['tag']}"
+        == ("registry.example.com/ml/kubetune-trainer-cuda:0.1.0")
     )
     assert data["KUBETUNE_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0"
     assert data["KUBETUNE_SERVICE_ACCOUNT"] == ""
@@ -384,16 +435,22 @@ def test_gpu_cluster_settings(scenario_objects: dict[str, list[dict[str, Any]]])
     empty = ds.one(scenario_objects["default-values"], "ConfigMap", "kubetune-config")["data"]
     assert (json.loads(empty["KUBETUNE_GPU_NODE_SELECTOR"]), json.loads(empty["KUBETUNE_GPU_TOLERATIONS"])) == ({}, [])
     assert empty["KUBETUNE_IMAGE_PULL_SECRETS"] == ""
-    pull = ds.one(scenario_objects["gpu-values"], "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["imagePullSecrets"]
+    pull = ds.one(scenario_objects["gpu-values"], "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"][
+        "imagePullSecrets"
+    ]
     assert pull == [{"name": "registry-example-com"}]
 
 
 def test_image_pull_secrets_for_pipeline_pods() -> None:
     # trial.imagePullSecrets first, then the chart-wide ones (the steps run the runtime image too), no duplicates.
-    objs = ds.render_objects({"imagePullSecrets": ["chart-registry", "shared"], "trial": {"imagePullSecrets": ["gpu-registry", "shared"]}})
+    objs = ds.render_objects(
+        {"imagePullSecrets": ["chart-registry", "shared"], "trial": {"imagePullSecrets": ["gpu-registry", "shared"]}}
+    )
     data = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
     assert data["KUBETUNE_IMAGE_PULL_SECRETS"] == "gpu-registry shared chart-registry"
-    only_chart = ds.one(ds.render_objects({"imagePullSecrets": ["chart-registry"]}), "ConfigMap", "kubetune-config")["data"]
+    only_chart = ds.one(ds.render_objects({"imagePullSecrets": ["chart-registry"]}), "ConfigMap", "kubetune-config")[
+        "data"
+    ]
     assert only_chart["KUBETUNE_IMAGE_PULL_SECRETS"] == "chart-registry"
 
 
@@ -414,14 +471,20 @@ def test_no_trial_defaults_configmap(scenario_objects: dict[str, list[dict[str, 
 def test_cli_jobs_load_the_settings_as_env(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
     """register-pipeline and submit run the CLI, which reads its cluster settings from env (no ConfigMap reads)."""
     objs = scenario_objects[scenario]
-    jobs = [j for j in ds.find(objs, "Job") if j["metadata"]["name"] == "kubetune-register-pipeline" or j["metadata"]["name"].startswith("kubetune-exp-")]
+    jobs = [
+        j
+        for j in ds.find(objs, "Job")
+        if j["metadata"]["name"] == "kubetune-register-pipeline" or j["metadata"]["name"].startswith("kubetune-exp-")
+    ]
     assert jobs
     multi_user = bool(ds.ci_values(scenario).get("kfp", {}).get("multiUser"))
     for job in jobs:
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         assert container["command"][0] == "kubetune"
-        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], "the settings, and no credentials"
+        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], (
+            "the settings, and no credentials"
+        )
         env = ds.env_of(container)
         assert not any("valueFrom" in entry for entry in env.values()), "no Secret values"
         assert "KUBETUNE_TRIAL_DEFAULTS" not in env
@@ -465,7 +528,10 @@ def test_dashboard(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
     assert container["image"] == "ghcr.io/kubetune/runtime:0.1.0"
     assert container["command"][0] == "optuna-dashboard"
     env = ds.env_of(container)
-    assert env["DASHBOARD_STORAGE"]["value"] == f"postgresql+psycopg://kubetune@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/optuna"
+    assert (
+        env["DASHBOARD_STORAGE"]["value"]
+        == f"postgresql+psycopg://kubetune@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/optuna"
+    )
     assert "valueFrom" in env["PGPASSWORD"]
     ds.one(objs, "Service", "kubetune-dashboard")
     assert ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["replicas"] == 2

@@ -12,9 +12,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-import pytest
-
 import deploy_support as ds
+import pytest
 
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "clang", "make", "cmake", "git", "-dev")
 PINNED = re.compile(r"^(?P<name>[a-z0-9./_-]+):(?P<tag>[A-Za-z0-9._-]+)@sha256:[0-9a-f]{64}$")
@@ -127,7 +126,13 @@ def test_digest_refresh_is_documented(name: str) -> None:
     for folder in ("kubetune", "components", "pipelines"):
         assert re.search(rf"COPY {folder} \./{folder}", text)
     ignore = (ds.IMAGES / f"{name}.dockerignore").read_text().splitlines()
-    assert "**" in ignore and {"!pyproject.toml", "!README.md", "!kubetune/**", "!components/**", "!pipelines/**"} <= set(ignore)
+    assert "**" in ignore and {
+        "!pyproject.toml",
+        "!README.md",
+        "!kubetune/**",
+        "!components/**",
+        "!pipelines/**",
+    } <= set(ignore)
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
@@ -139,7 +144,9 @@ def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
     assert args[args.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
     # torch goes in before the project, so that `pip install .` finds it satisfied.
     runs = [r for r in stages[0].all("RUN")]
-    assert runs.index(torch_installs[0]) < next(i for i, r in enumerate(runs) if re.search(r"pip install[^&]*\s\.\s", r))
+    assert runs.index(torch_installs[0]) < next(
+        i for i, r in enumerate(runs) if re.search(r"pip install[^&]*\s\.\s", r)
+    )
 
 
 def test_cuda_image_reuses_the_base_torch() -> None:
@@ -161,25 +168,25 @@ def test_cuda_image_reuses_the_base_torch() -> None:
         (
             "FROM python:3.11.9@sha256:{d} AS builder\nRUN pip install --no-cache-dir .\n"
             "FROM python:3.11.9@sha256:{d}\nRUN apt-get update && apt-get install -y gcc\nCOPY --from=builder /opt/venv /opt/venv\n"
-            "ENV PATH=/opt/venv/bin:$PATH\nUSER 1000\nENTRYPOINT [\"kubetune\"]\n",
+            'ENV PATH=/opt/venv/bin:$PATH\nUSER 1000\nENTRYPOINT ["kubetune"]\n',
             "build tool gcc",
         ),
         (
             "FROM python:3.11.9@sha256:{d} AS builder\nRUN pip install --no-cache-dir .\n"
             "FROM python:3.11.9@sha256:{d}\nCOPY --from=builder /opt/venv /opt/venv\nENV PATH=/opt/venv/bin:$PATH\n"
-            "USER kubetune\nENTRYPOINT [\"kubetune\"]\n",
+            'USER kubetune\nENTRYPOINT ["kubetune"]\n',
             "not numeric",
         ),
         (
             "FROM python:3.11.9@sha256:{d} AS builder\nRUN pip install .\n"
             "FROM python:3.11.9@sha256:{d}\nCOPY --from=builder /opt/venv /opt/venv\nENV PATH=/opt/venv/bin:$PATH\n"
-            "USER 1000\nENTRYPOINT [\"python\"]\n",
+            'USER 1000\nENTRYPOINT ["python"]\n',
             "ENTRYPOINT",
         ),
         (
             "FROM python:3.11.9@sha256:{d} AS builder\nRUN pip install .\n"
             "FROM python:3.11.9@sha256:{d}\nCOPY --from=builder /opt/venv /opt/venv\nENV PATH=/opt/venv/bin:$PATH\n"
-            "USER 1000\nENTRYPOINT [\"kubetune\"]\n",
+            'USER 1000\nENTRYPOINT ["kubetune"]\n',
             "--no-cache-dir",
         ),
     ],

@@ -6,16 +6,20 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import deploy_support as ds
 import pytest
 import yaml
-
-import deploy_support as ds
 
 MULTI_USER = "multiuser-istio-values"
 TOKEN_AUDIENCE = "pipelines.kubeflow.org"
 DOCTOR_ENV = [  # what `kubetune doctor` reads, from the ConfigMap or the pipeline Secret
-    "KUBETUNE_KFP_HOST", "KUBETUNE_NAMESPACE", "KUBETUNE_SERVICE_ACCOUNT", "KUBETUNE_CREDENTIALS_SECRET",
-    "KUBETUNE_CONFIG_MAP", "KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI",
+    "KUBETUNE_KFP_HOST",
+    "KUBETUNE_NAMESPACE",
+    "KUBETUNE_SERVICE_ACCOUNT",
+    "KUBETUNE_CREDENTIALS_SECRET",
+    "KUBETUNE_CONFIG_MAP",
+    "KUBETUNE_STORAGE",
+    "MLFLOW_TRACKING_URI",
 ]
 
 
@@ -27,7 +31,9 @@ def _config(objs: list[dict[str, Any]]) -> dict[str, str]:
     return ds.one(objs, "ConfigMap", "kubetune-config")["data"]
 
 
-def _every_render(scenario_objects: dict[str, list[dict[str, Any]]], built: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+def _every_render(
+    scenario_objects: dict[str, list[dict[str, Any]]], built: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
     renders = {f"chart {name}": objs for name, objs in scenario_objects.items()}
     renders.update({f"kustomize {name}": objs for name, objs in built.items()})
     return renders
@@ -48,7 +54,12 @@ def run_account_problems(objs: list[dict[str, Any]]) -> list[str]:
     if created and created[0].get("automountServiceAccountToken") is False:
         problems.append(f"runs would use {account}, which the render creates with automountServiceAccountToken: false")
     if created:
-        granted = {(group, resource) for rule in ds.rules_of(objs, account) for group in rule["apiGroups"] for resource in rule["resources"]}
+        granted = {
+            (group, resource)
+            for rule in ds.rules_of(objs, account)
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
         for needed in [("", "configmaps"), ("", "secrets"), ("argoproj.io", "workflowtaskresults")]:
             if needed not in granted:
                 problems.append(f"runs would use {account}, which may not use {needed[1]}")
@@ -104,7 +115,11 @@ def test_namespace_and_region_follow_the_values() -> None:
         {
             "kfp": {"namespace": "team-b"},
             "minio": {"enabled": False},
-            "externalS3": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "region": "eu-west-1", "existingSecret": "s3"},
+            "externalS3": {
+                "endpoint": "https://s3.eu-west-1.amazonaws.com",
+                "region": "eu-west-1",
+                "existingSecret": "s3",
+            },
             "pipelineSecret": {"existingSecret": "pipeline"},
         }
     )
@@ -132,12 +147,20 @@ def token_path_problems(objs: list[dict[str, Any]]) -> list[str]:
                 if token and token.get("audience") == TOKEN_AUDIENCE:
                     tokens[volume["name"]] = token["path"]
         for container in ds.containers(spec):
-            files = [f"{m['mountPath']}/{tokens[m['name']]}" for m in container.get("volumeMounts", []) if m["name"] in tokens]
+            files = [
+                f"{m['mountPath']}/{tokens[m['name']]}"
+                for m in container.get("volumeMounts", [])
+                if m["name"] in tokens
+            ]
             path = ds.env_of(container).get("KF_PIPELINES_SA_TOKEN_PATH", {}).get("value")
             if files and path not in files:
-                problems.append(f"{obj['metadata']['name']}/{container['name']}: KF_PIPELINES_SA_TOKEN_PATH={path!r}, token at {files}")
+                problems.append(
+                    f"{obj['metadata']['name']}/{container['name']}: KF_PIPELINES_SA_TOKEN_PATH={path!r}, token at {files}"
+                )
             if path and not files:
-                problems.append(f"{obj['metadata']['name']}/{container['name']}: KF_PIPELINES_SA_TOKEN_PATH set, no token mounted")
+                problems.append(
+                    f"{obj['metadata']['name']}/{container['name']}: KF_PIPELINES_SA_TOKEN_PATH set, no token mounted"
+                )
     return problems
 
 
@@ -154,7 +177,11 @@ def test_kfp_token_path_matches_its_mount(scenario_objects, built) -> None:
 @pytest.mark.parametrize("scenario", ds.SCENARIOS)
 def test_kfp_clients_hold_a_token_exactly_in_multi_user_mode(scenario: str, scenario_objects) -> None:
     objs = scenario_objects[scenario]
-    clients = [w for w in ds.workloads(objs) if ds.containers(ds.pod_template(w)["spec"])[0]["image"].startswith("ghcr.io/kubetune/runtime")]
+    clients = [
+        w
+        for w in ds.workloads(objs)
+        if ds.containers(ds.pod_template(w)["spec"])[0]["image"].startswith("ghcr.io/kubetune/runtime")
+    ]
     clients = [w for w in clients if w["kind"] != "Deployment"]  # the dashboard never calls KFP
     assert {c["metadata"]["name"] for c in clients} >= {"kubetune-register-pipeline", "kubetune-test-doctor"}
     for client in clients:
@@ -181,7 +208,10 @@ def test_kfp_token_component_reaches_the_submit_job(manifests_copy, tmp_path) ->
     kustomization.write_text(yaml.safe_dump(data, sort_keys=False))
     objs = ds.kustomize_build(folder / "experiments")
     spec = ds.pod_template(ds.one(objs, "Job", "kubetune-submit-experiments"))["spec"]
-    assert ds.env_of(spec["containers"][0])["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == "/var/run/secrets/kubeflow/pipelines/token"
+    assert (
+        ds.env_of(spec["containers"][0])["KF_PIPELINES_SA_TOKEN_PATH"]["value"]
+        == "/var/run/secrets/kubeflow/pipelines/token"
+    )
     assert not token_path_problems(objs)
     assert not ds.validation_errors(objs, ["1.30.0"])
 
@@ -198,10 +228,16 @@ DOCUMENTED_PODDEFAULT_SPEC = {
     "volumes": [
         {
             "name": "volume-kf-pipeline-token",
-            "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}]},
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}
+                ]
+            },
         }
     ],
-    "volumeMounts": [{"mountPath": "/var/run/secrets/kubeflow/pipelines", "name": "volume-kf-pipeline-token", "readOnly": True}],
+    "volumeMounts": [
+        {"mountPath": "/var/run/secrets/kubeflow/pipelines", "name": "volume-kf-pipeline-token", "readOnly": True}
+    ],
 }
 
 
@@ -278,7 +314,9 @@ def test_production_overlay_services_have_no_sidecar(built) -> None:
     services = [w for w in ds.workloads(built["overlays/production"]) if w["kind"] in ("Deployment", "StatefulSet")]
     assert {s["metadata"]["name"] for s in services} == {"kubetune-mlflow", "kubetune-postgresql", "kubetune-minio"}
     assert all(_without_sidecar(s) for s in services)
-    assert not any(_without_sidecar(s) for s in ds.workloads(built["overlays/dev"]) if s["kind"] in ("Deployment", "StatefulSet"))
+    assert not any(
+        _without_sidecar(s) for s in ds.workloads(built["overlays/dev"]) if s["kind"] in ("Deployment", "StatefulSet")
+    )
 
 
 # ------------------------------------------------------------------------------------- resources
@@ -288,7 +326,11 @@ def test_every_pod_has_requests_and_limits(scenario_objects, built) -> None:
     """A namespace with a ResourceQuota on cpu/memory and no LimitRange refuses pods without them."""
     renders = _every_render(scenario_objects, built)
     renders["chart everything on"] = ds.render_objects(
-        {"kfp": {"multiUser": True}, "dashboard": {"enabled": True}, "experiments": ds.ci_values("experiments-values")["experiments"]}
+        {
+            "kfp": {"multiUser": True},
+            "dashboard": {"enabled": True},
+            "experiments": ds.ci_values("experiments-values")["experiments"],
+        }
     )
     for where, objs in renders.items():
         assert ds.workloads(objs), where
@@ -332,14 +374,19 @@ def test_helm_test_runs_kubetune_doctor(scenario: str, scenario_objects) -> None
     assert sa["automountServiceAccountToken"] is False, "only the doctor pod mounts the token"
     for kind in ("ServiceAccount", "Role", "RoleBinding"):
         hook = ds.one(objs, kind, "kubetune-doctor")["metadata"]["annotations"]
-        assert hook["helm.sh/hook"] == "test" and int(hook["helm.sh/hook-weight"]) < int(pod["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+        assert hook["helm.sh/hook"] == "test" and int(hook["helm.sh/hook-weight"]) < int(
+            pod["metadata"]["annotations"].get("helm.sh/hook-weight", "0")
+        )
     binding = ds.one(objs, "RoleBinding", "kubetune-doctor")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-doctor", "namespace": ds.NAMESPACE}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubetune-doctor"}
 
-    run_account = config["KUBETUNE_SERVICE_ACCOUNT"] or ("default-editor" if _multi_user(scenario) else "pipeline-runner")
+    run_account = config["KUBETUNE_SERVICE_ACCOUNT"] or (
+        "default-editor" if _multi_user(scenario) else "pipeline-runner"
+    )
     rules = sorted(
-        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"]), tuple(r.get("resourceNames", []))) for r in ds.rules_of(objs, "kubetune-doctor")
+        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"]), tuple(r.get("resourceNames", [])))
+        for r in ds.rules_of(objs, "kubetune-doctor")
     )
     assert rules == sorted(
         [
@@ -381,11 +428,15 @@ def test_token_privilege_check_refuses_a_broader_doctor(default_objects) -> None
 def test_notes_give_the_multi_user_commands() -> None:
     notes = ds.render(ds.ci_values(MULTI_USER))["kubetune/templates/NOTES.txt"]
     assert f"kubectl -n {ds.NAMESPACE} get poddefault kubetune-access-ml-pipeline" in notes
-    assert f"kubectl -n {ds.NAMESPACE} create token default-editor --audience pipelines.kubeflow.org > kfp-token" in notes
+    assert (
+        f"kubectl -n {ds.NAMESPACE} create token default-editor --audience pipelines.kubeflow.org > kfp-token" in notes
+    )
     assert f"--host http://localhost:8888 --namespace {ds.NAMESPACE}" in notes
     assert f"helm test {ds.RELEASE} -n {ds.NAMESPACE} --logs" in notes
     assert "kubetune doctor" in notes and "without an Istio sidecar" in notes
     single = ds.render({})["kubetune/templates/NOTES.txt"]
     assert "PodDefault" not in single and "--namespace" not in single and 'ServiceAccount "pipeline-runner"' in single
-    no_pod_default = ds.render({"kfp": {"multiUser": True, "podDefault": {"create": False}}})["kubetune/templates/NOTES.txt"]
+    no_pod_default = ds.render({"kfp": {"multiUser": True, "podDefault": {"create": False}}})[
+        "kubetune/templates/NOTES.txt"
+    ]
     assert "kfp.podDefault.create is false: create it yourself" in no_pod_default

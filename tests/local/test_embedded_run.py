@@ -25,7 +25,10 @@ TINY = {
         "data": {"source": "builtin:digits"},
         "objective": {"metric": "val_accuracy"},
         "parameters": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        "architecture": {"blocks": {"low": 1, "high": 2}, "block": {"kind": {"choices": ["conv", "mlp"]}, "width": {"choices": [16, 32]}}},
+        "architecture": {
+            "blocks": {"low": 1, "high": 2},
+            "block": {"kind": {"choices": ["conv", "mlp"]}, "width": {"choices": [16, 32]}},
+        },
         "strategy": {"sampler": {"name": "tpe", "seed": 0}},
         "budget": {"maxTrials": 4, "parallelTrials": 2, "trialsPerSegment": 2},
         "trial": {"epochs": 2},
@@ -39,7 +42,11 @@ def _run(spec_path, home):
     env.pop("KUBETUNE_STORAGE", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
 
 
@@ -63,7 +70,7 @@ def _mlflow(home):
 
 
 def test_the_budget_is_spent_over_two_segments(searched):
-    _, home, result = searched
+    _, home, _result = searched
     study = _study(home)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4
@@ -153,13 +160,23 @@ def test_status_reports_trials_champion_segment_and_stop_reason(searched):
     env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
     for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    shown = subprocess.run([sys.executable, "-m", "kubetune.cli", "status", "tiny-digits"], capture_output=True,
-                           text=True, env=env, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "status", "tiny-digits"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"trials\s+\S*\s*\d+ of \d+ done", shown.stdout)
     assert "models:/tiny-digits-model@champion version" in shown.stdout and "maxTrials reached" in shown.stdout
-    unknown = subprocess.run([sys.executable, "-m", "kubetune.cli", "status", "no-such-experiment"],
-                             capture_output=True, text=True, env=env, timeout=120)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "status", "no-such-experiment"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert unknown.returncode == 2 and "no experiment 'no-such-experiment'" in unknown.stderr
 
 
@@ -176,15 +193,19 @@ def test_changed_search_space_is_refused_with_exit_code_2(searched, tmp_path):
 
 
 def test_a_failed_lane_still_ends_its_segment_then_exits_1_and_points_at_its_log(tmp_path):
-    spec = {**TINY, "metadata": {"name": "broken-step"},
-            "spec": {**TINY["spec"], "budget": {"maxTrials": 1, "parallelTrials": 1, "trialsPerSegment": 1}}}
+    spec = {
+        **TINY,
+        "metadata": {"name": "broken-step"},
+        "spec": {**TINY["spec"], "budget": {"maxTrials": 1, "parallelTrials": 1, "trialsPerSegment": 1}},
+    }
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "KUBETUNE_HOME": str(tmp_path / "home"), "KUBETUNE_TRAIN_THREADS": "not-a-number"}
     for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(path)], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "run", str(path)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 1
     assert "a pipeline step failed" in result.stderr and "Traceback" not in result.stderr
     log = re.search(r"see the step's log in (\S+)", result.stderr).group(1)

@@ -60,9 +60,7 @@ def mlflow_server(
     ``s3://mlflow/artifacts``."""
     backend = postgres.create_database("mlflow")
     s3.make_bucket("mlflow")
-    server = devstack.MlflowServer(
-        backend, "s3://mlflow/artifacts", s3.env(), directory=services_dir / "mlflow"
-    )
+    server = devstack.MlflowServer(backend, "s3://mlflow/artifacts", s3.env(), directory=services_dir / "mlflow")
     try:
         server.start()
     except devstack.ServiceError as exc:

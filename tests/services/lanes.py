@@ -11,16 +11,23 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kubetune.spec import Experiment, parse_experiment
 
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def small_document(name: str, *, max_trials: int = 3, lanes: int = 1, epochs: int = 1, parameters: dict | None = None,
-                   model: str | None = None) -> dict:
+def small_document(
+    name: str,
+    *,
+    max_trials: int = 3,
+    lanes: int = 1,
+    epochs: int = 1,
+    parameters: dict | None = None,
+    model: str | None = None,
+) -> dict:
     """A digits experiment of one tiny MLP block, quick enough to run many trials per test."""
     return {
         "apiVersion": "kubetune/v1alpha1",
@@ -30,8 +37,10 @@ def small_document(name: str, *, max_trials: int = 3, lanes: int = 1, epochs: in
             "data": {"source": "builtin:digits"},
             "objective": {"metric": "val_accuracy"},
             "parameters": parameters or {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-            "architecture": {"blocks": {"low": 1, "high": 1},
-                             "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]}}},
+            "architecture": {
+                "blocks": {"low": 1, "high": 1},
+                "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]}},
+            },
             "strategy": {"sampler": {"name": "tpe", "seed": 0}},
             "budget": {"maxTrials": max_trials, "parallelTrials": lanes, "trialsPerSegment": max_trials},
             "trial": {"epochs": epochs, "heartbeatSeconds": 5},
@@ -57,8 +66,9 @@ def one_lane(experiment: Experiment, folder: Path, *, slot: int = 0, segment: in
     split = str(folder / "split.npz")
     paths = artifact_paths(folder, number)
     result = train_trial(experiment, number=number, split_path=split, **paths)
-    return evaluate_trial(experiment, number=number, result=result, split_path=split,
-                          predictions_path=paths["predictions_path"])
+    return evaluate_trial(
+        experiment, number=number, result=result, split_path=split, predictions_path=paths["predictions_path"]
+    )
 
 
 def lane_until_budget(spec: str, slot: int, folder: str, out: str) -> None:
@@ -71,13 +81,14 @@ def lane_until_budget(spec: str, slot: int, folder: str, out: str) -> None:
     try:
         while plan_slots(load_study(experiment), experiment):
             told.append(one_lane(experiment, Path(folder), slot=slot)["number"])
-    except BaseException:  # reported to the test, which fails with it
+    except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
         error = traceback.format_exc()
     Path(out).write_text(json.dumps({"told": told, "error": error}))
 
 
-def run_lanes(experiment: Experiment, folder: Path, lanes: int, *, during: Callable[[], None] | None = None,
-              timeout: float = 240) -> list[dict]:
+def run_lanes(
+    experiment: Experiment, folder: Path, lanes: int, *, during: Callable[[], None] | None = None, timeout: float = 240
+) -> list[dict]:
     """Start ``lanes`` lane processes, call ``during()`` while they run, and return what each did."""
     processes = []
     for slot in range(lanes):

@@ -70,7 +70,9 @@ def run_cli(folder: Path, document: dict, env: dict[str, str]) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)],
         env={**base, "KUBETUNE_HOME": str(folder / "home"), "COLUMNS": "300", **env},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -97,15 +99,28 @@ def cli_cases(stack_env_module, s3, mlflow_server, tmp_path_factory):
     good = dict(stack_env_module)
     cases = {
         "missing-file": (_document("missing-file", {"source": f"file://{folder}/nowhere/digits.npz"}), good),
-        "wrong-s3-keys": (_document("wrong-s3-keys", {"source": f"s3://{bucket}/digits.npz"}),
-                          {**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + secrets.token_hex(8)}),
-        "unreachable-db": (_document("unreachable-db", {"source": "builtin:digits"}),
-                           {**good, "KUBETUNE_STORAGE": f"postgresql+psycopg://kubetune:pw-{secrets.token_hex(6)}"
-                                                        f"@127.0.0.1:{closed}/optuna",
-                            "KUBETUNE_DB_CONNECT_SECONDS": "1"}),
-        "silent-mlflow": (_document("silent-mlflow", {"source": "builtin:digits"}),
-                          {**good, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}",
-                           "KUBETUNE_RETRY_ATTEMPTS": "2", "KUBETUNE_RETRY_BACKOFF_SECONDS": "0.2"}),
+        "wrong-s3-keys": (
+            _document("wrong-s3-keys", {"source": f"s3://{bucket}/digits.npz"}),
+            {**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + secrets.token_hex(8)},
+        ),
+        "unreachable-db": (
+            _document("unreachable-db", {"source": "builtin:digits"}),
+            {
+                **good,
+                "KUBETUNE_STORAGE": f"postgresql+psycopg://kubetune:pw-{secrets.token_hex(6)}"
+                f"@127.0.0.1:{closed}/optuna",
+                "KUBETUNE_DB_CONNECT_SECONDS": "1",
+            },
+        ),
+        "silent-mlflow": (
+            _document("silent-mlflow", {"source": "builtin:digits"}),
+            {
+                **good,
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}",
+                "KUBETUNE_RETRY_ATTEMPTS": "2",
+                "KUBETUNE_RETRY_BACKOFF_SECONDS": "0.2",
+            },
+        ),
     }
     with ThreadPoolExecutor(len(cases)) as pool:
         futures = {name: pool.submit(run_cli, folder / name, document, env) for name, (document, env) in cases.items()}
@@ -142,16 +157,23 @@ def _nothing_recorded(env: dict, name: str) -> None:
 
 def test_missing_dataset_file_through_the_cli(cli_cases):
     folder = cli_cases["folder"]
-    message = assert_user_error(cli_cases["results"]["missing-file"], "data.source",
-                                f"{folder}/nowhere/digits.npz", "does not exist")
+    message = assert_user_error(
+        cli_cases["results"]["missing-file"], "data.source", f"{folder}/nowhere/digits.npz", "does not exist"
+    )
     assert "DataError" not in message
     _nothing_recorded(cli_cases["env"], "missing-file")
 
 
 def test_wrong_s3_keys_through_the_cli(cli_cases, s3):
     case = cli_cases["results"]["wrong-s3-keys"]
-    message = assert_user_error(case, "data.source", f"s3://{cli_cases['bucket']}/digits.npz", s3.endpoint,
-                                "refused the credentials", "AWS_SECRET_ACCESS_KEY")
+    message = assert_user_error(
+        case,
+        "data.source",
+        f"s3://{cli_cases['bucket']}/digits.npz",
+        s3.endpoint,
+        "refused the credentials",
+        "AWS_SECRET_ACCESS_KEY",
+    )
     wrong = cli_cases["cases"]["wrong-s3-keys"][1]["AWS_SECRET_ACCESS_KEY"]
     assert wrong not in case.stdout + case.stderr and s3.secret_key not in message
     _nothing_recorded(cli_cases["env"], "wrong-s3-keys")
@@ -161,17 +183,24 @@ def test_unreachable_database_through_the_cli(cli_cases):
     case = cli_cases["results"]["unreachable-db"]
     url = cli_cases["cases"]["unreachable-db"][1]["KUBETUNE_STORAGE"]
     password = url.split(":")[2].split("@")[0]
-    message = assert_user_error(case, "cannot open the study database",
-                                f"postgresql+psycopg://kubetune:***@127.0.0.1:{cli_cases['closed']}/optuna",
-                                "KUBETUNE_STORAGE")
+    message = assert_user_error(
+        case,
+        "cannot open the study database",
+        f"postgresql+psycopg://kubetune:***@127.0.0.1:{cli_cases['closed']}/optuna",
+        "KUBETUNE_STORAGE",
+    )
     assert password not in case.stdout + case.stderr and "refused" in message.lower()
     assert MlflowClient(cli_cases["env"]["MLFLOW_TRACKING_URI"]).get_experiment_by_name("unreachable-db") is None
 
 
 def test_mlflow_that_does_not_answer_through_the_cli(cli_cases):
     case = cli_cases["results"]["silent-mlflow"]
-    assert_user_error(case, f"MLflow at http://127.0.0.1:{cli_cases['closed']} does not answer",
-                      "after 2 attempts", "MLFLOW_TRACKING_URI")
+    assert_user_error(
+        case,
+        f"MLflow at http://127.0.0.1:{cli_cases['closed']} does not answer",
+        "after 2 attempts",
+        "MLFLOW_TRACKING_URI",
+    )
     _nothing_recorded(cli_cases["env"], "silent-mlflow")
 
 
@@ -200,25 +229,37 @@ def test_wrong_sha256(tmp_path):
     path = tmp_path / "digits.npz"
     path.write_bytes(_digits_npz())
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    _expect_data_error({"source": path.as_uri(), "sha256": "0" * 64}, "data.sha256 does not match",
-                       f"expected {'0' * 64} but received {actual}")
+    _expect_data_error(
+        {"source": path.as_uri(), "sha256": "0" * 64},
+        "data.sha256 does not match",
+        f"expected {'0' * 64} but received {actual}",
+    )
 
 
 def test_s3_bucket_that_does_not_exist(use_stack_env, s3):
-    _expect_data_error({"source": "s3://no-such-bucket-kt/digits.npz"}, "data.source",
-                       "bucket 'no-such-bucket-kt' does not exist", s3.endpoint)
+    _expect_data_error(
+        {"source": "s3://no-such-bucket-kt/digits.npz"},
+        "data.source",
+        "bucket 'no-such-bucket-kt' does not exist",
+        s3.endpoint,
+    )
 
 
 def test_s3_key_that_does_not_exist(use_stack_env, s3, bucket):
-    _expect_data_error({"source": f"s3://{bucket}/missing/digits.npz"}, "data.source",
-                       f"key 'missing/digits.npz' does not exist in bucket '{bucket}'", s3.endpoint)
+    _expect_data_error(
+        {"source": f"s3://{bucket}/missing/digits.npz"},
+        "data.source",
+        f"key 'missing/digits.npz' does not exist in bucket '{bucket}'",
+        s3.endpoint,
+    )
 
 
 def test_s3_server_that_does_not_answer(use_stack_env, monkeypatch):
     port = _closed_port()
     monkeypatch.setenv("KUBETUNE_S3_ENDPOINT", f"http://127.0.0.1:{port}")
-    _expect_data_error({"source": "s3://data/digits.npz"}, f"cannot reach S3 endpoint http://127.0.0.1:{port}",
-                       "KUBETUNE_S3_ENDPOINT")
+    _expect_data_error(
+        {"source": "s3://data/digits.npz"}, f"cannot reach S3 endpoint http://127.0.0.1:{port}", "KUBETUNE_S3_ENDPOINT"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def tell_in_process(url_env: dict, name: str, number: int, value: float, state: 
         barrier.wait(30)
         told = tell_once(study, number, state=TrialState[state], values=[value] if state == "COMPLETE" else None)
         out.put({"value": value, "state": state, "told": told, "error": None})
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - reported, not swallowed
         out.put({"value": value, "state": state, "told": False, "error": traceback.format_exc()})
 
 
@@ -84,10 +84,14 @@ def test_racing_tells_of_one_trial_count_once(stack_env, monkeypatch, rival_stat
     number = study.ask().number
     racers = [(0.25, "COMPLETE"), (0.5, rival_state), (0.75, "COMPLETE"), (1.0, rival_state)]
     barrier, out = SPAWN.Barrier(len(racers)), SPAWN.Queue()
-    processes = [SPAWN.Process(target=tell_in_process, args=(stack_env, experiment.name, number, v, s, barrier, out))
-                 for v, s in racers[:2]]
-    threads = [threading.Thread(target=tell_in_process, args=(stack_env, experiment.name, number, v, s, barrier, out))
-               for v, s in racers[2:]]
+    processes = [
+        SPAWN.Process(target=tell_in_process, args=(stack_env, experiment.name, number, v, s, barrier, out))
+        for v, s in racers[:2]
+    ]
+    threads = [
+        threading.Thread(target=tell_in_process, args=(stack_env, experiment.name, number, v, s, barrier, out))
+        for v, s in racers[2:]
+    ]
     for racer in (*processes, *threads):
         racer.start()
     results = [out.get(timeout=120) for _ in racers]
@@ -110,10 +114,14 @@ def test_racing_tells_of_one_trial_count_once(stack_env, monkeypatch, rival_stat
     assert len(optuna.load_study(study_name=experiment.name, storage=stack_env["KUBETUNE_STORAGE"]).trials) == 1
 
 
-@pytest.mark.parametrize("objective", [
-    {"metric": "val_accuracy", "direction": "maximize"},
-    [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
-], ids=["single", "multi"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"metric": "val_accuracy", "direction": "maximize"},
+        [{"metric": "val_accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
+    ],
+    ids=["single", "multi"],
+)
 def test_kubetune_tpe_suggests_what_optuna_tpe_suggests(postgres, objective):
     """make_sampler's TPE reads and splits the trials once per ask instead of once per parameter group
     (see kubetune.study._TPESampler); on the real database it must suggest exactly what Optuna's
@@ -128,9 +136,13 @@ def test_kubetune_tpe_suggests_what_optuna_tpe_suggests(postgres, objective):
     document["spec"]["strategy"]["pruner"] = {"name": "none"}
     experiment = parse_experiment(document)
     ours = make_sampler(experiment, seed_offset=11)
-    theirs = optuna.samplers.TPESampler(seed=(experiment.spec.strategy.sampler.seed + 11) % 2**32,
-                                        n_startup_trials=ours._n_startup_trials, multivariate=True, group=True,
-                                        constant_liar=True)
+    theirs = optuna.samplers.TPESampler(
+        seed=(experiment.spec.strategy.sampler.seed + 11) % 2**32,
+        n_startup_trials=ours._n_startup_trials,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+    )
 
     def suggestions(sampler) -> list[dict]:
         url = postgres.create_database(f"tpe_{secrets.token_hex(4)}")
@@ -146,7 +158,7 @@ def test_kubetune_tpe_suggests_what_optuna_tpe_suggests(postgres, objective):
             elif index % 11 == 5:
                 study.tell(trial, state=TrialState.FAIL)
             else:
-                study.tell(trial, [accuracy, float(len(architecture["blocks"]))][:len(experiment.spec.directions)])
+                study.tell(trial, [accuracy, float(len(architecture["blocks"]))][: len(experiment.spec.directions)])
         return [t.params for t in study.trials]
 
     assert suggestions(ours) == suggestions(theirs)

@@ -55,8 +55,14 @@ def _spec(name: str, source: str) -> dict:
 
 def _cli(folder: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "MLFLOW_", "AWS_"))}
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], cwd=folder, capture_output=True, text=True,
-                          env={**base, "KUBETUNE_HOME": str(folder / "home"), "COLUMNS": "300", **env}, timeout=420)
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**base, "KUBETUNE_HOME": str(folder / "home"), "COLUMNS": "300", **env},
+        timeout=420,
+    )
 
 
 def _forms(secret: str) -> list[str]:
@@ -69,10 +75,12 @@ def searched(postgres, s3, mlflow_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("credentials")
     role, database = f"kt_{secrets.token_hex(4)}", f"kt_creds_{secrets.token_hex(4)}"
     with psycopg.connect(postgres.url("postgres", driver="postgresql"), autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
-                                                                            sql.Literal(DB_PASSWORD)))
-        connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database),
-                                                                       sql.Identifier(role)))
+        connection.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(DB_PASSWORD))
+        )
+        connection.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
+        )
     storage = f"postgresql+psycopg://{role}:{urllib.parse.quote(DB_PASSWORD, safe='')}@127.0.0.1:{postgres.port}"
     bucket = f"creds-{secrets.token_hex(4)}"
     s3.make_bucket(bucket)
@@ -93,15 +101,27 @@ def searched(postgres, s3, mlflow_server, tmp_path_factory):
     closed = devstack.free_port()
     runs = {
         "search": (_spec(name, f"s3://{bucket}/digits.npz"), env),
-        "unreachable-db": (_spec("creds-db-down", "builtin:digits"),
-                           {**env, "KUBETUNE_STORAGE": f"{storage.rsplit(':', 1)[0]}:{closed}/{database}",
-                            "KUBETUNE_DB_CONNECT_SECONDS": "1"}),
+        "unreachable-db": (
+            _spec("creds-db-down", "builtin:digits"),
+            {
+                **env,
+                "KUBETUNE_STORAGE": f"{storage.rsplit(':', 1)[0]}:{closed}/{database}",
+                "KUBETUNE_DB_CONNECT_SECONDS": "1",
+            },
+        ),
         "wrong-database": (_spec("creds-no-db", "builtin:digits"), {**env, "KUBETUNE_STORAGE": f"{storage}/absent"}),
-        "mlflow-password": (_spec("creds-mlflow", "builtin:digits"),
-                            {**env, "MLFLOW_TRACKING_URI": f"http://kt:{MLFLOW_PASSWORD}@127.0.0.1:{closed}",
-                             "KUBETUNE_RETRY_ATTEMPTS": "1"}),
-        "wrong-s3-secret": (_spec("creds-s3", f"s3://{bucket}/digits.npz"),
-                            {**env, "AWS_SECRET_ACCESS_KEY": WRONG_S3_SECRET}),
+        "mlflow-password": (
+            _spec("creds-mlflow", "builtin:digits"),
+            {
+                **env,
+                "MLFLOW_TRACKING_URI": f"http://kt:{MLFLOW_PASSWORD}@127.0.0.1:{closed}",
+                "KUBETUNE_RETRY_ATTEMPTS": "1",
+            },
+        ),
+        "wrong-s3-secret": (
+            _spec("creds-s3", f"s3://{bucket}/digits.npz"),
+            {**env, "AWS_SECRET_ACCESS_KEY": WRONG_S3_SECRET},
+        ),
     }
 
     def run(case: str) -> subprocess.CompletedProcess:
@@ -115,8 +135,14 @@ def searched(postgres, s3, mlflow_server, tmp_path_factory):
         mistakes = {case: pool.submit(run, case) for case in runs if case != "search"}
         results = {"search": search.result(), **{case: future.result() for case, future in mistakes.items()}}
     compiled = _cli(folder / "search", ["compile", "experiment.yaml", "-o", "pipeline.yaml"], env)
-    return {"folder": folder, "results": results, "compiled": compiled, "env": env, "name": name,
-            "secrets": _forms(DB_PASSWORD) + _forms(s3.secret_key) + [WRONG_S3_SECRET, MLFLOW_PASSWORD]}
+    return {
+        "folder": folder,
+        "results": results,
+        "compiled": compiled,
+        "env": env,
+        "name": name,
+        "secrets": _forms(DB_PASSWORD) + _forms(s3.secret_key) + [WRONG_S3_SECRET, MLFLOW_PASSWORD],
+    }
 
 
 def _assert_clean(where: str, text: str, secret_values: list[str]) -> None:
@@ -168,8 +194,16 @@ def test_no_secret_in_mlflow(searched):
     assert len(runs) >= 3, "a parent run and two trial runs"
     recorded = [json.dumps({"experiment": dict(experiment.tags), "artifact_location": experiment.artifact_location})]
     for run in runs:
-        recorded.append(json.dumps({"params": run.data.params, "tags": run.data.tags, "name": run.info.run_name,
-                                    "artifact_uri": run.info.artifact_uri}))
+        recorded.append(
+            json.dumps(
+                {
+                    "params": run.data.params,
+                    "tags": run.data.tags,
+                    "name": run.info.run_name,
+                    "artifact_uri": run.info.artifact_uri,
+                }
+            )
+        )
         with tempfile.TemporaryDirectory() as folder:
             for artifact in client.list_artifacts(run.info.run_id):
                 if artifact.path.endswith(".json"):
@@ -184,6 +218,8 @@ def test_no_secret_in_the_study(searched):
     assert len(study.trials) == 2
     system_attrs = study._storage.get_study_system_attrs(study._study_id)  # no public accessor in Optuna 5
     recorded = [json.dumps(study.user_attrs, default=str), json.dumps(system_attrs, default=str)]
-    recorded += [json.dumps({"user": t.user_attrs, "system": t.system_attrs, "params": t.params}, default=str)
-                 for t in study.trials]
+    recorded += [
+        json.dumps({"user": t.user_attrs, "system": t.system_attrs, "params": t.params}, default=str)
+        for t in study.trials
+    ]
     _assert_clean("the study", "\n".join(recorded), searched["secrets"])

@@ -73,9 +73,7 @@ def test_postgres_reuses_its_cluster_with_a_new_password(postgres: devstack.Post
             with psycopg.connect(second.url("kept", driver="postgresql")) as conn:
                 assert conn.execute("SELECT x FROM t").fetchall() == [(42,)]
             assert second.password != first.password
-            old_password = second.url("kept", driver="postgresql").replace(
-                second.password, first.password
-            )
+            old_password = second.url("kept", driver="postgresql").replace(second.password, first.password)
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 psycopg.connect(old_password)
     finally:
@@ -94,9 +92,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             devstack.S3Server(tmp_path / "s3", port=port).start()
 
 
-def test_missing_postgres_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_postgres_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBETUNE_PG_BIN", str(tmp_path / "nowhere"))
     with pytest.raises(devstack.ServiceError, match="apt-get install -y postgresql-15"):
         devstack.Postgres(tmp_path / "pg").start()
@@ -182,9 +178,7 @@ def test_mlflow_logs_param_and_proxied_artifact_to_s3(
 class _DevStack:
     """A ``run_dev_stack`` running in a child Python, its output read by a thread."""
 
-    def __init__(
-        self, process: subprocess.Popen[str], lines: queue.Queue[str], reader: threading.Thread
-    ) -> None:
+    def __init__(self, process: subprocess.Popen[str], lines: queue.Queue[str], reader: threading.Thread) -> None:
         self.process, self.lines, self.reader = process, lines, reader
 
     def stop(self) -> str:
@@ -199,14 +193,9 @@ class _DevStack:
 
 def _start_dev_stack(directory: Path) -> tuple[_DevStack, dict[str, str]]:
     """Run run_dev_stack in a child Python; return it and the variables it exported."""
-    code = (
-        "import sys; from kubetune.devstack import run_dev_stack; "
-        "run_dev_stack(sys.argv[1], echo=print)"
-    )
+    code = "import sys; from kubetune.devstack import run_dev_stack; run_dev_stack(sys.argv[1], echo=print)"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(devstack.__file__).parents[2]), env.get("PYTHONPATH")])
-    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(devstack.__file__).parents[2]), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(directory)],
         stdout=subprocess.PIPE,

@@ -80,8 +80,12 @@ def train_in_process(spec: str, number: int, folder: str) -> None:
     os.environ["KUBETUNE_TRAIN_THREADS"] = "1"
     from kubetune.search import train_trial
 
-    train_trial(parse_experiment(json.loads(spec)), number=number, split_path=str(Path(folder) / "split.npz"),
-                **artifact_paths(Path(folder), number))
+    train_trial(
+        parse_experiment(json.loads(spec)),
+        number=number,
+        split_path=str(Path(folder) / "split.npz"),
+        **artifact_paths(Path(folder), number),
+    )
 
 
 def test_a_killed_trainer_is_failed_after_the_grace_period_and_retried(folder, stack_env):
@@ -184,8 +188,11 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path, s
     assert len(by_state[TrialState.COMPLETE]) + len(by_state[TrialState.PRUNED]) == 3, "the budget, exactly"
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
-    assert {t.number for t in by_state[TrialState.FAIL]} == retried == {
-        t.number for t in study.trials if t._trial_id in running}
+    assert (
+        {t.number for t in by_state[TrialState.FAIL]}
+        == retried
+        == {t.number for t in study.trials if t._trial_id in running}
+    )
     assert study.user_attrs["stop_reason"].startswith("maxTrials reached")
 
     client = MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
@@ -233,7 +240,9 @@ def test_lanes_reconnect_after_a_postgres_restart(folder, postgres, stack_env):
 
 def _last_beat(stack_env: dict, trial_id: int):
     with psycopg.connect(_postgres_url(stack_env)) as connection:
-        return connection.execute("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)).fetchone()[0]
+        return connection.execute("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)).fetchone()[
+            0
+        ]
 
 
 def test_heartbeats_never_block_while_postgres_is_down(postgres, stack_env, monkeypatch):
@@ -315,8 +324,9 @@ def test_registration_while_s3_is_down_retries_then_registers_once(folder, monke
 
 def test_registration_while_mlflow_is_down_retries_then_registers_once(folder, monkeypatch, stack_env, mlflow_server):
     experiment = small_experiment(f"mlflow-down-{secrets.token_hex(3)}", max_trials=1)
-    _register_with(experiment, folder, monkeypatch, stack_env, mlflow_server.stop, mlflow_server.start,
-                   mlflow_server.uri)
+    _register_with(
+        experiment, folder, monkeypatch, stack_env, mlflow_server.stop, mlflow_server.start, mlflow_server.uri
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,10 +338,15 @@ def test_diverged_and_out_of_memory_trials_fail_alone(folder, monkeypatch):
 
     from kubetune import train
 
-    experiment = small_experiment(f"bad-trials-{secrets.token_hex(3)}", max_trials=4, epochs=2, parameters={
-        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-    })
+    experiment = small_experiment(
+        f"bad-trials-{secrets.token_hex(3)}",
+        max_trials=4,
+        epochs=2,
+        parameters={
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        },
+    )
     start_segment(experiment, segment=0)
     with pytest.warns(UserWarning, match="out of range"):  # Optuna warns about the enqueued lr, as it should
         load_study(experiment).enqueue_trial({"lr": 1e20, "optimizer": "sgd"})  # diverges in the first epoch

@@ -55,7 +55,10 @@ def test_unreachable_database_exits_2_without_the_password(tmp_path, monkeypatch
     monkeypatch.setenv("KUBETUNE_STORAGE", "postgresql+psycopg://kt:S3cretPassw0rd@127.0.0.1:1/optuna")
     monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", "examples/digits.yaml"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kubetune.cli", "run", "examples/digits.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert "127.0.0.1:1" in result.stderr and "KUBETUNE_STORAGE" in result.stderr

@@ -14,6 +14,7 @@ from kubetune.spec import parse_experiment
 
 def _fake_search(monkeypatch, updates):
     """Replaces the search and its bookkeeping: the runner reports ``updates`` and stops."""
+
     def run_experiment(experiment, *, report, verbose):
         for update in updates:
             report(update)
@@ -21,9 +22,18 @@ def _fake_search(monkeypatch, updates):
 
     monkeypatch.setattr(local, "run_experiment", run_experiment)
     monkeypatch.setattr(study_module, "load_study", lambda experiment: None)
-    monkeypatch.setattr(report, "summarize", lambda study, experiment: {
-        "experiment": experiment.name, "trials_complete": 3, "trials_pruned": 0, "trials_failed": 0,
-        "trials_budget": 500, "wall_seconds": 1.0})
+    monkeypatch.setattr(
+        report,
+        "summarize",
+        lambda study, experiment: {
+            "experiment": experiment.name,
+            "trials_complete": 3,
+            "trials_pruned": 0,
+            "trials_failed": 0,
+            "trials_budget": 500,
+            "wall_seconds": 1.0,
+        },
+    )
     monkeypatch.setattr(registry, "champion", lambda experiment: None)
     monkeypatch.setattr(report, "where_to_look", lambda experiment: {"mlflow": "m", "optuna_dashboard": "o"})
 
@@ -32,9 +42,11 @@ def test_progress_written_to_a_file_is_whole_plain_lines(minimal_spec, monkeypat
     minimal_spec["metadata"]["name"] = "a-rather-long-experiment-name-for-a-job-log"
     minimal_spec["spec"]["budget"] = {"maxTrials": 500}
     experiment = parse_experiment(minimal_spec)
-    updates = [local.Progress(segment=0, done=0, budget=500, running=2, best=None),
-               local.Progress(segment=0, done=0, budget=500, running=2, best=None),
-               local.Progress(segment=1, done=123, budget=500, running=4, best=0.98765)]
+    updates = [
+        local.Progress(segment=0, done=0, budget=500, running=2, best=None),
+        local.Progress(segment=0, done=0, budget=500, running=2, best=None),
+        local.Progress(segment=1, done=123, budget=500, running=4, best=0.98765),
+    ]
     _fake_search(monkeypatch, updates)
     out = io.StringIO()
     console_module.run_with_progress(experiment, console=Console(file=out, width=80))
@@ -49,10 +61,19 @@ def test_progress_written_to_a_file_is_whole_plain_lines(minimal_spec, monkeypat
 def test_the_summarys_commands_are_whole_lines_in_a_narrow_log():
     """A Job's log is 80 columns: the MLflow and dashboard commands must not end in an ellipsis."""
     url = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
-    where = {"mlflow": f"mlflow ui --backend-store-uri sqlite:////a/long/home/.kubetune/mlflow.db, then open {url}",
-             "optuna_dashboard": "optuna-dashboard sqlite:////a/long/home/.kubetune/optuna.db"}
-    summary = {"experiment": "digits-cnn", "trials_complete": 1, "trials_pruned": 0, "trials_failed": 0,
-               "trials_budget": 1, "wall_seconds": 1.0, "champion": "models:/" + "m" * 90 + "@champion"}
+    where = {
+        "mlflow": f"mlflow ui --backend-store-uri sqlite:////a/long/home/.kubetune/mlflow.db, then open {url}",
+        "optuna_dashboard": "optuna-dashboard sqlite:////a/long/home/.kubetune/optuna.db",
+    }
+    summary = {
+        "experiment": "digits-cnn",
+        "trials_complete": 1,
+        "trials_pruned": 0,
+        "trials_failed": 0,
+        "trials_budget": 1,
+        "wall_seconds": 1.0,
+        "champion": "models:/" + "m" * 90 + "@champion",
+    }
     output = io.StringIO()
     console_module.print_summary(summary, where, console=Console(file=output, width=80, force_terminal=False))
     lines = output.getvalue().splitlines()

@@ -166,8 +166,11 @@ def test_s3_without_endpoint_says_how_to_configure(monkeypatch):
 
 @pytest.mark.parametrize(
     "validation, test, rule",
-    [(0.6, 0.4, "must be below 1"), (0.0, 0.2, r"validationFraction must lie in \(0, 1\)"),
-     (0.2, -0.1, r"testFraction must lie in \[0, 1\)")],
+    [
+        (0.6, 0.4, "must be below 1"),
+        (0.0, 0.2, r"validationFraction must lie in \(0, 1\)"),
+        (0.2, -0.1, r"testFraction must lie in \[0, 1\)"),
+    ],
 )
 def test_bad_fractions(validation, test, rule):
     with pytest.raises(DataError, match=rule):
@@ -187,8 +190,12 @@ def test_zero_test_fraction_gives_an_empty_test_set(digits):
 
 @pytest.mark.parametrize(
     "source, message",
-    [("file:///no/such/file.npz", "does not exist"), ("ftp://host/d.npz", "unknown scheme"),
-     ("file:///tmp/d.parquet", "must end in .npz or .csv"), ("builtin:cifar", "not a builtin dataset")],
+    [
+        ("file:///no/such/file.npz", "does not exist"),
+        ("ftp://host/d.npz", "unknown scheme"),
+        ("file:///tmp/d.parquet", "must end in .npz or .csv"),
+        ("builtin:cifar", "not a builtin dataset"),
+    ],
 )
 def test_unusable_sources(source, message):
     with pytest.raises(DataError, match=message):
@@ -198,7 +205,7 @@ def test_unusable_sources(source, message):
 def test_corrupt_npz(tmp_path):
     path = tmp_path / "d.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
         load_split({"source": f"file://{path}"})
 
 
@@ -229,11 +236,14 @@ def test_read_missing_split(tmp_path):
         read_split(tmp_path / "absent.npz")
 
 
-@pytest.mark.parametrize("env, region", [
-    ({"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),  # what a pipeline step gets from the ConfigMap
-    ({"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-central-1"),
-    ({}, "us-east-1"),
-])
+@pytest.mark.parametrize(
+    "env, region",
+    [
+        ({"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),  # what a pipeline step gets from the ConfigMap
+        ({"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-central-1"),
+        ({}, "us-east-1"),
+    ],
+)
 def test_s3_region_comes_from_either_aws_variable(monkeypatch, env, region):
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)

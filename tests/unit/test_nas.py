@@ -9,12 +9,14 @@ from torch import nn
 from kubetune import nas, spec
 from kubetune.nas import ArchitectureError, build_model, count_parameters, default_architecture
 
-MIXED = {"blocks": [
-    {"kind": "conv", "width": 8, "kernelSize": 5, "norm": "batch", "activation": "gelu"},
-    {"kind": "conv", "width": 8, "kernelSize": 3, "skip": True, "norm": "layer", "dropout": 0.1},
-    {"kind": "mlp", "width": 16, "activation": "silu", "norm": "layer"},
-    {"kind": "mlp", "width": 16, "skip": True, "activation": "tanh", "norm": "batch"},
-]}
+MIXED = {
+    "blocks": [
+        {"kind": "conv", "width": 8, "kernelSize": 5, "norm": "batch", "activation": "gelu"},
+        {"kind": "conv", "width": 8, "kernelSize": 3, "skip": True, "norm": "layer", "dropout": 0.1},
+        {"kind": "mlp", "width": 16, "activation": "silu", "norm": "layer"},
+        {"kind": "mlp", "width": 16, "skip": True, "activation": "tanh", "norm": "batch"},
+    ]
+}
 SHAPES = {"image": (3, 10, 12), "sequence": (2, 40), "tabular": (7,)}
 
 
@@ -66,8 +68,9 @@ def test_skip_adds_the_input():
 
 
 def test_kernel_size_is_ignored_for_mlp_blocks():
-    with_kernel = build_model({"blocks": [{"kind": "mlp", "width": 8, "kernelSize": 7}]}, input_shape=(1, 8, 8),
-                              num_classes=3)
+    with_kernel = build_model(
+        {"blocks": [{"kind": "mlp", "width": 8, "kernelSize": 7}]}, input_shape=(1, 8, 8), num_classes=3
+    )
     without = build_model({"blocks": [{"kind": "mlp", "width": 8}]}, input_shape=(1, 8, 8), num_classes=3)
     assert count_parameters(with_kernel) == count_parameters(without)
     for a, b in zip(with_kernel.state_dict().values(), without.state_dict().values(), strict=True):
@@ -145,13 +148,24 @@ def test_the_spec_parameter_bound_holds_for_every_network_of_the_space(kinds, wi
     """The spec refuses a space whose bound is too large, so the bound must not undercount any network."""
     import itertools
 
-    space = spec.ArchitectureSpace.model_validate({"blocks": {"low": 1, "high": 3}, "block": {
-        "kind": {"choices": kinds}, "width": {"choices": widths}, "kernelSize": {"choices": kernels},
-        "norm": {"choices": [norm]}, "skip": {"choices": [skip]}}})
+    space = spec.ArchitectureSpace.model_validate(
+        {
+            "blocks": {"low": 1, "high": 3},
+            "block": {
+                "kind": {"choices": kinds},
+                "width": {"choices": widths},
+                "kernelSize": {"choices": kernels},
+                "norm": {"choices": [norm]},
+                "skip": {"choices": [skip]},
+            },
+        }
+    )
     bound = spec.largest_network(space)
     for layout in itertools.product(itertools.product(kinds, widths), repeat=3):
-        blocks = [{"kind": kind, "width": width, "kernelSize": max(kernels), "norm": norm, "skip": skip}
-                  for kind, width in layout]
+        blocks = [
+            {"kind": kind, "width": width, "kernelSize": max(kernels), "norm": norm, "skip": skip}
+            for kind, width in layout
+        ]
         model = build_model({"blocks": blocks}, input_shape=shape, num_classes=7)
         head = model[-1]
         assert count_parameters(model) - (head.in_features + 1) * 7 <= bound, layout

@@ -57,7 +57,7 @@ def _title(figure: dict) -> str:
 def test_a_rarely_set_parameter_is_not_the_most_important(study, experiment, tmp_path):
     plots = report.write_plots(study, experiment, tmp_path)
     figure = _figure(plots["param_importances"])
-    bars = dict(zip(figure["data"][0]["y"], figure["data"][0]["x"]))
+    bars = dict(zip(figure["data"][0]["y"], figure["data"][0]["x"], strict=True))
     assert max(bars, key=bars.get) == "lr"
     assert bars[RARE] < bars["lr"] / 2
     assert "share of completed trials that set the parameter" in _title(figure)

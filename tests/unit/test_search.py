@@ -21,22 +21,26 @@ from kubetune.tracking import describe, log_summary
 
 
 def _experiment(name="lane", **strategy):
-    return parse_experiment({
-        "apiVersion": "kubetune/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {"name": name},
-        "spec": {
-            "data": {"source": "builtin:digits"},
-            "objective": {"metric": "val_accuracy"},
-            "parameters": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                           "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-                           "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": ["sgd"]}}},
-            "architecture": {"blocks": {"low": 1, "high": 2}, "block": {"kind": {"choices": ["conv", "mlp"]}}},
-            "strategy": strategy or {"sampler": {"name": "random", "seed": 1}},
-            "budget": {"maxTrials": 3, "parallelTrials": 1, "trialsPerSegment": 3},
-            "trial": {"epochs": 2},
-        },
-    })
+    return parse_experiment(
+        {
+            "apiVersion": "kubetune/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": name},
+            "spec": {
+                "data": {"source": "builtin:digits"},
+                "objective": {"metric": "val_accuracy"},
+                "parameters": {
+                    "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                    "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                    "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": ["sgd"]}},
+                },
+                "architecture": {"blocks": {"low": 1, "high": 2}, "block": {"kind": {"choices": ["conv", "mlp"]}}},
+                "strategy": strategy or {"sampler": {"name": "random", "seed": 1}},
+                "budget": {"maxTrials": 3, "parallelTrials": 1, "trialsPerSegment": 3},
+                "trial": {"epochs": 2},
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -51,8 +55,13 @@ def home(tmp_path, monkeypatch):
 
 def _lane(experiment, home, slot=0):
     number = suggest_trial(experiment, segment=0, slot=slot)
-    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / f"m{number}.pt"),
-                         predictions_path=str(home / f"p{number}.npz"))
+    result = train_trial(
+        experiment,
+        number=number,
+        split_path=str(home / "split.npz"),
+        model_path=str(home / f"m{number}.pt"),
+        predictions_path=str(home / f"p{number}.npz"),
+    )
     return number, result
 
 
@@ -81,7 +90,9 @@ def test_a_lane_trains_evaluates_and_tells_once(home):
     # The weights are stored once, uploaded by the train step beside the experiment's run.
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     parent = load_study(experiment).user_attrs["mlflow_parent_run_id"]
-    assert [a.path for a in client.list_artifacts(parent, f"trials/trial-{number}")] == [f"trials/trial-{number}/model.pt"]
+    assert [a.path for a in client.list_artifacts(parent, f"trials/trial-{number}")] == [
+        f"trials/trial-{number}/model.pt"
+    ]
     assert [a.path for a in client.list_artifacts(first["mlflow_run_id"]) if a.path.endswith(".pt")] == []
 
 
@@ -95,15 +106,22 @@ def test_conditional_parameter_is_recorded_only_when_enabled(home):
 
 
 def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
-    experiment = _experiment("pruned", sampler={"name": "random", "seed": 0},
-                             pruner={"name": "median", "startupTrials": 1, "warmupSteps": 0})
+    experiment = _experiment(
+        "pruned", sampler={"name": "random", "seed": 0}, pruner={"name": "median", "startupTrials": 1, "warmupSteps": 0}
+    )
     start_segment(experiment, segment=0)
     study = load_study(experiment)
     for _ in range(2):  # two finished trials that were perfect from the first epoch
         study.add_trial(create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
     number, result = _lane(experiment, home)
     assert result["status"] == "pruned" and result["epochs_run"] == 1
-    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"), split_path=str(home / "split.npz"))
+    evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
     (run,) = _child_runs(home, experiment, number)
     assert run.data.tags["kubetune.state"] == "PRUNED"
@@ -114,8 +132,20 @@ def test_a_failed_training_fails_the_trial_and_the_search_goes_on(home):
     experiment = _experiment("diverged")
     start_segment(experiment, segment=0)
     number = suggest_trial(experiment, segment=0, slot=0)
-    failed = {"status": "failed", "reason": "loss became nan at epoch 1", "epochs_run": 0, "train_seconds": 0.1, "history": []}
-    outcome = evaluate_trial(experiment, number=number, result=failed, predictions_path=str(home / "none.npz"), split_path=str(home / "split.npz"))
+    failed = {
+        "status": "failed",
+        "reason": "loss became nan at epoch 1",
+        "epochs_run": 0,
+        "train_seconds": 0.1,
+        "history": [],
+    }
+    outcome = evaluate_trial(
+        experiment,
+        number=number,
+        result=failed,
+        predictions_path=str(home / "none.npz"),
+        split_path=str(home / "split.npz"),
+    )
     trial = get_trial(load_study(experiment), number)
     assert outcome["state"] == "FAIL" and trial.state == TrialState.FAIL
     assert trial.user_attrs["reason"] == "loss became nan at epoch 1"
@@ -129,8 +159,13 @@ def test_training_a_finished_trial_is_skipped(home):
     start_segment(experiment, segment=0)
     number = suggest_trial(experiment, segment=0, slot=0)
     load_study(experiment).tell(number, 0.5)
-    result = train_trial(experiment, number=number, split_path=str(home / "split.npz"), model_path=str(home / "x.pt"),
-                         predictions_path=str(home / "x.npz"))
+    result = train_trial(
+        experiment,
+        number=number,
+        split_path=str(home / "split.npz"),
+        model_path=str(home / "x.pt"),
+        predictions_path=str(home / "x.npz"),
+    )
     assert result["status"] == "skipped"
     assert math.isclose(get_trial(load_study(experiment), number).value, 0.5)
 
@@ -154,8 +189,13 @@ def test_a_trial_out_of_gpu_memory_touches_the_device_no_more(home, monkeypatch)
     assert len(moves) == 1  # neither saved nor scored after the failure
     with np.load(home / f"p{number}.npz") as predictions:
         assert list(predictions) == []
-    outcome = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
-                             split_path=str(home / "split.npz"))
+    outcome = evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     assert outcome["state"] == "FAIL"
 
 
@@ -163,8 +203,13 @@ def _registered_best(experiment, home):
     """One completed, evaluated trial, registered as the experiment's model."""
     start_segment(experiment, segment=0)
     number, result = _lane(experiment, home)
-    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
-                   split_path=str(home / "split.npz"))
+    evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     return register_best(experiment)
 
 
@@ -211,8 +256,13 @@ def test_a_trial_run_spans_its_training_and_each_epoch_has_its_own_time(home):
     experiment = _experiment("timed")
     start_segment(experiment, segment=0)
     number, result = _lane(experiment, home)
-    evaluated = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
-                               split_path=str(home / "split.npz"))
+    evaluated = evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(evaluated["mlflow_run_id"])
     assert (run.info.start_time, run.info.end_time) == (result["started_at"], result["ended_at"])
@@ -237,8 +287,13 @@ def test_the_summary_tag_is_valid_json_and_a_finished_experiment_closes_its_run(
     start_segment(experiment, segment=1)  # a rerun that may still stop at once leaves it closed
     assert client.get_run(parent).info.status == "FINISHED"
     number, result = _lane(experiment, home)  # the experiment goes on (a raised budget): its run is reopened
-    evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
-                   split_path=str(home / "split.npz"))
+    evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     assert client.get_run(parent).info.status == "RUNNING"
 
 
@@ -246,8 +301,13 @@ def test_a_lost_mlflow_store_gets_a_new_parent_run_before_any_trial_starts(home,
     experiment = _experiment("lost-store")
     start_segment(experiment, segment=0)
     first, result = _lane(experiment, home)
-    evaluate_trial(experiment, number=first, result=result, predictions_path=str(home / f"p{first}.npz"),
-                   split_path=str(home / "split.npz"))
+    evaluate_trial(
+        experiment,
+        number=first,
+        result=result,
+        predictions_path=str(home / f"p{first}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     lost = load_study(experiment).user_attrs["mlflow_parent_run_id"]
     # mlflow.db deleted: this process's MLflow still holds the old file open, so the next steps see a new one.
     (home / "mlflow.db").rename(home / "lost.db")
@@ -259,8 +319,13 @@ def test_a_lost_mlflow_store_gets_a_new_parent_run_before_any_trial_starts(home,
     registered = register_new_best(experiment)
     assert not registered["registered"] and f"the MLflow run of trial {first} is gone" in registered["reason"]
     number, result = _lane(experiment, home)
-    outcome = evaluate_trial(experiment, number=number, result=result, predictions_path=str(home / f"p{number}.npz"),
-                             split_path=str(home / "split.npz"))
+    outcome = evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
     assert outcome["state"] == "COMPLETE"
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow-new.db'}")
     assert client.get_run(outcome["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent

@@ -83,16 +83,23 @@ def test_embedded_environment_passes_overrides_on(tmp_path, monkeypatch):
     assert settings.embedded_environment()["KUBETUNE_STORAGE"] == "sqlite:////elsewhere/optuna.db"
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("postgresql+psycopg://kubetune:S3cr3t-pw@db.example:5432/optuna",
-     "postgresql+psycopg://kubetune:***@db.example:5432/optuna"),
-    ("postgresql://kubetune:S3cr3t-pw@db/optuna?sslmode=require",
-     "postgresql://kubetune:***@db/optuna?sslmode=require"),
-    ("postgresql://kubetune@db/optuna?password=S3cr3t-pw", "postgresql://kubetune@db/optuna?password=***"),
-    ("mysql+pymysql://root:S3cr3t-pw@127.0.0.1/optuna", "mysql+pymysql://root:***@127.0.0.1/optuna"),
-    ("postgresql://kubetune@db/optuna", "postgresql://kubetune@db/optuna"),
-    ("sqlite:////var/lib/kubetune/optuna.db", "sqlite:////var/lib/kubetune/optuna.db"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (
+            "postgresql+psycopg://kubetune:S3cr3t-pw@db.example:5432/optuna",
+            "postgresql+psycopg://kubetune:***@db.example:5432/optuna",
+        ),
+        (
+            "postgresql://kubetune:S3cr3t-pw@db/optuna?sslmode=require",
+            "postgresql://kubetune:***@db/optuna?sslmode=require",
+        ),
+        ("postgresql://kubetune@db/optuna?password=S3cr3t-pw", "postgresql://kubetune@db/optuna?password=***"),
+        ("mysql+pymysql://root:S3cr3t-pw@127.0.0.1/optuna", "mysql+pymysql://root:***@127.0.0.1/optuna"),
+        ("postgresql://kubetune@db/optuna", "postgresql://kubetune@db/optuna"),
+        ("sqlite:////var/lib/kubetune/optuna.db", "sqlite:////var/lib/kubetune/optuna.db"),
+    ],
+)
 def test_redact(url, expected):
     assert settings.redact(url) == expected
     assert "S3cr3t-pw" not in settings.redact(url)

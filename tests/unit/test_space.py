@@ -83,18 +83,24 @@ def test_tpe_samples_the_conditional_space(digits):
     study = optuna.create_study(storage=InMemoryStorage(), sampler=make_sampler(digits), direction="maximize")
     for _ in range(15):
         trial = study.ask()
-        chosen, architecture = sample(trial, digits.spec)
+        chosen, _architecture = sample(trial, digits.spec)
         assert ("momentum" in chosen) == (chosen["optimizer"] == "sgd")
         study.tell(trial, chosen["lr"])
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 15
 
 
 def test_fixed_dimensions_are_not_suggested(minimal_spec):
-    document = _with(minimal_spec,
-                     parameters={"optimizer": {"type": "categorical", "choices": ["adam"]},
-                                 "lr": {"type": "float", "low": 0.01, "high": 0.1}},
-                     architecture={"blocks": {"low": 2, "high": 2},
-                                   "block": {"width": {"choices": [16]}, "activation": {"choices": ["gelu", "relu"]}}})
+    document = _with(
+        minimal_spec,
+        parameters={
+            "optimizer": {"type": "categorical", "choices": ["adam"]},
+            "lr": {"type": "float", "low": 0.01, "high": 0.1},
+        },
+        architecture={
+            "blocks": {"low": 2, "high": 2},
+            "block": {"width": {"choices": [16]}, "activation": {"choices": ["gelu", "relu"]}},
+        },
+    )
     spec = parse_experiment(document).spec
     trial = _study().ask()
     chosen, architecture = sample(trial, spec)
@@ -103,8 +109,14 @@ def test_fixed_dimensions_are_not_suggested(minimal_spec):
     # fixed architecture dimensions and a fixed block count are constants, not Optuna params
     assert set(trial.params) == {"optimizer", "lr", "arch.b0.activation", "arch.b1.activation"}
     assert [b["width"] for b in architecture["blocks"]] == [16, 16]
-    assert all(b["kind"] == "conv" and b["kernelSize"] == 3 and b["dropout"] == 0.0 and b["skip"] is False
-               and b["norm"] == "none" for b in architecture["blocks"])
+    assert all(
+        b["kind"] == "conv"
+        and b["kernelSize"] == 3
+        and b["dropout"] == 0.0
+        and b["skip"] is False
+        and b["norm"] == "none"
+        for b in architecture["blocks"]
+    )
 
 
 def test_no_architecture_space(minimal_spec):
@@ -116,10 +128,13 @@ def test_no_architecture_space(minimal_spec):
 
 
 def test_int_and_stepped_parameters(minimal_spec):
-    document = _with(minimal_spec, parameters={
-        "batchSize": {"type": "int", "low": 16, "high": 64, "step": 16},
-        "weightDecay": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25},
-    })
+    document = _with(
+        minimal_spec,
+        parameters={
+            "batchSize": {"type": "int", "low": 16, "high": 64, "step": 16},
+            "weightDecay": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25},
+        },
+    )
     spec = parse_experiment(document).spec
     study = _study()
     for _ in range(20):
@@ -153,13 +168,24 @@ GRID_PARAMETERS = {
 
 
 def test_grid_space_values(minimal_spec):
-    document = _with(minimal_spec, parameters=GRID_PARAMETERS, strategy={"sampler": {"name": "grid"}},
-                     architecture={"blocks": {"low": 1, "high": 2},
-                                   "block": {"kind": {"choices": ["mlp"]}, "width": {"choices": [8, 16]},
-                                             "dropout": {"low": 0.0, "high": 0.2, "step": 0.1}}})
+    document = _with(
+        minimal_spec,
+        parameters=GRID_PARAMETERS,
+        strategy={"sampler": {"name": "grid"}},
+        architecture={
+            "blocks": {"low": 1, "high": 2},
+            "block": {
+                "kind": {"choices": ["mlp"]},
+                "width": {"choices": [8, 16]},
+                "dropout": {"low": 0.0, "high": 0.2, "step": 0.1},
+            },
+        },
+    )
     grid = grid_space(parse_experiment(document).spec)
-    assert {name: grid[name] for name in ("lr", "optimizer", "batchSize", "arch.blocks", "arch.block.width",
-                                          "arch.block.dropout")} == {
+    assert {
+        name: grid[name]
+        for name in ("lr", "optimizer", "batchSize", "arch.blocks", "arch.block.width", "arch.block.dropout")
+    } == {
         "lr": [0.1, 0.2, 0.3],  # exact: no 0.30000000000000004 past high
         "optimizer": ["adam", "sgd"],
         "batchSize": [16, 32, 48, 64],
@@ -171,10 +197,13 @@ def test_grid_space_values(minimal_spec):
 
 
 def test_grid_space_step_not_dividing_the_range(minimal_spec):
-    document = _with(minimal_spec, parameters={
-        "weightDecay": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.2},
-        "batchSize": {"type": "int", "low": 10, "high": 20, "step": 4},
-    })
+    document = _with(
+        minimal_spec,
+        parameters={
+            "weightDecay": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.2},
+            "batchSize": {"type": "int", "low": 10, "high": 20, "step": 4},
+        },
+    )
     grid = grid_space(parse_experiment(document).spec)
     assert grid == {"weightDecay": [0.0, 0.2, 0.4], "batchSize": [10, 14, 18]}
 
@@ -187,11 +216,14 @@ def test_grid_space_without_architecture(minimal_spec):
 # Conditional everywhere: momentum only for sgd, a kernel size only for conv blocks, 1 or 2 blocks.
 # 3 hyperparameter settings x (3 one-block + 9 two-block architectures) = 36 distinct configurations.
 CONDITIONAL = {
-    "parameters": {"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-                   "momentum": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.4, "when": {"optimizer": ["sgd"]}}},
-    "architecture": {"blocks": {"low": 1, "high": 2},
-                     "block": {"kind": {"choices": ["conv", "mlp"]}, "width": {"choices": [8]},
-                               "kernelSize": {"choices": [3, 5]}}},
+    "parameters": {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "momentum": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.4, "when": {"optimizer": ["sgd"]}},
+    },
+    "architecture": {
+        "blocks": {"low": 1, "high": 2},
+        "block": {"kind": {"choices": ["conv", "mlp"]}, "width": {"choices": [8]}, "kernelSize": {"choices": [3, 5]}},
+    },
 }
 
 
@@ -218,10 +250,15 @@ def test_grid_counts_and_tries_only_real_configurations(minimal_spec):
 
 
 def test_grid_sampler_covers_the_grid_exactly_once(minimal_spec):
-    document = _with(minimal_spec, parameters=GRID_PARAMETERS, strategy={"sampler": {"name": "grid", "seed": 1}},
-                     architecture={"blocks": {"low": 1, "high": 1},
-                                   "block": {"width": {"choices": [8, 16]},
-                                             "dropout": {"low": 0.0, "high": 0.1, "step": 0.1}}})
+    document = _with(
+        minimal_spec,
+        parameters=GRID_PARAMETERS,
+        strategy={"sampler": {"name": "grid", "seed": 1}},
+        architecture={
+            "blocks": {"low": 1, "high": 1},
+            "block": {"width": {"choices": [8, 16]}, "dropout": {"low": 0.0, "high": 0.1, "step": 0.1}},
+        },
+    )
     experiment = parse_experiment(document)
     size = 3 * 2 * 4 * 2 * 2
     assert grid_points(experiment.spec) == size
@@ -230,7 +267,12 @@ def test_grid_sampler_covers_the_grid_exactly_once(minimal_spec):
         tried = _grid_run(experiment, size)
     assert not [w for w in caught if "out of range" in str(w.message)]
     grid = grid_space(experiment.spec)
-    points = [(hp["lr"], hp["optimizer"], hp["batchSize"], blocks[0]["width"], blocks[0]["dropout"])
-              for hp, blocks in ((dict(hp), [dict(b) for b in blocks]) for hp, blocks in tried)]
-    assert sorted(points) == sorted(itertools.product(grid["lr"], grid["optimizer"], grid["batchSize"],
-                                                      grid["arch.block.width"], grid["arch.block.dropout"]))
+    points = [
+        (hp["lr"], hp["optimizer"], hp["batchSize"], blocks[0]["width"], blocks[0]["dropout"])
+        for hp, blocks in ((dict(hp), [dict(b) for b in blocks]) for hp, blocks in tried)
+    ]
+    assert sorted(points) == sorted(
+        itertools.product(
+            grid["lr"], grid["optimizer"], grid["batchSize"], grid["arch.block.width"], grid["arch.block.dropout"]
+        )
+    )

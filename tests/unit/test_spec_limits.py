@@ -40,21 +40,36 @@ def _with_digits(prefix: str, labels: str) -> str:
 
 def _validate_in_subprocess(path: Path) -> subprocess.CompletedProcess:
     """A hang fails the test (by the timeout) rather than hanging the suite."""
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", "validate", str(path)], capture_output=True, text=True,
-                          timeout=QUICK)
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "validate", str(path)], capture_output=True, text=True, timeout=QUICK
+    )
 
 
-@pytest.mark.parametrize("document, expected", [
-    pytest.param(_with_digits(_lol_bomb(), "*a9"), "expands to more than 262,144 characters", id="nested-aliases"),
-    pytest.param(_with_digits(_merge_bomb(), "*m12"), "expands to more than 262,144 characters", id="merge-keys"),
-    pytest.param(_with_digits("big: &big '" + "x" * 100_000 + "'\n", "{a: *big, b: *big, c: *big}"),
-                 "expands to more than 262,144 characters", id="aliased-long-string"),
-    pytest.param(_with_digits("", "&self {again: *self}"), "the alias *self refers to a value that contains it",
-                 id="recursive-alias"),
-    pytest.param(_with_digits("", "[" * 5_000 + "]" * 5_000), "values nest deeper than 32 levels", id="deep-nesting"),
-    pytest.param("# padding\n" * (MAX_SPEC_FILE_BYTES // 10) + DIGITS.read_text(),
-                 "the spec file is larger than 262,144 bytes", id="huge-file"),
-])
+@pytest.mark.parametrize(
+    "document, expected",
+    [
+        pytest.param(_with_digits(_lol_bomb(), "*a9"), "expands to more than 262,144 characters", id="nested-aliases"),
+        pytest.param(_with_digits(_merge_bomb(), "*m12"), "expands to more than 262,144 characters", id="merge-keys"),
+        pytest.param(
+            _with_digits("big: &big '" + "x" * 100_000 + "'\n", "{a: *big, b: *big, c: *big}"),
+            "expands to more than 262,144 characters",
+            id="aliased-long-string",
+        ),
+        pytest.param(
+            _with_digits("", "&self {again: *self}"),
+            "the alias *self refers to a value that contains it",
+            id="recursive-alias",
+        ),
+        pytest.param(
+            _with_digits("", "[" * 5_000 + "]" * 5_000), "values nest deeper than 32 levels", id="deep-nesting"
+        ),
+        pytest.param(
+            "# padding\n" * (MAX_SPEC_FILE_BYTES // 10) + DIGITS.read_text(),
+            "the spec file is larger than 262,144 bytes",
+            id="huge-file",
+        ),
+    ],
+)
 def test_a_hostile_file_is_refused_quickly_with_exit_2(tmp_path, document, expected):
     path = tmp_path / "hostile.yaml"
     path.write_text(document)
@@ -66,8 +81,9 @@ def test_a_hostile_file_is_refused_quickly_with_exit_2(tmp_path, document, expec
 
 def test_anchors_that_expand_a_little_are_still_accepted(tmp_path):
     path = tmp_path / "anchors.yaml"
-    path.write_text(_with_digits("", "&pool {pool: cpu, team: ml}").replace(
-        "  trial:\n", "  trial:\n    nodeSelector: *pool\n"))
+    path.write_text(
+        _with_digits("", "&pool {pool: cpu, team: ml}").replace("  trial:\n", "  trial:\n    nodeSelector: *pool\n")
+    )
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
@@ -112,8 +128,13 @@ def test_the_largest_accepted_spec_fits_a_steps_command_line(character):
     spec_json = _largest_accepted(character)
     assert MAX_SPEC_JSON_BYTES - 20 < len(spec_json) <= MAX_SPEC_JSON_BYTES
     executor_input = json.dumps({"inputs": {"parameterValues": {"experiment_spec": spec_json, "segment": 0}}})
-    echoed = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.argv[1]))", executor_input],
-                            capture_output=True, text=True, timeout=QUICK, check=True)
+    echoed = subprocess.run(
+        [sys.executable, "-c", "import sys; print(len(sys.argv[1]))", executor_input],
+        capture_output=True,
+        text=True,
+        timeout=QUICK,
+        check=True,
+    )
     assert int(echoed.stdout) == len(executor_input)
 
 

@@ -62,7 +62,13 @@ BASE = {
     "kind": "Experiment",
     "metadata": {"name": "prop-test", "labels": {"team": "ml"}},
     "spec": {
-        "data": {"source": "builtin:digits", "sha256": "0" * 64, "validationFraction": 0.2, "testFraction": 0.2, "seed": 1},
+        "data": {
+            "source": "builtin:digits",
+            "sha256": "0" * 64,
+            "validationFraction": 0.2,
+            "testFraction": 0.2,
+            "seed": 1,
+        },
         "objective": [{"metric": "val_accuracy", "direction": "maximize"}],
         "parameters": {
             "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
@@ -85,14 +91,28 @@ BASE = {
                 "skip": {"choices": [True, False]},
             },
         },
-        "strategy": {"sampler": {"name": "tpe", "seed": 0},
-                     "pruner": {"name": "hyperband", "minResource": 1, "reductionFactor": 3}},
-        "budget": {"maxTrials": 20, "parallelTrials": 2, "trialsPerSegment": 10, "maxSegments": 5,
-                   "maxDuration": "10m", "targetValue": 0.99, "patience": 5},
-        "trial": {"epochs": 5, "batchSize": 64, "retries": 1, "heartbeatSeconds": 30,
-                  "resources": {"cpu": "1", "memory": "2Gi", "gpu": 0, "gpuType": "nvidia.com/gpu"},
-                  "nodeSelector": {"pool": "cpu"},
-                  "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "strategy": {
+            "sampler": {"name": "tpe", "seed": 0},
+            "pruner": {"name": "hyperband", "minResource": 1, "reductionFactor": 3},
+        },
+        "budget": {
+            "maxTrials": 20,
+            "parallelTrials": 2,
+            "trialsPerSegment": 10,
+            "maxSegments": 5,
+            "maxDuration": "10m",
+            "targetValue": 0.99,
+            "patience": 5,
+        },
+        "trial": {
+            "epochs": 5,
+            "batchSize": 64,
+            "retries": 1,
+            "heartbeatSeconds": 30,
+            "resources": {"cpu": "1", "memory": "2Gi", "gpu": 0, "gpuType": "nvidia.com/gpu"},
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
         "registry": {"modelName": "prop-model", "alias": "champion"},
     },
 }
@@ -141,33 +161,91 @@ def test_base_document_is_valid():
 # ---------------------------------------------------------------- malformed specs
 
 INT_FIELDS = {
-    "spec.budget.maxTrials": (1, 100_000), "spec.budget.parallelTrials": (1, 1_000),
-    "spec.budget.trialsPerSegment": (1, 500), "spec.budget.maxSegments": (1, 10_000),
-    "spec.budget.patience": (1, None), "spec.trial.epochs": (1, 10_000), "spec.trial.batchSize": (1, 65_536),
-    "spec.trial.retries": (0, 10), "spec.trial.heartbeatSeconds": (5, 3_600), "spec.trial.resources.gpu": (0, 16),
-    "spec.data.seed": (0, 2**32 - 1), "spec.strategy.sampler.seed": (0, 2**32 - 1),
-    "spec.strategy.pruner.minResource": (1, None), "spec.strategy.pruner.reductionFactor": (2, None),
-    "spec.strategy.pruner.warmupSteps": (0, None), "spec.strategy.pruner.startupTrials": (0, None),
-    "spec.architecture.blocks.low": (1, None), "spec.architecture.blocks.high": (1, 32),
-    "spec.parameters.batchSize.low": (None, None), "spec.parameters.batchSize.step": (1, None),
+    "spec.budget.maxTrials": (1, 100_000),
+    "spec.budget.parallelTrials": (1, 1_000),
+    "spec.budget.trialsPerSegment": (1, 500),
+    "spec.budget.maxSegments": (1, 10_000),
+    "spec.budget.patience": (1, None),
+    "spec.trial.epochs": (1, 10_000),
+    "spec.trial.batchSize": (1, 65_536),
+    "spec.trial.retries": (0, 10),
+    "spec.trial.heartbeatSeconds": (5, 3_600),
+    "spec.trial.resources.gpu": (0, 16),
+    "spec.data.seed": (0, 2**32 - 1),
+    "spec.strategy.sampler.seed": (0, 2**32 - 1),
+    "spec.strategy.pruner.minResource": (1, None),
+    "spec.strategy.pruner.reductionFactor": (2, None),
+    "spec.strategy.pruner.warmupSteps": (0, None),
+    "spec.strategy.pruner.startupTrials": (0, None),
+    "spec.architecture.blocks.low": (1, None),
+    "spec.architecture.blocks.high": (1, 32),
+    "spec.parameters.batchSize.low": (None, None),
+    "spec.parameters.batchSize.step": (1, None),
 }
-NULLABLE = {"spec.budget.patience", "spec.strategy.sampler.seed", "spec.budget.targetValue", "spec.budget.maxDuration",
-            "spec.data.sha256", "spec.registry.modelName", "spec.architecture", "spec.parameters.batchSize.step",
-            "spec.objective[0].direction", "spec.trial.tolerations[0].key"}
-FLOAT_FIELDS = ["spec.data.validationFraction", "spec.data.testFraction", "spec.budget.targetValue",
-                "spec.parameters.lr.low", "spec.parameters.weightDecay.high", "spec.parameters.momentum.low",
-                "spec.architecture.block.dropout.high"]
-STR_FIELDS = ["metadata.name", "spec.data.source", "spec.data.sha256", "spec.strategy.sampler.name",
-              "spec.strategy.pruner.name", "spec.budget.maxDuration", "spec.registry.alias", "spec.registry.modelName",
-              "spec.objective[0].metric", "spec.objective[0].direction", "spec.trial.resources.gpuType",
-              "spec.trial.tolerations[0].key", "spec.trial.nodeSelector.pool", "metadata.labels.team"]
-MAPPING_FIELDS = ["metadata", "spec", "spec.data", "spec.budget", "spec.trial", "spec.trial.resources",
-                  "spec.architecture", "spec.architecture.block", "spec.architecture.blocks", "spec.strategy",
-                  "spec.strategy.sampler", "spec.strategy.pruner", "spec.registry", "spec.parameters",
-                  "spec.parameters.lr", "spec.architecture.block.width", "spec.trial.tolerations[0]",
-                  "spec.objective[0]", "spec.trial.nodeSelector"]
-LIST_FIELDS = ["spec.trial.tolerations", "spec.parameters.optimizer.choices", "spec.architecture.block.kind.choices",
-               "spec.architecture.block.width.choices"]
+NULLABLE = {
+    "spec.budget.patience",
+    "spec.strategy.sampler.seed",
+    "spec.budget.targetValue",
+    "spec.budget.maxDuration",
+    "spec.data.sha256",
+    "spec.registry.modelName",
+    "spec.architecture",
+    "spec.parameters.batchSize.step",
+    "spec.objective[0].direction",
+    "spec.trial.tolerations[0].key",
+}
+FLOAT_FIELDS = [
+    "spec.data.validationFraction",
+    "spec.data.testFraction",
+    "spec.budget.targetValue",
+    "spec.parameters.lr.low",
+    "spec.parameters.weightDecay.high",
+    "spec.parameters.momentum.low",
+    "spec.architecture.block.dropout.high",
+]
+STR_FIELDS = [
+    "metadata.name",
+    "spec.data.source",
+    "spec.data.sha256",
+    "spec.strategy.sampler.name",
+    "spec.strategy.pruner.name",
+    "spec.budget.maxDuration",
+    "spec.registry.alias",
+    "spec.registry.modelName",
+    "spec.objective[0].metric",
+    "spec.objective[0].direction",
+    "spec.trial.resources.gpuType",
+    "spec.trial.tolerations[0].key",
+    "spec.trial.nodeSelector.pool",
+    "metadata.labels.team",
+]
+MAPPING_FIELDS = [
+    "metadata",
+    "spec",
+    "spec.data",
+    "spec.budget",
+    "spec.trial",
+    "spec.trial.resources",
+    "spec.architecture",
+    "spec.architecture.block",
+    "spec.architecture.blocks",
+    "spec.strategy",
+    "spec.strategy.sampler",
+    "spec.strategy.pruner",
+    "spec.registry",
+    "spec.parameters",
+    "spec.parameters.lr",
+    "spec.architecture.block.width",
+    "spec.trial.tolerations[0]",
+    "spec.objective[0]",
+    "spec.trial.nodeSelector",
+]
+LIST_FIELDS = [
+    "spec.trial.tolerations",
+    "spec.parameters.optimizer.choices",
+    "spec.architecture.block.kind.choices",
+    "spec.architecture.block.width.choices",
+]
 BOOL_FIELDS = ["spec.parameters.lr.log", "spec.parameters.batchSize.log"]
 
 letters = st.text(alphabet=st.characters(categories=["L"]), min_size=1, max_size=12)
@@ -182,8 +260,13 @@ def _wrong_type(path: str):
         fractional = finite.filter(lambda x: x != int(x))
         return st.one_of(letters, small_lists, small_dicts, fractional, *nullable)
     if path in FLOAT_FIELDS:
-        return st.one_of(letters.filter(lambda s: s.lower() not in {"nan", "inf", "infinity"}), small_lists,
-                         small_dicts, st.sampled_from([float("inf"), float("-inf"), float("nan")]), *nullable)
+        return st.one_of(
+            letters.filter(lambda s: s.lower() not in {"nan", "inf", "infinity"}),
+            small_lists,
+            small_dicts,
+            st.sampled_from([float("inf"), float("-inf"), float("nan")]),
+            *nullable,
+        )
     if path in STR_FIELDS:
         return st.one_of(st.integers(), finite, st.booleans(), small_lists, small_dicts, *nullable)
     if path in MAPPING_FIELDS:
@@ -191,9 +274,12 @@ def _wrong_type(path: str):
     if path in LIST_FIELDS:
         return st.one_of(st.integers(), letters, small_dicts)
     assert path in BOOL_FIELDS
-    return st.one_of(st.integers().filter(lambda i: i not in (0, 1)), small_lists, small_dicts,
-                     letters.filter(lambda s: s.lower() not in {"y", "n", "t", "f", "yes", "no", "on", "off",
-                                                                 "true", "false"}))
+    return st.one_of(
+        st.integers().filter(lambda i: i not in (0, 1)),
+        small_lists,
+        small_dicts,
+        letters.filter(lambda s: s.lower() not in {"y", "n", "t", "f", "yes", "no", "on", "off", "true", "false"}),
+    )
 
 
 ALL_TYPED = sorted(INT_FIELDS) + FLOAT_FIELDS + STR_FIELDS + MAPPING_FIELDS + LIST_FIELDS + BOOL_FIELDS
@@ -208,10 +294,17 @@ def test_wrong_types_are_rejected(mutation):
 
 
 REQUIRED = {
-    "apiVersion": "apiVersion", "kind": "kind", "metadata": "metadata", "metadata.name": "metadata.name",
-    "spec": "spec", "spec.data": "spec.data", "spec.data.source": "spec.data.source",
-    "spec.objective": "spec.objective", "spec.objective[0].metric": "spec.objective[0].metric",
-    "spec.parameters.lr.low": "spec.parameters.lr.low", "spec.parameters.batchSize.high": "spec.parameters.batchSize.high",
+    "apiVersion": "apiVersion",
+    "kind": "kind",
+    "metadata": "metadata",
+    "metadata.name": "metadata.name",
+    "spec": "spec",
+    "spec.data": "spec.data",
+    "spec.data.source": "spec.data.source",
+    "spec.objective": "spec.objective",
+    "spec.objective[0].metric": "spec.objective[0].metric",
+    "spec.parameters.lr.low": "spec.parameters.lr.low",
+    "spec.parameters.batchSize.high": "spec.parameters.batchSize.high",
     "spec.parameters.optimizer.choices": "spec.parameters.optimizer.choices",
     "spec.parameters.lr.type": "spec.parameters.lr",  # the union cannot even tell which kind it is
     "spec.architecture.blocks.low": "spec.architecture.blocks.low",
@@ -222,8 +315,9 @@ REQUIRED = {
 
 @pytest.mark.parametrize("path", REQUIRED)
 def test_missing_required_fields(path):
-    _assert_rejected(_mutate(path, DELETE), REQUIRED[path], "add it" if path != "spec.parameters.lr.type" else None,
-                     generated=False)
+    _assert_rejected(
+        _mutate(path, DELETE), REQUIRED[path], "add it" if path != "spec.parameters.lr.type" else None, generated=False
+    )
 
 
 def _inverted(draw_low_high):
@@ -231,17 +325,28 @@ def _inverted(draw_low_high):
 
 
 INVERTED = st.one_of(
-    st.tuples(st.just("spec.parameters.weightDecay"), _inverted(st.tuples(finite, finite)).map(
-        lambda p: {"type": "float", "low": p[0], "high": p[1]})),
-    st.tuples(st.just("spec.parameters.lr"),
-              _inverted(st.tuples(st.floats(1e-300, 1e300), st.floats(1e-300, 1e300))).map(
-                  lambda p: {"type": "float", "low": p[0], "high": p[1], "log": True})),
-    st.tuples(st.just("spec.parameters.batchSize"), _inverted(st.tuples(st.integers(), st.integers())).map(
-        lambda p: {"type": "int", "low": p[0], "high": p[1]})),
-    st.tuples(st.just("spec.architecture.blocks"),
-              _inverted(st.tuples(st.integers(1, 32), st.integers(1, 32))).map(lambda p: {"low": p[0], "high": p[1]})),
-    st.tuples(st.just("spec.architecture.block.dropout"),
-              _inverted(st.tuples(st.floats(0, 0.99), st.floats(0, 0.99))).map(lambda p: {"low": p[0], "high": p[1]})),
+    st.tuples(
+        st.just("spec.parameters.weightDecay"),
+        _inverted(st.tuples(finite, finite)).map(lambda p: {"type": "float", "low": p[0], "high": p[1]}),
+    ),
+    st.tuples(
+        st.just("spec.parameters.lr"),
+        _inverted(st.tuples(st.floats(1e-300, 1e300), st.floats(1e-300, 1e300))).map(
+            lambda p: {"type": "float", "low": p[0], "high": p[1], "log": True}
+        ),
+    ),
+    st.tuples(
+        st.just("spec.parameters.batchSize"),
+        _inverted(st.tuples(st.integers(), st.integers())).map(lambda p: {"type": "int", "low": p[0], "high": p[1]}),
+    ),
+    st.tuples(
+        st.just("spec.architecture.blocks"),
+        _inverted(st.tuples(st.integers(1, 32), st.integers(1, 32))).map(lambda p: {"low": p[0], "high": p[1]}),
+    ),
+    st.tuples(
+        st.just("spec.architecture.block.dropout"),
+        _inverted(st.tuples(st.floats(0, 0.99), st.floats(0, 0.99))).map(lambda p: {"low": p[0], "high": p[1]}),
+    ),
 )
 
 
@@ -265,11 +370,18 @@ def test_empty_choices_are_rejected(path):
 
 
 @SETTINGS
-@given(st.one_of(
-    st.tuples(st.just("spec.parameters.optimizer.choices"),
-              st.lists(st.sampled_from(OPTIMIZERS), min_size=1, max_size=4, unique=True)),
-    st.tuples(st.just("spec.parameters.labelSmoothing.choices"), st.lists(scalar, min_size=1, max_size=5, unique=True)),
-), st.data())
+@given(
+    st.one_of(
+        st.tuples(
+            st.just("spec.parameters.optimizer.choices"),
+            st.lists(st.sampled_from(OPTIMIZERS), min_size=1, max_size=4, unique=True),
+        ),
+        st.tuples(
+            st.just("spec.parameters.labelSmoothing.choices"), st.lists(scalar, min_size=1, max_size=5, unique=True)
+        ),
+    ),
+    st.data(),
+)
 def test_duplicate_choices_are_rejected(mutation, data):
     path, choices = mutation
     repeated = data.draw(st.sampled_from(choices))
@@ -279,17 +391,32 @@ def test_duplicate_choices_are_rejected(mutation, data):
 
 
 MODELS = {
-    "": Experiment, "metadata": Metadata, "spec": ExperimentSpec, "spec.data": DataSpec,
-    "spec.objective[0]": Objective, "spec.parameters.lr": FloatParam, "spec.parameters.batchSize": IntParam,
-    "spec.parameters.optimizer": CategoricalParam, "spec.architecture": ArchitectureSpace,
-    "spec.architecture.blocks": IntRange, "spec.architecture.block": BlockSpace,
-    "spec.architecture.block.width": Choice, "spec.architecture.block.dropout": Range, "spec.strategy": Strategy,
-    "spec.strategy.sampler": SamplerSpec, "spec.strategy.pruner": PrunerSpec, "spec.budget": Budget,
-    "spec.trial": TrialSpec, "spec.trial.resources": Resources, "spec.trial.tolerations[0]": Toleration,
+    "": Experiment,
+    "metadata": Metadata,
+    "spec": ExperimentSpec,
+    "spec.data": DataSpec,
+    "spec.objective[0]": Objective,
+    "spec.parameters.lr": FloatParam,
+    "spec.parameters.batchSize": IntParam,
+    "spec.parameters.optimizer": CategoricalParam,
+    "spec.architecture": ArchitectureSpace,
+    "spec.architecture.blocks": IntRange,
+    "spec.architecture.block": BlockSpace,
+    "spec.architecture.block.width": Choice,
+    "spec.architecture.block.dropout": Range,
+    "spec.strategy": Strategy,
+    "spec.strategy.sampler": SamplerSpec,
+    "spec.strategy.pruner": PrunerSpec,
+    "spec.budget": Budget,
+    "spec.trial": TrialSpec,
+    "spec.trial.resources": Resources,
+    "spec.trial.tolerations[0]": Toleration,
     "spec.registry": RegistrySpec,
 }
-KNOWN = {where: set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
-         for where, model in MODELS.items()}
+KNOWN = {
+    where: set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    for where, model in MODELS.items()
+}
 identifiers = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,15}\Z")
 
 
@@ -304,8 +431,11 @@ def test_unknown_keys_are_rejected(where, key, value, data):
 @SETTINGS
 @given(identifiers.filter(lambda k: k not in HYPERPARAMETERS))
 def test_unknown_hyperparameters_are_rejected(name):
-    _assert_rejected(_mutate(f"spec.parameters.{name}", {"type": "float", "low": 0.0, "high": 1.0}),
-                     f"spec.parameters.{name}", "not a hyperparameter")
+    _assert_rejected(
+        _mutate(f"spec.parameters.{name}", {"type": "float", "low": 0.0, "high": 1.0}),
+        f"spec.parameters.{name}",
+        "not a hyperparameter",
+    )
 
 
 LOWER_BOUNDED = {path: low for path, (low, _) in INT_FIELDS.items() if low is not None}
@@ -313,22 +443,32 @@ UPPER_BOUNDED = {path: high for path, (_, high) in INT_FIELDS.items() if high is
 
 
 @SETTINGS
-@given(st.sampled_from(sorted(LOWER_BOUNDED)).flatmap(
-    lambda p: st.tuples(st.just(p), st.integers(max_value=LOWER_BOUNDED[p] - 1, min_value=-(10**30)))))
+@given(
+    st.sampled_from(sorted(LOWER_BOUNDED)).flatmap(
+        lambda p: st.tuples(st.just(p), st.integers(max_value=LOWER_BOUNDED[p] - 1, min_value=-(10**30)))
+    )
+)
 def test_negative_and_zero_counts_are_rejected(mutation):
     path, value = mutation
     _assert_rejected(_mutate(path, value), path, "greater than or equal to")
 
 
 @SETTINGS
-@given(st.one_of(
-    st.sampled_from(sorted(UPPER_BOUNDED)).flatmap(
-        lambda p: st.tuples(st.just(p), st.integers(min_value=UPPER_BOUNDED[p] + 1, max_value=10**30))),
-    st.tuples(st.just("metadata.name"), st.text(alphabet="abz09-", min_size=1, max_size=20).map(lambda t: "a" * 63 + t)),
-    st.tuples(st.just("spec.registry.modelName"), st.integers(257, 2_000).map(lambda n: "m" * n)),
-    st.tuples(st.sampled_from(["spec.parameters.weightDecay.high", "spec.budget.targetValue"]),
-              st.sampled_from([float("inf"), float("-inf"), float("nan")])),
-))
+@given(
+    st.one_of(
+        st.sampled_from(sorted(UPPER_BOUNDED)).flatmap(
+            lambda p: st.tuples(st.just(p), st.integers(min_value=UPPER_BOUNDED[p] + 1, max_value=10**30))
+        ),
+        st.tuples(
+            st.just("metadata.name"), st.text(alphabet="abz09-", min_size=1, max_size=20).map(lambda t: "a" * 63 + t)
+        ),
+        st.tuples(st.just("spec.registry.modelName"), st.integers(257, 2_000).map(lambda n: "m" * n)),
+        st.tuples(
+            st.sampled_from(["spec.parameters.weightDecay.high", "spec.budget.targetValue"]),
+            st.sampled_from([float("inf"), float("-inf"), float("nan")]),
+        ),
+    )
+)
 def test_huge_values_are_rejected(mutation):
     path, value = mutation
     _assert_rejected(_mutate(path, value), path)
@@ -342,27 +482,32 @@ def _is_dns1123(name: str) -> bool:
 
 
 @SETTINGS
-@given(st.one_of(
-    st.text(max_size=70),
-    st.from_regex(r"\A[a-z0-9]{1,8}[A-Z_. /:\n][a-z0-9]{0,8}\Z"),
-    st.from_regex(r"\A-?[a-z0-9-]{0,10}-?\n?\Z"),
-).filter(lambda name: not _is_dns1123(name)))
+@given(
+    st.one_of(
+        st.text(max_size=70),
+        st.from_regex(r"\A[a-z0-9]{1,8}[A-Z_. /:\n][a-z0-9]{0,8}\Z"),
+        st.from_regex(r"\A-?[a-z0-9-]{0,10}-?\n?\Z"),
+    ).filter(lambda name: not _is_dns1123(name))
+)
 def test_non_dns1123_names_are_rejected(name):
     _assert_rejected(_mutate("metadata.name", name), "metadata.name")
 
 
 @SETTINGS
-@given(st.one_of(
-    st.text(max_size=12),
-    st.from_regex(r"\A[0-9]{1,3}[a-z ]{1,4}\Z"),
-).filter(lambda text: re.fullmatch(r"(\d+h)?(\d+m)?(\d+s)?", text.strip()) is None or not text.strip()))
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.from_regex(r"\A[0-9]{1,3}[a-z ]{1,4}\Z"),
+    ).filter(lambda text: re.fullmatch(r"(\d+h)?(\d+m)?(\d+s)?", text.strip()) is None or not text.strip())
+)
 def test_bad_durations_are_rejected(text):
     _assert_rejected(_mutate("spec.budget.maxDuration", text), "spec.budget.maxDuration")
 
 
 # Numbers on, inside and beyond each hyperparameter's bounds, and scalars of the other YAML types.
-edge_numbers = st.one_of(st.sampled_from([-1, 0, 1e-9, 0.5, 0.999, 1, 2, 64, 65_536, 65_537]),
-                         st.floats(-2, 70_000), st.integers(-3, 70_000))
+edge_numbers = st.one_of(
+    st.sampled_from([-1, 0, 1e-9, 0.5, 0.999, 1, 2, 64, 65_536, 65_537]), st.floats(-2, 70_000), st.integers(-3, 70_000)
+)
 edge_scalars = st.one_of(edge_numbers, st.booleans(), st.sampled_from(["0.01", "64", "adam"]))
 
 
@@ -377,9 +522,16 @@ def hostile_parameters(draw):
     return name, {"type": kind, "low": low, "high": high}
 
 
-TINY = SplitData(x_train=np.arange(32, dtype=np.float32).reshape(8, 4), y_train=np.array([0, 1] * 4),
-                 x_val=np.ones((2, 4), np.float32), y_val=np.array([0, 1]), x_test=np.ones((0, 4), np.float32),
-                 y_test=np.array([], dtype=np.int64), num_classes=2, input_shape=(4,))
+TINY = SplitData(
+    x_train=np.arange(32, dtype=np.float32).reshape(8, 4),
+    y_train=np.array([0, 1] * 4),
+    x_val=np.ones((2, 4), np.float32),
+    y_val=np.array([0, 1]),
+    x_test=np.ones((0, 4), np.float32),
+    y_test=np.array([], dtype=np.int64),
+    num_classes=2,
+    input_shape=(4,),
+)
 
 
 @SETTINGS
@@ -411,8 +563,12 @@ def test_a_hyperparameter_is_refused_or_the_trainer_takes_every_value_it_can_get
 ALNUM = "abcxyz0129"
 names = st.one_of(
     st.sampled_from(ALNUM),
-    st.builds(lambda a, middle, b: a + middle + b, st.sampled_from(ALNUM), st.text(alphabet=ALNUM + "-", max_size=20),
-              st.sampled_from(ALNUM)),
+    st.builds(
+        lambda a, middle, b: a + middle + b,
+        st.sampled_from(ALNUM),
+        st.text(alphabet=ALNUM + "-", max_size=20),
+        st.sampled_from(ALNUM),
+    ),
 )
 aliases = st.builds(lambda a, rest: a + rest, st.sampled_from("aZ_"), st.text(alphabet="aZ09_-", max_size=10))
 sha256s = st.integers(0, 2**256 - 1).map(lambda i: f"{i:064x}")
@@ -453,15 +609,20 @@ def in_domain(name: str, *, finite_only: bool):
     if domain.integer:
         numbers = st.integers(int(lowest), int(domain.high))
         return st.one_of(int_params(int(lowest), int(domain.high)), categorical_params(numbers))
-    return st.one_of(float_params(finite_only=finite_only, lowest=lowest, highest=highest),
-                     categorical_params(st.floats(lowest, highest)))
+    return st.one_of(
+        float_params(finite_only=finite_only, lowest=lowest, highest=highest),
+        categorical_params(st.floats(lowest, highest)),
+    )
 
 
 @st.composite
 def parameters(draw, *, finite_only: bool):
     chosen = {}
-    for name in draw(st.lists(st.sampled_from([n for n in HYPERPARAMETERS if n not in ("optimizer", "momentum")]),
-                              unique=True, max_size=4)):
+    for name in draw(
+        st.lists(
+            st.sampled_from([n for n in HYPERPARAMETERS if n not in ("optimizer", "momentum")]), unique=True, max_size=4
+        )
+    ):
         chosen[name] = draw(in_domain(name, finite_only=finite_only))
     if draw(st.booleans()):
         optimizers = draw(st.lists(st.sampled_from(OPTIMIZERS), min_size=1, unique=True))
@@ -481,8 +642,14 @@ def choice_of(values, *, min_size=1):
 def architectures(draw, *, finite_only: bool):
     low = draw(st.integers(1, 3))
     block = {}
-    for field, values in (("kind", KINDS), ("activation", ACTIVATIONS), ("norm", NORMS), ("skip", [True, False]),
-                          ("width", [4, 8, 16, 64]), ("kernelSize", [1, 3, 5])):
+    for field, values in (
+        ("kind", KINDS),
+        ("activation", ACTIVATIONS),
+        ("norm", NORMS),
+        ("skip", [True, False]),
+        ("width", [4, 8, 16, 64]),
+        ("kernelSize", [1, 3, 5]),
+    ):
         if draw(st.booleans()):
             block[field] = draw(choice_of(list(values)))
     if draw(st.booleans()):
@@ -501,14 +668,17 @@ def valid_documents(draw):
     multi = draw(st.booleans())
     if multi:
         metrics = draw(st.lists(st.sampled_from(sorted(METRICS)), min_size=2, max_size=4, unique=True))
-        objective = [{"metric": m, **draw(st.sampled_from([{}, {"direction": "maximize"}, {"direction": "minimize"}]))}
-                     for m in metrics]
+        objective = [
+            {"metric": m, **draw(st.sampled_from([{}, {"direction": "maximize"}, {"direction": "minimize"}]))}
+            for m in metrics
+        ]
         sampler = draw(st.sampled_from(["random", "grid", "tpe", "gp", "nsga2", "qmc"]))
         pruner = {"name": "none"}
     else:
         metric = draw(st.sampled_from(sorted(METRICS)))
-        objective = draw(st.sampled_from([{"metric": metric}, [{"metric": metric}],
-                                          {"metric": metric, "direction": "minimize"}]))
+        objective = draw(
+            st.sampled_from([{"metric": metric}, [{"metric": metric}], {"metric": metric, "direction": "minimize"}])
+        )
         sampler = draw(st.sampled_from(["random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc"]))
         pruner = {"name": draw(st.sampled_from(PRUNERS))}
     epochs = draw(st.integers(1, 50))
@@ -516,32 +686,63 @@ def valid_documents(draw):
         pruner["minResource"] = draw(st.integers(1, epochs))
         pruner["reductionFactor"] = draw(st.integers(2, 5))
     finite_only = sampler == "grid"
-    budget = {"maxTrials": draw(st.integers(1, 100_000)), "parallelTrials": draw(st.integers(1, 1_000)),
-              "trialsPerSegment": draw(st.integers(1, 500)), "maxSegments": draw(st.integers(1, 10_000))}
+    budget = {
+        "maxTrials": draw(st.integers(1, 100_000)),
+        "parallelTrials": draw(st.integers(1, 1_000)),
+        "trialsPerSegment": draw(st.integers(1, 500)),
+        "maxSegments": draw(st.integers(1, 10_000)),
+    }
     if draw(st.booleans()):
         hours, minutes, seconds = draw(st.tuples(st.integers(0, 5), st.integers(0, 59), st.integers(1, 59)))
-        budget["maxDuration"] = draw(st.sampled_from([f"{hours}h{minutes}m{seconds}s", f"{minutes + 1}m", f"{seconds}s"]))
+        budget["maxDuration"] = draw(
+            st.sampled_from([f"{hours}h{minutes}m{seconds}s", f"{minutes + 1}m", f"{seconds}s"])
+        )
     if not multi and draw(st.booleans()):
         budget["targetValue"] = draw(st.floats(-1e6, 1e6))
         budget["patience"] = draw(st.integers(1, 1_000))
-    source = draw(st.sampled_from(["builtin:digits", "builtin:mnist1d", "file:///data/x.npz", "s3://bucket/k.csv",
-                                   "https://example.com/x.csv"]))
-    data = {"source": source, "validationFraction": draw(st.floats(0.05, 0.45)),
-            "testFraction": draw(st.floats(0.0, 0.44)), "seed": draw(st.integers(0, 2**32 - 1))}
+    source = draw(
+        st.sampled_from(
+            [
+                "builtin:digits",
+                "builtin:mnist1d",
+                "file:///data/x.npz",
+                "s3://bucket/k.csv",
+                "https://example.com/x.csv",
+            ]
+        )
+    )
+    data = {
+        "source": source,
+        "validationFraction": draw(st.floats(0.05, 0.45)),
+        "testFraction": draw(st.floats(0.0, 0.44)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
     if source.startswith("https") or draw(st.booleans()):
         data["sha256"] = draw(sha256s)
     document = {
-        "apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {"name": draw(names)},
+        "apiVersion": "kubetune/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": draw(names)},
         "spec": {
-            "data": data, "objective": objective, "parameters": draw(parameters(finite_only=finite_only)),
-            "strategy": {"sampler": {"name": sampler, "seed": draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))},
-                         "pruner": pruner},
+            "data": data,
+            "objective": objective,
+            "parameters": draw(parameters(finite_only=finite_only)),
+            "strategy": {
+                "sampler": {"name": sampler, "seed": draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))},
+                "pruner": pruner,
+            },
             "budget": budget,
-            "trial": {"epochs": epochs, "batchSize": draw(st.integers(1, 65_536)),
-                      "retries": draw(st.integers(0, 10)), "heartbeatSeconds": draw(st.integers(5, 3_600)),
-                      "resources": {"cpu": draw(st.sampled_from(["1", "500m", "2.5", 4])),
-                                    "memory": draw(st.sampled_from(["512Mi", "2Gi", "1G"])),
-                                    "gpu": draw(st.integers(0, 16))}},
+            "trial": {
+                "epochs": epochs,
+                "batchSize": draw(st.integers(1, 65_536)),
+                "retries": draw(st.integers(0, 10)),
+                "heartbeatSeconds": draw(st.integers(5, 3_600)),
+                "resources": {
+                    "cpu": draw(st.sampled_from(["1", "500m", "2.5", 4])),
+                    "memory": draw(st.sampled_from(["512Mi", "2Gi", "1G"])),
+                    "gpu": draw(st.integers(0, 16)),
+                },
+            },
             "registry": {"alias": draw(aliases)},
         },
     }
@@ -571,8 +772,9 @@ def test_valid_specs_load_round_trip_and_sample(document):
     assert parse_experiment(json.loads(experiment.to_json())) == experiment
     assert len(experiment.spec.directions) == len(experiment.spec.objectives)
 
-    study = optuna.create_study(storage=InMemoryStorage(), directions=experiment.spec.directions,
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        storage=InMemoryStorage(), directions=experiment.spec.directions, sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     chosen, architecture = sample(study.ask(), experiment.spec)
     parameters = document["spec"]["parameters"]
     for name, param in parameters.items():
@@ -606,6 +808,8 @@ def test_zz_summary(capsys):
     """Runs last in this module: how many generated specs the properties above checked."""
     total = sum(EXAMPLES_TRIED.values())
     with capsys.disabled():
-        print(f"\nhypothesis examples tried: {total} "
-              f"({EXAMPLES_TRIED['malformed']} malformed, {EXAMPLES_TRIED['valid']} valid)")
+        print(
+            f"\nhypothesis examples tried: {total} "
+            f"({EXAMPLES_TRIED['malformed']} malformed, {EXAMPLES_TRIED['valid']} valid)"
+        )
     assert EXAMPLES_TRIED["malformed"] > 0 and EXAMPLES_TRIED["valid"] > 0

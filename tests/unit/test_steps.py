@@ -14,8 +14,8 @@ from kubetune.data import load_split, save_split
 from kubetune.search import suggest_trial
 from kubetune.segments import start_segment
 from kubetune.spec import parse_experiment
-from kubetune.stepserver import serving
 from kubetune.steps import SERVER_ENV, StepFailed, call
+from kubetune.stepserver import serving
 from kubetune.study import get_trial, load_study
 
 
@@ -56,8 +56,9 @@ def test_the_server_runs_the_body_with_the_callers_environment(minimal_spec, ser
 
 
 @pytest.mark.parametrize("through_server", [False, True], ids=["in-process", "server"])
-def test_a_dataclass_result_crosses_as_a_dict_wherever_it_ran(minimal_spec, server, tmp_path, monkeypatch,
-                                                                through_server):
+def test_a_dataclass_result_crosses_as_a_dict_wherever_it_ran(
+    minimal_spec, server, tmp_path, monkeypatch, through_server
+):
     monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
     monkeypatch.delenv("KUBETUNE_STORAGE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -70,10 +71,11 @@ def test_a_dataclass_result_crosses_as_a_dict_wherever_it_ran(minimal_spec, serv
     assert decision == {"go_on": True, "reason": decision["reason"]} and isinstance(decision["reason"], str)
 
 
-def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log(minimal_spec, server, monkeypatch,
-                                                                                  capfd):
+def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log(
+    minimal_spec, server, monkeypatch, capfd
+):
     monkeypatch.setenv(SERVER_ENV, server)
-    with pytest.raises(StepFailed, match="AttributeError: .*no_such_function"):
+    with pytest.raises(StepFailed, match=r"AttributeError: .*no_such_function"):
         call("search.no_such_function", _spec(minimal_spec))
     assert "Traceback" in capfd.readouterr().err  # written by the fork to this process's own stderr
 
@@ -95,11 +97,23 @@ def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tm
     start_segment(experiment, segment=0)
     number = suggest_trial(experiment, segment=0, slot=0)
     save_split(load_split({"source": "builtin:digits"}), tmp_path / "split.npz")
-    arguments = dict(number=number, split_path=str(tmp_path / "split.npz"), model_path=str(tmp_path / "model.pt"),
-                     predictions_path=str(tmp_path / "predictions.npz"))
-    step = subprocess.Popen([sys.executable, "-c", "import sys, json; from kubetune.steps import call; "
-                             "call('search.train_trial', sys.argv[1], **json.loads(sys.argv[2]))", spec,
-                             json.dumps(arguments)], env={**os.environ, SERVER_ENV: server})
+    arguments = dict(
+        number=number,
+        split_path=str(tmp_path / "split.npz"),
+        model_path=str(tmp_path / "model.pt"),
+        predictions_path=str(tmp_path / "predictions.npz"),
+    )
+    step = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from kubetune.steps import call; "
+            "call('search.train_trial', sys.argv[1], **json.loads(sys.argv[2]))",
+            spec,
+            json.dumps(arguments),
+        ],
+        env={**os.environ, SERVER_ENV: server},
+    )
     server_pid = _server_pid(server)
 
     def epochs_reported() -> int:
@@ -122,6 +136,10 @@ def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tm
 
 
 def test_what_the_server_preloads_starts_no_thread_so_forking_it_is_safe():
-    code = ("import importlib, threading; from kubetune.stepserver import PRELOAD; "
-            "[importlib.import_module(m) for m in PRELOAD]; print(threading.active_count())")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
+    code = (
+        "import importlib, threading; from kubetune.stepserver import PRELOAD; "
+        "[importlib.import_module(m) for m in PRELOAD]; print(threading.active_count())"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
+    )

@@ -12,8 +12,10 @@ from kubetune.search import NO_TRIAL, suggest_trial
 from kubetune.spec import parse_experiment
 from kubetune.study import decide, ensure_study, tell_once
 
-pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
-              pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
+]
 
 
 @pytest.fixture
@@ -21,9 +23,11 @@ def make(minimal_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_STORAGE", f"sqlite:///{tmp_path}/optuna.db")
 
     def build(budget: dict, **spec):
-        minimal_spec["spec"].update(parameters={"lr": {"type": "float", "low": 0.1, "high": 0.2, "step": 0.1}},
-                                    budget={"maxTrials": 10, "trialsPerSegment": 10, "parallelTrials": 2, **budget},
-                                    **spec)
+        minimal_spec["spec"].update(
+            parameters={"lr": {"type": "float", "low": 0.1, "high": 0.2, "step": 0.1}},
+            budget={"maxTrials": 10, "trialsPerSegment": 10, "parallelTrials": 2, **budget},
+            **spec,
+        )
         experiment = parse_experiment(minimal_spec)
         return experiment, ensure_study(experiment)
 
@@ -46,7 +50,7 @@ def test_a_reached_target_starts_no_new_trial_in_the_segment(make):
 def test_max_duration_starts_no_new_trial_once_passed(make):
     experiment, study = make({"maxDuration": "1s"})
     _lane(experiment, 0)
-    study.set_user_attr("started_at", (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=2)).isoformat())
+    study.set_user_attr("started_at", (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)).isoformat())
     assert _lane(experiment, 1) == NO_TRIAL
     assert len(study.trials) == 1
 
@@ -57,7 +61,7 @@ def test_the_reason_given_is_the_rule_that_held_first(make):
     reached, other = _lane(experiment, 0), _lane(experiment, 1)
     tell_once(study, reached, state=TrialState.COMPLETE, values=[0.95])
     assert _lane(experiment, 2) == NO_TRIAL
-    study.set_user_attr("started_at", (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)).isoformat())
+    study.set_user_attr("started_at", (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat())
     tell_once(study, other, state=TrialState.COMPLETE, values=[0.5])
     assert decide(study, experiment, segments_finished=1).reason == "targetValue 0.9 reached"
 

@@ -55,8 +55,12 @@ def template_db(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def module_spec():
-    return {"apiVersion": "kubetune/v1alpha1", "kind": "Experiment", "metadata": {"name": "template"},
-            "spec": {"data": {"source": "builtin:digits"}, "objective": {"metric": "val_accuracy"}}}
+    return {
+        "apiVersion": "kubetune/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "template"},
+        "spec": {"data": {"source": "builtin:digits"}, "objective": {"metric": "val_accuracy"}},
+    }
 
 
 @pytest.fixture
@@ -100,7 +104,7 @@ def _add(study: optuna.Study, state: TrialState, value=None, **system_attrs) -> 
 
 def test_ensure_study_records_how_to_reproduce(make, url):
     experiment = make(strategy={"sampler": {"name": "random", "seed": 7}})
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     study = ensure_study(experiment, storage=open_storage(experiment, url))
     attrs = study.user_attrs
     assert study.study_name == "unit-test"
@@ -110,7 +114,7 @@ def test_ensure_study_records_how_to_reproduce(make, url):
     assert {"python", "optuna", "kubetune"} <= set(attrs["versions"])
     assert attrs["versions"]["optuna"] == optuna.__version__
     started = dt.datetime.fromisoformat(attrs["started_at"])
-    assert before - dt.timedelta(seconds=1) <= started <= dt.datetime.now(dt.timezone.utc)
+    assert before - dt.timedelta(seconds=1) <= started <= dt.datetime.now(dt.UTC)
     assert attrs["spec"] == experiment.to_dict()
 
 
@@ -277,15 +281,18 @@ def test_decide_max_trials_counts_pruned_and_failed(make, url):
     assert not decide(study, experiment, segments_finished=1).go_on
 
 
-@pytest.mark.parametrize("metric, target, values, stops", [
-    ("val_accuracy", 0.9, [0.5, 0.95, 0.7], True),
-    ("val_accuracy", 0.9, [0.5, 0.9], True),
-    ("val_accuracy", 0.9, [0.5, 0.89], False),
-    ("val_loss", 0.1, [0.5, 0.05], True),
-    ("val_loss", 0.1, [0.5, 0.1], True),
-    ("val_loss", 0.1, [0.5, 0.2], False),
-    ("val_accuracy", 0.9, [], False),
-])
+@pytest.mark.parametrize(
+    "metric, target, values, stops",
+    [
+        ("val_accuracy", 0.9, [0.5, 0.95, 0.7], True),
+        ("val_accuracy", 0.9, [0.5, 0.9], True),
+        ("val_accuracy", 0.9, [0.5, 0.89], False),
+        ("val_loss", 0.1, [0.5, 0.05], True),
+        ("val_loss", 0.1, [0.5, 0.1], True),
+        ("val_loss", 0.1, [0.5, 0.2], False),
+        ("val_accuracy", 0.9, [], False),
+    ],
+)
 def test_decide_target_value(make, url, metric, target, values, stops):
     decision = _decide_after(make, url, values, objective={"metric": metric}, targetValue=target)
     assert decision.go_on is not stops
@@ -293,15 +300,18 @@ def test_decide_target_value(make, url, metric, target, values, stops):
         assert decision.reason == f"targetValue {target} reached"
 
 
-@pytest.mark.parametrize("metric, values, stops", [
-    ("val_accuracy", [0.5, 0.6, 0.55, 0.58], True),
-    ("val_accuracy", [0.5, 0.6, 0.6, 0.6], True),  # a tie is no improvement
-    ("val_accuracy", [0.5, 0.6, 0.55], False),
-    ("val_accuracy", [0.5, 0.6, 0.55, 0.7], False),
-    ("val_loss", [0.5, 0.3, 0.4, 0.35], True),
-    ("val_loss", [0.5, 0.3, 0.4, 0.2], False),
-    ("val_accuracy", [], False),
-])
+@pytest.mark.parametrize(
+    "metric, values, stops",
+    [
+        ("val_accuracy", [0.5, 0.6, 0.55, 0.58], True),
+        ("val_accuracy", [0.5, 0.6, 0.6, 0.6], True),  # a tie is no improvement
+        ("val_accuracy", [0.5, 0.6, 0.55], False),
+        ("val_accuracy", [0.5, 0.6, 0.55, 0.7], False),
+        ("val_loss", [0.5, 0.3, 0.4, 0.35], True),
+        ("val_loss", [0.5, 0.3, 0.4, 0.2], False),
+        ("val_accuracy", [], False),
+    ],
+)
 def test_decide_patience(make, url, metric, values, stops):
     decision = _decide_after(make, url, values, objective={"metric": metric}, patience=2)
     assert decision.go_on is not stops
@@ -329,7 +339,7 @@ def test_decide_max_duration(make, url):
     experiment = make(budget={"maxTrials": 50, "maxDuration": "1m"})
     study = ensure_study(experiment, storage=open_storage(experiment, url))
     assert decide(study, experiment, segments_finished=1).go_on
-    started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=61)
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61)
     study.set_user_attr("started_at", started.isoformat())
     decision = decide(study, experiment, segments_finished=1)
     assert not decision.go_on and decision.reason == "maxDuration 1m reached"
@@ -388,8 +398,9 @@ def test_tell_once_from_another_handle(make, url):
     storage = open_storage(experiment, url)
     study = ensure_study(experiment, storage=storage)
     number = study.ask().number
-    assert tell_once(load_study(experiment, storage=open_storage(experiment, url)), number,
-                     state=TrialState.COMPLETE, values=[0.4])
+    assert tell_once(
+        load_study(experiment, storage=open_storage(experiment, url)), number, state=TrialState.COMPLETE, values=[0.4]
+    )
     assert not tell_once(study, number, state=TrialState.COMPLETE, values=[0.4])
 
 
@@ -462,8 +473,9 @@ def test_make_pruner(make):
     asha = make_pruner(make(strategy={"pruner": {"name": "asha", "minResource": 2, "reductionFactor": 4}}))
     assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
     assert (asha._min_resource, asha._reduction_factor) == (2, 4)
-    hyperband = make_pruner(make(strategy={"pruner": {"name": "hyperband", "minResource": 1, "reductionFactor": 3}},
-                                 trial={"epochs": 9}))
+    hyperband = make_pruner(
+        make(strategy={"pruner": {"name": "hyperband", "minResource": 1, "reductionFactor": 3}}, trial={"epochs": 9})
+    )
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
     assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (1, 9, 3)
 
@@ -621,11 +633,14 @@ def test_unreachable_postgres_from_environment(make, monkeypatch):
     assert PASSWORD not in str(caught.value) and "127.0.0.1" in str(caught.value)
 
 
-@pytest.mark.parametrize("bad", [
-    f"postgresql+psycopg://kt:{PASSWORD}@127.0.0.1:notaport/optuna",
-    f"nosuchdialect://kt:{PASSWORD}@127.0.0.1/optuna",
-    f"postgresql+psycopg://127.0.0.1:1/optuna?password={PASSWORD}",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        f"postgresql+psycopg://kt:{PASSWORD}@127.0.0.1:notaport/optuna",
+        f"nosuchdialect://kt:{PASSWORD}@127.0.0.1/optuna",
+        f"postgresql+psycopg://127.0.0.1:1/optuna?password={PASSWORD}",
+    ],
+)
 def test_bad_storage_url_is_a_study_error_without_the_password(make, bad):
     with pytest.raises(StudyError) as caught:
         open_storage(make(), bad)

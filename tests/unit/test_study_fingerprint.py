@@ -35,7 +35,9 @@ def test_a_first_run_that_failed_before_any_result_does_not_pin_the_search(ensur
     fixed = ensure(data={"source": "file:///data/fixed.csv"})
     assert fixed.user_attrs["spec"]["spec"]["data"]["source"] == "file:///data/fixed.csv"
     fixed.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9))
-    with pytest.raises(StudyError, match=r"spec\.data\.source \('file:///data/fixed.csv' -> 'file:///data/other.csv'\)"):
+    with pytest.raises(
+        StudyError, match=r"spec\.data\.source \('file:///data/fixed.csv' -> 'file:///data/other.csv'\)"
+    ):
         ensure(data={"source": "file:///data/other.csv"})
 
 

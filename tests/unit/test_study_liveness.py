@@ -92,7 +92,9 @@ def test_the_runner_says_it_waits_for_stale_trials_and_never_waits_for_ever(expe
 
     monkeypatch.setattr(local.time, "sleep", sleep)
     monkeypatch.setattr(local, "start_segment", lambda experiment, segment: ensure_study(experiment, storage=storage))
-    monkeypatch.setattr(local, "load_study", lambda experiment: optuna.load_study(study_name=experiment.name, storage=storage))
+    monkeypatch.setattr(
+        local, "load_study", lambda experiment: optuna.load_study(study_name=experiment.name, storage=storage)
+    )
 
     after = local._wait_for_slots(study, experiment, segment=1)
 

@@ -10,11 +10,14 @@ from kubetune.spec import parse_experiment
 from kubetune.study import _is_transient, ensure_study, open_storage
 
 
-@pytest.mark.parametrize("message", [
-    "database or disk is full",
-    "attempt to write a readonly database",
-    'could not extend file "base/16384/2619": No space left on device',
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "database or disk is full",
+        "attempt to write a readonly database",
+        'could not extend file "base/16384/2619": No space left on device',
+    ],
+)
 def test_a_full_disk_or_read_only_database_is_not_retried(message):
     assert not _is_transient(sqlite3.OperationalError(message))
 
@@ -25,8 +28,10 @@ def test_a_locked_database_is_still_retried():
 
 def test_a_new_study_names_its_objectives_by_their_metrics(tmp_path):
     data = yaml.safe_load(open("examples/digits.yaml"))
-    data["spec"]["objective"] = [{"metric": "val_accuracy", "direction": "maximize"},
-                                 {"metric": "params", "direction": "minimize"}]
+    data["spec"]["objective"] = [
+        {"metric": "val_accuracy", "direction": "maximize"},
+        {"metric": "params", "direction": "minimize"},
+    ]
     data["spec"]["strategy"] = {"sampler": {"name": "nsga2", "seed": 0}, "pruner": {"name": "none"}}
     experiment = parse_experiment(data)
     study = ensure_study(experiment, storage=open_storage(experiment, f"sqlite:///{tmp_path / 'optuna.db'}"))

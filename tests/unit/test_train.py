@@ -37,8 +37,13 @@ def test_a_short_run_learns(digits):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])
 def test_every_optimizer_trains(digits, optimizer):
-    hyperparameters = {"optimizer": optimizer, "lr": 1e-2 if optimizer == "sgd" else 1e-3, "batchSize": 128,
-                       "weightDecay": 1e-4, "labelSmoothing": 0.1}
+    hyperparameters = {
+        "optimizer": optimizer,
+        "lr": 1e-2 if optimizer == "sgd" else 1e-3,
+        "batchSize": 128,
+        "weightDecay": 1e-4,
+        "labelSmoothing": 0.1,
+    }
     result = train_model(_model(digits), digits, epochs=1, hyperparameters=hyperparameters, seed=0)
     assert result.status == "complete" and result.history[0]["val_accuracy"] > 0.3
 
@@ -65,16 +70,20 @@ def test_on_epoch_true_prunes(digits):
 def test_nan_loss_fails_without_raising(digits):
     x = digits.x_train.copy()
     x[5] = np.nan
-    result = train_model(_model(digits), dataclasses.replace(digits, x_train=x), epochs=3, hyperparameters={},
-                         seed=0)
+    result = train_model(_model(digits), dataclasses.replace(digits, x_train=x), epochs=3, hyperparameters={}, seed=0)
     assert result.status == "failed"
     assert result.reason == "loss became nan at epoch 1"
     assert result.epochs_run == 0 and result.history == []
 
 
 def test_diverging_learning_rate_fails(digits):
-    result = train_model(_model(digits, {"blocks": [{"kind": "mlp", "width": 32}]}), digits, epochs=3,
-                         hyperparameters={"lr": 1e10, "optimizer": "sgd"}, seed=0)
+    result = train_model(
+        _model(digits, {"blocks": [{"kind": "mlp", "width": 32}]}),
+        digits,
+        epochs=3,
+        hyperparameters={"lr": 1e10, "optimizer": "sgd"},
+        seed=0,
+    )
     assert result.status == "failed" and "became" in result.reason
 
 
