@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from repo_paths import EXAMPLES
 
 
 @pytest.fixture
