@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,13 @@ def write_results(name: str, results: Any, *, folder: Path = RESULTS) -> Path:
     document = {
         "benchmark": name,
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": _cpus()},
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.machine(),
+            "cpus": len(os.sched_getaffinity(0)),
+        },
         "results": results,
     }
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     print(f"raw results: {path}")
     return path
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
