@@ -6,14 +6,20 @@
 #
 # Build from the repository root:
 #   docker build -f images/runtime.Dockerfile -t ghcr.io/kubetune/runtime:0.1.0 .
-#
-# The base image is pinned by exact tag AND digest. The digest below was taken from public references and
-# cannot be pulled from this build environment: refresh it whenever the tag changes (and verify it) with
+
+# ------------------------------------------------------------------------------------------------- base
+# One base for both stages (its labels reach the final image), pinned by exact tag AND digest. The digest
+# was taken from public references and cannot be pulled from this build environment: refresh it whenever
+# the tag changes (and verify it) with
 #   docker buildx imagetools inspect python:3.11.9-slim-bookworm
-ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm@sha256:2856e6af199e8128161abd320575eb9b341f3b76f017b5d0c9cd364f60d8a050
+FROM python:3.11.9-slim-bookworm@sha256:2856e6af199e8128161abd320575eb9b341f3b76f017b5d0c9cd364f60d8a050 AS base
+LABEL org.opencontainers.image.title="kubetune runtime" \
+      org.opencontainers.image.description="kubetune CLI and KFP components (CPU)" \
+      org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------- builder
-FROM ${PYTHON_IMAGE} AS builder
+FROM base AS builder
 ARG TORCH_VERSION=2.13.0
 ARG OPTUNA_DASHBOARD_VERSION=0.21.0
 ENV PIP_NO_CACHE_DIR=1 \
@@ -36,11 +42,7 @@ RUN pip install --no-cache-dir . "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}"
  && python3 -c "import torch; assert torch.version.cuda is None, 'CUDA torch in the CPU image'"
 
 # ---------------------------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE} AS runtime
-LABEL org.opencontainers.image.title="kubetune runtime" \
-      org.opencontainers.image.description="kubetune CLI and KFP components (CPU)" \
-      org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
-      org.opencontainers.image.licenses="Apache-2.0"
+FROM base AS runtime
 # A fixed numeric user, so Kubernetes can check runAsNonRoot without a passwd lookup.
 RUN groupadd --gid 1000 kubetune \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/kubetune --shell /usr/sbin/nologin kubetune

@@ -7,14 +7,20 @@
 #
 # Build from the repository root:
 #   docker build -f images/trainer-cuda.Dockerfile -t ghcr.io/kubetune/trainer-cuda:0.1.0 .
-#
-# The base image is pinned by exact tag AND digest. The digest below was taken from public references and
-# cannot be pulled from this build environment: refresh it whenever the tag changes (and verify it) with
+
+# ------------------------------------------------------------------------------------------------- base
+# One base for both stages (its labels reach the final image), pinned by exact tag AND digest. The digest
+# was taken from public references and cannot be pulled from this build environment: refresh it whenever
+# the tag changes (and verify it) with
 #   docker buildx imagetools inspect pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
-ARG PYTORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime@sha256:6acf597eeb8e376a96580dde4952f37cc017fef732bb40bfc73f28f25e3f64b4
+FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime@sha256:6acf597eeb8e376a96580dde4952f37cc017fef732bb40bfc73f28f25e3f64b4 AS base
+LABEL org.opencontainers.image.title="kubetune trainer (CUDA)" \
+      org.opencontainers.image.description="kubetune trial trainer on the PyTorch CUDA runtime" \
+      org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------- builder
-FROM ${PYTORCH_IMAGE} AS builder
+FROM base AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -35,11 +41,7 @@ RUN pip install --no-cache-dir . \
  && python3 -c "import pathlib, sys, torch; assert torch.version.cuda, 'torch without CUDA'; assert not pathlib.Path(torch.__file__).is_relative_to(sys.prefix), 'torch was reinstalled into the venv'"
 
 # ---------------------------------------------------------------------------------------------- runtime
-FROM ${PYTORCH_IMAGE} AS runtime
-LABEL org.opencontainers.image.title="kubetune trainer (CUDA)" \
-      org.opencontainers.image.description="kubetune trial trainer on the PyTorch CUDA runtime" \
-      org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
-      org.opencontainers.image.licenses="Apache-2.0"
+FROM base AS runtime
 # A fixed numeric user, so Kubernetes can check runAsNonRoot without a passwd lookup. Ubuntu 24.04 bases
 # ship a user "ubuntu" with uid 1000: it is removed first.
 RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \

