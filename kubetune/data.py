@@ -38,17 +38,11 @@ from urllib.parse import urlparse
 import numpy as np
 
 from kubetune.errors import UserError
+from kubetune.redaction import redact_url
+from kubetune.spec import DataSpec, SpecError, parse_data
 
 __all__ = ["DataError", "SplitData", "load_split", "read_split", "retrieve", "save_split"]
 
-OPTIONS = {
-    "source": None,
-    "sha256": None,
-    "labelColumn": "label",
-    "validationFraction": 0.2,
-    "testFraction": 0.2,
-    "seed": 0,
-}
 EXTENSIONS = (".npz", ".csv")
 CSV_CHUNK_ROWS = 1024  # rows parsed at a time: bounds the strings held at once to a few MB
 # A 3-D ``x`` whose second axis is at most this long is read as (N, C, L) sequences, else (N, H, W) images.
@@ -83,14 +77,18 @@ def load_split(data: dict) -> SplitData:
 
     Args:
         data: the experiment's ``spec.data`` in camelCase: ``source``, ``sha256``, ``labelColumn``,
-            ``validationFraction``, ``testFraction``, ``seed``. Missing keys take their defaults.
+            ``validationFraction``, ``testFraction``, ``seed``. Missing keys take their defaults; the
+            options are checked by the spec's rules (:func:`kubetune.spec.parse_data`).
 
     Raises:
         DataError: the source cannot be read, fails verification, or the options are invalid.
     """
-    options = _options(data)
-    source = options["source"]
-    x, y, digest = _retrieve(source, label_column=options["labelColumn"], sha256=options["sha256"])
+    try:
+        options = parse_data(data)
+    except SpecError as error:
+        raise DataError(str(error)) from None
+    source = options.source
+    x, y, digest = _retrieve(source, label_column=options.label_column, sha256=options.sha256)
     x, input_shape = _shape(x, source)
     classes, y = _labels(y, len(x), source)
     parts, stratified = _split(x, y, options)
@@ -98,11 +96,11 @@ def load_split(data: dict) -> SplitData:
     for name in ("x_train", "x_val", "x_test"):
         parts[name] = ((parts[name] - mean) / std).astype(np.float32)
     metadata = {
-        "source": _display(source),
+        "source": redact_url(source),
         "sha256": digest,
-        "seed": options["seed"],
-        "validationFraction": options["validationFraction"],
-        "testFraction": options["testFraction"],
+        "seed": options.seed,
+        "validationFraction": options.validation_fraction,
+        "testFraction": options.test_fraction,
         "stratified": stratified,
         "sizes": {name: len(parts[f"y_{name}"]) for name in ("train", "val", "test")},
         "num_classes": len(classes),
@@ -153,75 +151,18 @@ def read_split(path: str | Path) -> SplitData:
     )
 
 
-def _options(data: dict) -> dict:
-    if not isinstance(data, dict):
-        raise DataError(f"data must be a mapping but got {type(data).__name__}")
-    unknown = sorted(set(data) - set(OPTIONS))
-    if unknown:
-        raise DataError(f"data has unknown fields {unknown}; the fields are {list(OPTIONS)}")
-    options = {**OPTIONS, **{key: value for key, value in data.items() if value is not None}}
-    if not isinstance(options["source"], str) or not options["source"]:
-        raise DataError(f"data.source must be a non-empty string but got {options['source']!r}")
-    if urlparse(options["source"]).username:
-        raise DataError(
-            f"data.source {_display(options['source'])} must not carry credentials; give S3 keys through "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment"
-        )
-    sha = options["sha256"]
-    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-        raise DataError(f"data.sha256 must be 64 hexadecimal characters but got {sha!r}")
-    if not isinstance(options["labelColumn"], str) or not options["labelColumn"]:
-        raise DataError(f"data.labelColumn must be a non-empty string but got {options['labelColumn']!r}")
-    seed = options["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DataError(f"data.seed must be a non-negative integer but got {seed!r}")
-    validation, test = options["validationFraction"], options["testFraction"]
-    if not _number(validation) or not 0 < validation < 1:
-        raise DataError(f"data.validationFraction must lie in (0, 1) but got {validation!r}")
-    if not _number(test) or not 0 <= test < 1:
-        raise DataError(f"data.testFraction must lie in [0, 1) but got {test!r}")
-    if validation + test >= 1:
-        raise DataError(
-            f"data.validationFraction + data.testFraction must be below 1 to leave training data but got "
-            f"{validation} + {test}"
-        )
-    return options
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _display(source: str) -> str:
-    """The source without user info or query string, so credentials never reach a message or metadata."""
-    url = urlparse(source)
-    if not url.netloc:
-        return source.split("?", 1)[0]
-    host = (url.hostname or "") + (f":{url.port}" if url.port else "")
-    return url._replace(netloc=host, query="", fragment="").geturl()
-
-
 def _retrieve(source: str, *, label_column: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     """Returns ``(x, y, sha256)``; the digest is of the raw bytes, or of the generated arrays for builtins."""
-    url = urlparse(source)
+    url = urlparse(source)  # its scheme and builtin name were checked by the spec
     if url.scheme == "builtin":
-        builtins = {"digits": _digits, "mnist1d": _mnist1d}
-        if url.path not in builtins:
-            raise DataError(f"data.source {source!r} is not a builtin dataset; use builtin:digits or builtin:mnist1d")
-        x, y = builtins[url.path]()
+        x, y = {"digits": _digits, "mnist1d": _mnist1d}[url.path]()
         return x, y, _verified(_array_digest(x, y), sha256, source)
     readers = {"file": _read_file, "s3": _read_s3, "https": _read_http, "http": _read_http}
-    if url.scheme not in readers:
-        raise DataError(
-            f"data.source {_display(source)!r} has an unknown scheme; use builtin:, file://, s3:// or https://"
-        )
     extension = os.path.splitext(url.path)[1].lower()
     if extension not in EXTENSIONS:
         raise DataError(
-            f"data.source {_display(source)!r} must end in .npz or .csv but ends in {extension or 'no extension'!r}"
+            f"data.source {redact_url(source)!r} must end in .npz or .csv but ends in {extension or 'no extension'!r}"
         )
-    if url.scheme in ("https", "http") and not sha256:
-        raise DataError(f"data.sha256 is required for {_display(source)}, so the download can be verified")
     raw = readers[url.scheme](url)
     digest = _verified(hashlib.sha256(raw).hexdigest(), sha256, source)
     x, y = _parse_npz(raw, source) if extension == ".npz" else _parse_csv(raw, source, label_column)
@@ -232,7 +173,7 @@ def _verified(digest: str, expected: str | None, source: str) -> str:
     """Returns ``digest`` if it is the expected one (or none is expected); checked before the data is parsed."""
     if expected and expected.lower() != digest:
         raise DataError(
-            f"data.sha256 does not match {_display(source)}: expected {expected.lower()} but received {digest}; "
+            f"data.sha256 does not match {redact_url(source)}: expected {expected.lower()} but received {digest}; "
             "fix data.sha256 if the data changed on purpose"
         )
     return digest
@@ -295,12 +236,16 @@ S3_CREDENTIALS = {
 
 
 def _s3_error_code(error) -> tuple[str | None, int | None]:
-    """(S3 error code, HTTP status) of a minio error; rclone answers errors as text/xml, which minio
-    does not parse (InvalidResponseError), so the code is read from the body then."""
+    """(S3 error code, HTTP status) of a minio error. rclone answers errors as text/xml, which minio does
+    not parse (InvalidResponseError): its message quotes the status and the body, so both are read from it."""
     code = getattr(error, "code", None)
-    status = getattr(getattr(error, "response", None), "status", None) or getattr(error, "_code", None)
+    status = getattr(getattr(error, "response", None), "status", None)
+    text = str(error)
+    if not status:
+        found = re.search(r"Response code: (\d+)", text)
+        status = int(found.group(1)) if found else None
     if not code:
-        found = re.search(r"<Code>([^<]+)</Code>", str(getattr(error, "_body", "") or ""))
+        found = re.search(r"<Code>([^<]+)</Code>", text)
         code = found.group(1) if found else None
     return code, status
 
@@ -341,7 +286,7 @@ def _read_s3(url) -> bytes:
             "for example http://minio:9000"
         )
     server = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    shown = _display(endpoint)
+    shown = redact_url(endpoint)
     response = None
     try:
         client = Minio(
@@ -373,7 +318,7 @@ def _read_s3(url) -> bytes:
 
 
 def _read_http(url) -> bytes:
-    source = _display(url.geturl())
+    source = redact_url(url.geturl())
     try:
         with urllib.request.urlopen(url.geturl(), timeout=DOWNLOAD_TIMEOUT_S) as response:
             return response.read()
@@ -395,18 +340,18 @@ def _parse_npz(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
             missing = [name for name in ("x", "y") if name not in stored.files]
             if missing:
                 raise DataError(
-                    f"data.source {_display(source)} must hold arrays 'x' and 'y' but lacks {missing} "
+                    f"data.source {redact_url(source)} must hold arrays 'x' and 'y' but lacks {missing} "
                     f"(it holds {stored.files})"
                 )
             x, y = stored["x"], stored["y"]
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - zipfile, pickle and format errors all mean the same thing to the user
-        raise DataError(f"data.source {_display(source)} is not a readable .npz file: {error}") from None
+        raise DataError(f"data.source {redact_url(source)} is not a readable .npz file: {error}") from None
     try:
         return x.astype(np.float32), y
     except (TypeError, ValueError):
-        raise DataError(f"data.source {_display(source)}: x must be numeric but has dtype {x.dtype}") from None
+        raise DataError(f"data.source {redact_url(source)}: x must be numeric but has dtype {x.dtype}") from None
 
 
 def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -417,10 +362,10 @@ def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, 
         label, features = _csv_columns(header, source, label_column)
         chunks = [_csv_chunk(chunk, header, label, features, source) for chunk in _row_chunks(rows)]
     except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"data.source {_display(source)} is not a readable UTF-8 .csv file: {error}") from None
+        raise DataError(f"data.source {redact_url(source)} is not a readable UTF-8 .csv file: {error}") from None
     if not chunks:
         raise DataError(
-            f"data.source {_display(source)} must have a header row and data rows but has {1 if header else 0} rows"
+            f"data.source {redact_url(source)} must have a header row and data rows but has {1 if header else 0} rows"
         )
     x = np.concatenate([chunk[0] for chunk in chunks])
     return x, _typed_labels(np.concatenate([chunk[1] for chunk in chunks]))
@@ -429,15 +374,15 @@ def _parse_csv(raw: bytes, source: str, label_column: str) -> tuple[np.ndarray, 
 def _csv_columns(header: list[str], source: str, label_column: str) -> tuple[int, list[int]]:
     """The label's column index and the feature columns' indices, checked against the header."""
     if not header:
-        raise DataError(f"data.source {_display(source)} must have a header row and data rows but has 0 rows")
+        raise DataError(f"data.source {redact_url(source)} must have a header row and data rows but has 0 rows")
     if label_column not in header:
         raise DataError(
-            f"data.labelColumn {label_column!r} is not a column of {_display(source)}; its columns are {header}"
+            f"data.labelColumn {label_column!r} is not a column of {redact_url(source)}; its columns are {header}"
         )
     label = header.index(label_column)
     features = [i for i in range(len(header)) if i != label]
     if not features:
-        raise DataError(f"data.source {_display(source)} has no feature columns besides {label_column!r}")
+        raise DataError(f"data.source {redact_url(source)} has no feature columns besides {label_column!r}")
     return label, features
 
 
@@ -461,13 +406,13 @@ def _csv_chunk(
     widths = {len(row) for row in rows} | {len(header)}
     if len(widths) != 1:
         raise DataError(
-            f"data.source {_display(source)}: every row must have {len(header)} fields but found {sorted(widths)}"
+            f"data.source {redact_url(source)}: every row must have {len(header)} fields but found {sorted(widths)}"
         )
     table = np.array(rows, dtype=str)
     try:
         x = table[:, features].astype(np.float32)
     except ValueError as error:
-        raise DataError(f"data.source {_display(source)}: feature columns must be numbers: {error}") from None
+        raise DataError(f"data.source {redact_url(source)}: feature columns must be numbers: {error}") from None
     return x, np.char.strip(table[:, label])
 
 
@@ -486,38 +431,38 @@ def _shape(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]]:
         x = x[:, None]
     if not 2 <= x.ndim <= 4:
         raise DataError(
-            f"data.source {_display(source)}: x must have shape (N, F), (N, H, W), (N, C, L) or (N, C, H, W) "
+            f"data.source {redact_url(source)}: x must have shape (N, F), (N, H, W), (N, C, L) or (N, C, H, W) "
             f"but has shape {x.shape}"
         )
     if not np.isfinite(x).all():
-        raise DataError(f"data.source {_display(source)}: x contains NaN or infinite values; clean the data first")
+        raise DataError(f"data.source {redact_url(source)}: x contains NaN or infinite values; clean the data first")
     return x, tuple(int(d) for d in x.shape[1:])
 
 
 def _labels(y: np.ndarray, count: int, source: str) -> tuple[list, np.ndarray]:
     """Maps labels to 0..K-1; returns the original labels (JSON-able, in order) and the codes."""
     if y.ndim != 1 or len(y) != count:
-        raise DataError(f"data.source {_display(source)}: y must have shape ({count},) to match x but has {y.shape}")
+        raise DataError(f"data.source {redact_url(source)}: y must have shape ({count},) to match x but has {y.shape}")
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise DataError(f"data.source {_display(source)}: needs at least 2 classes but has {classes.tolist()}")
+        raise DataError(f"data.source {redact_url(source)}: needs at least 2 classes but has {classes.tolist()}")
     return classes.tolist(), codes.astype(np.int64)
 
 
-def _split(x: np.ndarray, y: np.ndarray, options: dict) -> tuple[dict[str, np.ndarray], bool]:
+def _split(x: np.ndarray, y: np.ndarray, options: DataSpec) -> tuple[dict[str, np.ndarray], bool]:
     """Stratified where every class can be spread over the parts; returns the parts and whether it was."""
     total = len(y)
-    n_val = math.ceil(total * options["validationFraction"])
-    n_test = math.ceil(total * options["testFraction"])
+    n_val = math.ceil(total * options.validation_fraction)
+    n_test = math.ceil(total * options.test_fraction)
     if total - n_val - n_test < 1:
         raise DataError(
-            f"data.validationFraction {options['validationFraction']} and data.testFraction "
-            f"{options['testFraction']} leave no training samples out of {total}; lower them"
+            f"data.validationFraction {options.validation_fraction} and data.testFraction "
+            f"{options.test_fraction} leave no training samples out of {total}; lower them"
         )
     try:
-        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options["seed"], stratify=True), True
+        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options.seed, stratify=True), True
     except ValueError:  # sklearn refuses to stratify when a class is too rare for a part
-        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options["seed"], stratify=False), False
+        return _partition(x, y, n_val=n_val, n_test=n_test, seed=options.seed, stratify=False), False
 
 
 def _partition(x, y, *, n_val: int, n_test: int, seed: int, stratify: bool) -> dict[str, np.ndarray]:

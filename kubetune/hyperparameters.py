@@ -1,7 +1,6 @@
 """The hyperparameters the built-in trainer understands, with their defaults and the values it accepts.
 
-Kept apart from the trainer (and the model builder's flatten bound apart from it) so the spec can
-validate every value a trial can get without importing torch.
+Kept apart from the trainer so the spec can validate every value a trial can get without importing torch.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ HYPERPARAMETERS = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MAX_BATCH_SIZE = 65_536
-# A flattened feature map larger than this is average-pooled first, so the next linear layer stays small.
-MAX_FLAT_FEATURES = 4096
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,14 @@ def _split(url: str) -> urllib.parse.SplitResult | None:
 
 
 def has_credentials(url: str) -> bool:
-    """Whether ``url`` carries user info or a query value that is a credential."""
-    parts = _split(url)
-    if parts is None:
-        return False
+    """Whether ``url`` carries user info or a query value that is a credential.
+
+    A malformed port does not hide user info: ``s3://key:secret@bucket:x/d.npz`` has credentials.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced [ in the host
+        return "@" in url
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     return "@" in parts.netloc or any(key.lower() in SECRET_QUERY_KEYS for key, _ in query)
 

@@ -10,15 +10,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import ParseResult, parse_qs, parse_qsl, urlparse
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetune import grid
+from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, KINDS, MAX_FLAT_FEATURES, NORMS
 from kubetune.errors import UserError
-from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, MAX_BATCH_SIZE, MAX_FLAT_FEATURES, OPTIMIZERS
+from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, MAX_BATCH_SIZE, OPTIMIZERS
+from kubetune.redaction import has_credentials, redact_url
 
 __all__ = [
     "API_VERSION",
@@ -27,12 +30,16 @@ __all__ = [
     "METRICS",
     "Experiment",
     "SpecError",
+    "grid_points",
+    "grid_space",
     "load_experiment",
+    "parse_data",
     "parse_duration",
     "parse_experiment",
 ]
 
-API_VERSION = "kubetune/v1alpha1"
+ApiVersion = Literal["kubetune/v1alpha1"]
+API_VERSION: str = get_args(ApiVersion)[0]
 # Metric name -> the direction that is better; the trainer and evaluator produce exactly these.
 METRICS = {
     "val_accuracy": "maximize",
@@ -43,17 +50,6 @@ METRICS = {
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-SECRET_QUERY_KEYS = {
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "sig",
-    "signature",
-    "token",
-    "access_token",
-}
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
 SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
@@ -130,15 +126,17 @@ class DataSpec(_Model):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        url = urlparse(value)
-        if url.username or url.password or SECRET_QUERY_KEYS & {k.lower() for k in parse_qs(url.query)}:
-            # Checked first, and the value is shown redacted: error messages end up in logs.
+        # Checked first, and the value is always shown redacted: error messages end up in logs.
+        if has_credentials(value):
             raise ValueError(
                 "must not carry credentials; give S3 keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                f"in the environment (a Kubernetes Secret in a cluster), but got {_redacted(url)!r}"
+                f"in the environment (a Kubernetes Secret in a cluster), but got {redact_url(value)!r}"
             )
+        url = urlparse(value)
         if url.scheme not in DATA_SCHEMES:
-            raise ValueError(f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {value!r}")
+            raise ValueError(
+                f"must start with one of {', '.join(s + ':' for s in DATA_SCHEMES)} but got {redact_url(value)!r}"
+            )
         if url.scheme == "builtin" and url.path not in ("digits", "mnist1d"):
             raise ValueError(f"builtin datasets are builtin:digits and builtin:mnist1d but got {value!r}")
         return value
@@ -153,17 +151,6 @@ class DataSpec(_Model):
         if urlparse(self.source).scheme in ("https", "http") and not self.sha256:
             raise _FieldError("sha256", "is required for an https:// source, so the download can be verified")
         return self
-
-
-def _redacted(url: ParseResult) -> str:
-    """The URL with its user info and signed-query values replaced by ***."""
-    host = url.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in url.netloc else host
-    query = "&".join(
-        f"{key}=***" if key.lower() in SECRET_QUERY_KEYS else f"{key}={val}"
-        for key, val in parse_qsl(url.query, keep_blank_values=True)
-    )
-    return url._replace(netloc=netloc, query=query).geturl()
 
 
 class Objective(_Model):
@@ -195,6 +182,9 @@ class FloatParam(_Model):
         _check_range(self.low, self.high, self.log, self.step)
         return self
 
+    def grid_values(self) -> list[float]:
+        return grid.steps(self.low, self.high, self.step or 1)
+
 
 class IntParam(_Model):
     type: Literal["int"]
@@ -209,6 +199,9 @@ class IntParam(_Model):
         _check_range(self.low, self.high, self.log, self.step)
         return self
 
+    def grid_values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step or 1))
+
 
 class CategoricalParam(_Model):
     type: Literal["categorical"]
@@ -221,6 +214,9 @@ class CategoricalParam(_Model):
         if len(set(value)) != len(value):  # Optuna cannot tell 1, 1.0 and true apart
             raise ValueError(f"choices must be unique (1, 1.0 and true count as equal) but got {value}")
         return value
+
+    def grid_values(self) -> list[str | int | float | bool]:
+        return list(self.choices)
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
@@ -240,6 +236,9 @@ class Choice(_Model):
 
     choices: list[str | int | float | bool] = Field(min_length=1)
 
+    def grid_values(self) -> list[str | int | float | bool]:
+        return list(self.choices)
+
 
 class Range(_Model):
     """One architecture dimension: a numeric range."""
@@ -253,6 +252,9 @@ class Range(_Model):
         _check_range(self.low, self.high, False, self.step)
         return self
 
+    def grid_values(self) -> list[float]:
+        return grid.steps(self.low, self.high, self.step or 1)
+
 
 class IntRange(_Model):
     low: int = Field(ge=1)
@@ -264,21 +266,20 @@ class IntRange(_Model):
         return self
 
 
-KINDS = ("conv", "mlp")
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
-NORMS = ("none", "batch", "layer")
-
-
 class BlockSpace(_Model):
     """Per-block choices; omitted dimensions take a fixed default. kernelSize applies to conv blocks only."""
 
     kind: Choice = Choice(choices=["conv"])
     width: Choice = Choice(choices=[32])
-    kernel_size: Choice = Choice(choices=[3])
-    activation: Choice = Choice(choices=["relu"])
-    norm: Choice = Choice(choices=["none"])
-    dropout: Choice | Range = Choice(choices=[0.0])
-    skip: Choice = Choice(choices=[False])
+    kernel_size: Choice = Choice(choices=[BLOCK_DEFAULTS["kernelSize"]])
+    activation: Choice = Choice(choices=[BLOCK_DEFAULTS["activation"]])
+    norm: Choice = Choice(choices=[BLOCK_DEFAULTS["norm"]])
+    dropout: Choice | Range = Choice(choices=[BLOCK_DEFAULTS["dropout"]])
+    skip: Choice = Choice(choices=[BLOCK_DEFAULTS["skip"]])
+
+    def dimensions(self) -> dict[str, Choice | Range]:
+        """Each block field by its camelCase name, in :data:`kubetune.architecture.BLOCK_FIELDS` order."""
+        return {to_camel(name): getattr(self, name) for name in type(self).model_fields}
 
     @model_validator(mode="after")
     def _allowed(self) -> BlockSpace:
@@ -332,10 +333,10 @@ def largest_network(space: ArchitectureSpace) -> int:
     shape and classes, unknown here.
     """
     block = space.block
-    width = max(block.width.choices)
+    width = max(int(c) for c in block.width.choices)  # validated integers
     fan_ins = []
     if "conv" in block.kind.choices:
-        fan_ins.append(width * max(block.kernel_size.choices) ** 2)
+        fan_ins.append(width * max(int(c) for c in block.kernel_size.choices) ** 2)
     if "mlp" in block.kind.choices:
         fan_ins.append(max(width, MAX_FLAT_FEATURES) if "conv" in block.kind.choices else width)
     projections = 2 if True in block.skip.choices else 1
@@ -593,9 +594,6 @@ def _check_finite(spec: ExperimentSpec) -> None:
         and spec.architecture.block.dropout.step is None
     ):
         raise _FieldError("architecture.block.dropout", "sampler grid needs a finite space: give it a step or choices")
-
-    from kubetune.space import grid_points  # imports this module; needed only for grid specs
-
     points = grid_points(spec)
     if points > MAX_GRID_POINTS:
         raise _FieldError(
@@ -605,8 +603,32 @@ def _check_finite(spec: ExperimentSpec) -> None:
         )
 
 
+def grid_space(spec: ExperimentSpec) -> dict[str, list]:
+    """The values each dimension can take: every parameter by name, ``arch.blocks`` and each block field
+    once, as ``arch.block.<field>``. Not the grid's points: those depend on the values chosen (see grid_points)."""
+    values = {name: param.grid_values() for name, param in spec.parameters.items()}
+    space = spec.architecture
+    if space is not None:
+        values["arch.blocks"] = list(range(space.blocks.low, space.blocks.high + 1))
+        values.update({f"arch.block.{field}": d.grid_values() for field, d in space.block.dimensions().items()})
+    return values
+
+
+def grid_points(spec: ExperimentSpec) -> int:
+    """How many distinct configurations a grid search over ``spec`` tries (finite once the spec is valid)."""
+    values = grid_space(spec)
+    conditions = {name: param.when or {} for name, param in spec.parameters.items()}
+    points = grid.parameter_points(values, conditions, sampling_order(spec.parameters))
+    if spec.architecture is not None:
+        fields = spec.architecture.block.dimensions()
+        points *= grid.architecture_points(
+            values["arch.blocks"], {field: values[f"arch.block.{field}"] for field in fields}
+        )
+    return points
+
+
 class Experiment(_Model):
-    api_version: Literal["kubetune/v1alpha1"]
+    api_version: ApiVersion
     kind: Literal["Experiment"]
     metadata: Metadata
     spec: ExperimentSpec
@@ -641,13 +663,13 @@ class Experiment(_Model):
 UNION_TAGS = {"float", "int", "categorical", "str", "bool"}
 
 
-def _location(loc: tuple, document: Any) -> str:
+def _location(loc: tuple, document: Any, root: str = "") -> str:
     """``spec.parameters.lr.low`` from pydantic's loc, without the union member names it inserts.
 
     The loc is walked along the user's document, so a key the user wrote (``MaxTrials``, ``float``) is
     always named, and a union member name (``Choice``, ``float``, ``function-after[...]``) never is.
     """
-    path, node = "", document
+    path, node = root, document
     for part in loc:
         if isinstance(node, dict) and part in node:
             node = node[part]
@@ -664,11 +686,12 @@ def _location(loc: tuple, document: Any) -> str:
     return path or "(top level)"
 
 
-def _format(error: ValidationError, document: Any) -> str:
+def _problems(error: ValidationError, document: Any, root: str = "") -> list[str]:
+    """One ``path: rule (got value)`` line per problem, without repeats; paths start at ``root``."""
     lines = []
     for item in error.errors(include_url=False):
         message = item["msg"].removeprefix("Value error, ")
-        location = _location(item["loc"], document)
+        location = _location(item["loc"], document, root)
         cause = item.get("ctx", {}).get("error")
         if isinstance(cause, _FieldError):
             location = f"{location}.{cause.path}" if location != "(top level)" else cause.path
@@ -682,8 +705,7 @@ def _format(error: ValidationError, document: Any) -> str:
         if item["type"] == "extra_forbidden":
             message, received = "unknown field", " (check the spelling; fields are camelCase)"
         lines.append(f"{location}: {message}{received}")
-    unique = list(dict.fromkeys(lines))
-    return "invalid experiment spec:\n  " + "\n  ".join(unique)
+    return list(dict.fromkeys(lines))
 
 
 def _preview(value: Any, limit: int = 80) -> str:
@@ -703,7 +725,7 @@ def parse_experiment(data: Any) -> Experiment:
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as error:
-        raise SpecError(_format(error, data)) from None
+        raise SpecError("invalid experiment spec:\n  " + "\n  ".join(_problems(error, data))) from None
     size = len(experiment.to_json())
     if size > MAX_SPEC_JSON_BYTES:
         raise SpecError(
@@ -712,6 +734,20 @@ def parse_experiment(data: Any) -> Experiment:
             "argument); shorten its longest parts (labels, choices, nodeSelector, tolerations)"
         )
     return experiment
+
+
+def parse_data(data: Any) -> DataSpec:
+    """Validate ``spec.data`` alone (what the retrieve step reads), by the rules of a whole spec.
+
+    Keys that are missing or null take their defaults. The message is one line: a step's error is logged as one.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"data must be a mapping but got {type(data).__name__}")
+    given = {key: value for key, value in data.items() if value is not None}
+    try:
+        return DataSpec.model_validate(given)
+    except ValidationError as error:
+        raise SpecError("invalid data options: " + "; ".join(_problems(error, given, "data"))) from None
 
 
 class _Refused(yaml.MarkedYAMLError):

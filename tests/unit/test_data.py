@@ -140,7 +140,7 @@ def test_sha256_mismatch_names_both_digests(served):
 
 def test_http_needs_sha256(served):
     url, _ = served
-    with pytest.raises(DataError, match="sha256 is required"):
+    with pytest.raises(DataError, match=r"data\.sha256: is required for an https:// source"):
         load_split({"source": url})
 
 
@@ -167,9 +167,9 @@ def test_s3_without_endpoint_says_how_to_configure(monkeypatch):
 @pytest.mark.parametrize(
     "validation, test, rule",
     [
-        (0.6, 0.4, "must be below 1"),
-        (0.0, 0.2, r"validationFraction must lie in \(0, 1\)"),
-        (0.2, -0.1, r"testFraction must lie in \[0, 1\)"),
+        (0.6, 0.4, "validationFraction \\+ testFraction must leave at least 10% for training but got 0.6 \\+ 0.4"),
+        (0.0, 0.2, r"data.validationFraction: Input should be greater than 0 \(got 0.0\)"),
+        (0.2, -0.1, r"data.testFraction: Input should be greater than or equal to 0 \(got -0.1\)"),
     ],
 )
 def test_bad_fractions(validation, test, rule):
@@ -192,9 +192,9 @@ def test_zero_test_fraction_gives_an_empty_test_set(digits):
     "source, message",
     [
         ("file:///no/such/file.npz", "does not exist"),
-        ("ftp://host/d.npz", "unknown scheme"),
+        ("ftp://host/d.npz", "data.source: must start with one of builtin:, file:, s3:, https:, http:"),
         ("file:///tmp/d.parquet", "must end in .npz or .csv"),
-        ("builtin:cifar", "not a builtin dataset"),
+        ("builtin:cifar", "builtin datasets are builtin:digits and builtin:mnist1d"),
     ],
 )
 def test_unusable_sources(source, message):
@@ -217,8 +217,8 @@ def test_npz_without_y(tmp_path):
 
 
 def test_unknown_option_is_named():
-    with pytest.raises(DataError, match=r"unknown fields \['validation_fraction'\]"):
-        load_split({"source": "builtin:digits", "validation_fraction": 0.1})
+    with pytest.raises(DataError, match=r"data.validationFracton: unknown field"):
+        load_split({"source": "builtin:digits", "validationFracton": 0.1})
 
 
 def test_save_and_read_round_trip(tmp_path, digits):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kubetune import nas, spec
+from kubetune import spec
+from kubetune.architecture import ACTIVATIONS, BLOCK_FIELDS, MAX_FLAT_FEATURES, NORMS
 from kubetune.nas import ArchitectureError, build_model, count_parameters, default_architecture
 
 MIXED = {
@@ -49,7 +50,7 @@ def test_conv_keeps_spatial_size_and_head_flattens_small_maps():
 
 def test_large_maps_are_pooled_before_the_head():
     model = build_model({"blocks": [{"kind": "conv", "width": 64}]}, input_shape=(3, 64, 64), num_classes=3)
-    assert model[-1].in_features <= nas.MAX_FLAT_FEATURES
+    assert model[-1].in_features <= MAX_FLAT_FEATURES
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
 
 
@@ -125,10 +126,16 @@ def test_integral_float_width_is_accepted():
     assert model[0].body[0].out_features == 8
 
 
-def test_vocabulary_matches_the_spec():
-    assert tuple(nas.KINDS) == spec.KINDS
-    assert tuple(nas.ACTIVATIONS) == spec.ACTIVATIONS
-    assert tuple(nas.NORMS) == spec.NORMS
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_activation_and_norm_the_spec_allows_builds(activation, norm):
+    block = {"kind": "conv", "width": 4, "activation": activation, "norm": norm}
+    model = build_model({"blocks": [block]}, input_shape=(1, 6), num_classes=2)
+    assert type(model[0].body[-1]).__name__ == ACTIVATIONS[activation]
+
+
+def test_the_spec_suggests_block_fields_in_the_builders_order():
+    assert tuple(spec.BlockSpace().dimensions()) == BLOCK_FIELDS
 
 
 # (kinds, widths, kernel sizes, input shape): the input has the widest block's channels or features, so

@@ -42,6 +42,9 @@ def test_has_credentials_tells_plain_urls_from_signed_ones():
     assert not has_credentials("https://example.com/data.npz?version=2")
     assert has_credentials("https://example.com/data.npz?token=x")
     assert has_credentials("https://user:pw@example.com/data.npz")
+    assert has_credentials("s3://key:secret@bucket:notaport/d.npz")
+    assert not has_credentials("file:///home/me@work/data.npz")
+    assert not has_credentials("builtin:digits")
 
 
 def test_scrub_ignores_empty_secrets():

@@ -12,8 +12,8 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
 from kubetune.hyperparameters import HYPERPARAMETERS
-from kubetune.space import grid_points, grid_space, sample, trainer_hyperparameters
-from kubetune.spec import parse_experiment
+from kubetune.space import sample, trainer_hyperparameters
+from kubetune.spec import grid_points, grid_space, parse_experiment
 from kubetune.study import make_sampler, tell_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -894,10 +894,10 @@ def test_fingerprint_is_stable(digits_spec):
     assert len(first) == 16 and int(first, 16) >= 0
 
 
-def test_a_condition_may_refer_to_a_parameter_listed_after_it():
+def test_a_condition_may_refer_to_a_parameter_listed_after_it(digits_spec):
     from kubetune.spec import sampling_order
 
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = digits_spec
     parameters = data["spec"]["parameters"]
     data["spec"]["parameters"] = {"momentum": parameters.pop("momentum"), **parameters}
     experiment = parse_experiment(data)
