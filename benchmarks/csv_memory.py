@@ -6,7 +6,7 @@ Writes a CSV of random features and a label column into a temporary directory, t
 ``kubetune.data.load_split`` on it in a fresh process and prints that process's peak resident memory
 (ru_maxrss), which includes the interpreter and imports (measured alone and printed too).
 
-Target (issue 9, point 13): a 190 MB CSV reads in well under 2 GB (the old reader took about 3.5 GB).
+Target (issue 9, point 13): a 190 MB CSV reads in well under 2 GB; results in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from raw_results import write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 MEASURE = """
-import resource, sys
-sys.path.insert(0, {root!r})
+import resource
 from kubetune.data import load_split
 if {load}:
     split = load_split({{"source": "file://" + {path!r}, "labelColumn": "label"}})
@@ -43,7 +42,7 @@ def write_csv(path: Path, megabytes: int, columns: int) -> None:
 
 def peak_mb(path: Path, *, load: bool) -> int:
     """Peak RSS in MB of a fresh interpreter that imports kubetune.data and (if ``load``) reads ``path``."""
-    code = MEASURE.format(root=str(ROOT), path=str(path), load=load)
+    code = MEASURE.format(path=str(path), load=load)
     return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
@@ -58,6 +57,10 @@ def main() -> None:
         size = path.stat().st_size / 1e6
         baseline, loaded = peak_mb(path, load=False), peak_mb(path, load=True)
     print(f"CSV {size:.0f} MB: peak RSS {loaded} MB ({loaded - baseline} MB above the {baseline} MB of imports)")
+    write_results(
+        "csv_memory",
+        {"csv_mb": size, "columns": args.columns, "peak_rss_mb": loaded, "imports_peak_rss_mb": baseline},
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import statistics
 
 import torch
+from raw_results import write_results
 
 from kubetune.data import load_split
 from kubetune.nas import build_model
@@ -25,11 +26,12 @@ TOO_WIDE = {"blocks": [{"kind": "conv", "width": 2048, "kernelSize": 7, "norm": 
 SETTINGS = {"lr": 1e-3, "optimizer": "adam", "batchSize": 64}
 
 
-def run(split, device: str, epochs: int) -> tuple[float, float, str]:
+def run(split, device: str, epochs: int) -> tuple[list[float], float, str]:
+    """Each epoch's seconds, the last validation accuracy, and where the weights ended up."""
     model = build_model(ARCHITECTURE, input_shape=split.input_shape, num_classes=split.num_classes, seed=0)
     result = train_model(model, split, epochs=epochs, seed=0, device=device, hyperparameters=SETTINGS)
     assert result.status == "complete", result.reason
-    seconds = statistics.median(row["seconds"] for row in result.history)
+    seconds = [row["seconds"] for row in result.history]
     return seconds, result.history[-1]["val_accuracy"], str(next(model.parameters()).device)
 
 
@@ -45,15 +47,29 @@ def main() -> None:
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {len(split.y_train)} training samples, "
         f"{args.epochs} epochs, batch {SETTINGS['batchSize']}"
     )
+    runs = {}
     for device in ("cuda", "cpu"):
         seconds, accuracy, placed = run(split, device, args.epochs)
-        print(f"  {device:<4}: {seconds:.3f} s/epoch (median), val accuracy {accuracy:.4f}, weights on {placed}")
+        median = statistics.median(seconds)
+        print(f"  {device:<4}: {median:.3f} s/epoch (median), val accuracy {accuracy:.4f}, weights on {placed}")
+        runs[device] = {"epoch_seconds": seconds, "val_accuracy": accuracy, "weights_on": placed}
 
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(64 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
     model = build_model(TOO_WIDE, input_shape=split.input_shape, num_classes=split.num_classes, seed=0)
     result = train_model(model, split, epochs=1, seed=0, device="cuda", hyperparameters={**SETTINGS, "batchSize": 512})
     print(f"  a net too wide for 64 MiB of GPU memory: {result.status} ({result.reason})")
+    write_results(
+        "cuda_trainer",
+        {
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "data": args.data,
+            "epochs": args.epochs,
+            "runs": runs,
+            "too_wide_for_64_mib": {"status": result.status, "reason": result.reason},
+        },
+    )
     assert result.status == "failed" and result.reason.startswith("out of memory"), result
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import optuna
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inprocess import run_inprocess
+from raw_results import write_results
 
 from kubetune.spec import parse_experiment
 
@@ -72,14 +71,32 @@ def main() -> None:
         ("plain optuna, replayed", run_inprocess(experiment, replay=k_params)),
     ):
         rows.append((name, plain.wall_seconds, plain.train_seconds, plain.trials, plain.best))
+    runs = [
+        {
+            "run": name,
+            "wall_seconds": wall,
+            "train_seconds": trained,
+            "trials": trials,
+            "trials_per_minute": 60 * trials / wall,
+            "overhead_seconds_per_trial": (wall * lanes - trained) / trials,
+            "best": best,
+        }
+        for name, wall, trained, trials, best in rows
+    ]
     print(f"example {args.example}: {args.trials} trials, {lanes} lanes, {os.cpu_count()} CPUs")
     print(f"{'':26}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}{'best':>8}")
-    for name, wall, trained, trials, best in rows:
-        overhead = (wall * lanes - trained) / trials
-        print(f"{name:26}{wall:9.1f}{trained:9.1f}{60 * trials / wall:12.2f}{overhead:18.2f}{best:8.4f}")
-    k_rate = k_trials / k_wall
-    for name, wall, _, trials, _ in rows[1:]:
-        print(f"throughput ratio kubetune / {name} = {k_rate / (trials / wall):.2f}")
+    for run in runs:
+        print(
+            f"{run['run']:26}{run['wall_seconds']:9.1f}{run['train_seconds']:9.1f}{run['trials_per_minute']:12.2f}"
+            f"{run['overhead_seconds_per_trial']:18.2f}{run['best']:8.4f}"
+        )
+    ratios = {run["run"]: runs[0]["trials_per_minute"] / run["trials_per_minute"] for run in runs[1:]}
+    for name, ratio in ratios.items():
+        print(f"throughput ratio kubetune / {name} = {ratio:.2f}")
+    write_results(
+        f"embedded_throughput-{Path(args.example).stem}",
+        {"example": args.example, "trials": args.trials, "lanes": lanes, "runs": runs, "throughput_ratios": ratios},
+    )
 
 
 if __name__ == "__main__":

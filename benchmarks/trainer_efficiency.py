@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from raw_results import write_results
 from torch import nn
 
 from kubetune.data import load_split
@@ -98,6 +99,21 @@ def main() -> None:
     print(f"plain PyTorch loop : {plain:.3f} s/epoch (median)")
     print(f"kubetune train_model: {ours:.3f} s/epoch (median)")
     print(f"ratio kubetune/plain: {ours / plain:.3f} (target <= 1.2)")
+    write_results(
+        f"trainer_efficiency-{'cuda' if args.device.startswith('cuda') else 'cpu'}",
+        {
+            "where": where,
+            "device": args.device,
+            "data": args.data,
+            "training_samples": len(split.y_train),
+            "batch_size": BATCH_SIZE,
+            "rounds": args.rounds,
+            "epochs": args.epochs,
+            "epoch_seconds": times,
+            "median_epoch_seconds": {"plain": plain, "kubetune": ours},
+            "ratio": ours / plain,
+        },
+    )
 
 
 if __name__ == "__main__":
