@@ -76,7 +76,10 @@ class Submission:
 
 def _version(text: str) -> tuple[int, int, int] | None:
     match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text or "")
-    return tuple(int(part) for part in match.groups()) if match else None
+    if not match:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,8 @@ class Backend:
     @property
     def supported(self) -> bool | None:
         """Whether the version is at least MINIMUM_BACKEND; None when the server does not say."""
-        version = _version(self.version)
-        return None if version is None else version >= _version(MINIMUM_BACKEND)
+        version, minimum = _version(self.version), _version(MINIMUM_BACKEND)
+        return None if version is None or minimum is None else version >= minimum
 
     def require_supported(self) -> None:
         """Refuse an older backend; warn and go on when its version cannot be read."""

@@ -92,7 +92,9 @@ def redact_url(url: str) -> str:
 
 
 def scrub(text: str, *secrets: str) -> str:
-    """``text`` with every non-empty secret (longest first) replaced by ``***``."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+    """``text`` with every non-empty secret (longest first), as given or percent-encoded as a URL would
+    carry it, replaced by ``***``."""
+    forms = {form for s in secrets if s for form in (s, urllib.parse.quote(s, safe=""))}
+    for secret in sorted(forms, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

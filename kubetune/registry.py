@@ -5,6 +5,9 @@ existing version instead of creating a second one. Registration is retried as a 
 log, register, move the alias) with the bounded backoff of :func:`kubetune.tracking.with_retries`,
 so a registry or artifact store that is briefly down delays it, one that stays down ends it with a
 TrackingError naming the endpoint, and a later run registers the model exactly once.
+
+Logging and registering a model go through MLflow's fluent API, which reads the global tracking URI:
+:func:`register_best` points it at the store :func:`kubetune.tracking.client` names before using it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import tempfile
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from kubetune import tracking
 from kubetune.spec import Experiment
@@ -50,9 +54,11 @@ def _champion(client, experiment: Experiment) -> dict | None:
 def _recorded_value(tag: str | None) -> float | None:
     """The champion's objective value, or None when its version has no usable value tag (registered by hand,
     or the tag was removed): such a champion cannot be compared, so any new best replaces it."""
+    if tag is None:
+        return None
     try:
         value = float(tag)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return value if math.isfinite(value) else None
 
@@ -83,7 +89,7 @@ def _keep_oldest(client, name: str, run_id: str):
     return oldest
 
 
-def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
+def _log_pytorch_model(client: MlflowClient, run_id: str, *, parent_run_id: str, number: int) -> str:
     """Download the trial's weights (uploaded beside the experiment's run by the train step) and log them
     as an MLflow PyTorch model of the trial's run ``run_id``; returns its URI."""
     import mlflow.pytorch
@@ -93,7 +99,6 @@ def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
 
     from kubetune.train import load_model
 
-    client = tracking.client()
     # The logged model belongs to the trial's experiment: without it MLflow files it under "Default", with its
     # files in ./mlruns of whatever directory the step ran in.
     logged_model = mlflow.initialize_logged_model(
@@ -101,7 +106,7 @@ def _log_pytorch_model(run_id: str, *, parent_run_id: str, number: int) -> str:
     )
     # The run's own artifact repository, not client.download_artifacts: that one turns every failure
     # (an artifact store that is down included) into "does not exist", which must not be retried.
-    repository = get_artifact_repository(client.get_run(parent_run_id).info.artifact_uri)
+    repository = get_artifact_repository(client.get_run(parent_run_id).info.artifact_uri, client.tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         path = repository.download_artifacts(tracking.trial_weights_path(number), folder)
         model, info = load_model(path)
@@ -128,7 +133,8 @@ def register_best(experiment: Experiment) -> dict:
     if best is None:
         return {"registered": False, "reason": "no completed trial yet"}
     run_id = best.user_attrs.get("mlflow_run_id")
-    if not tracking.run_exists(run_id):  # its weights went with it: nothing to register, and no retry brings them back
+    # A run that is gone took the trial's weights with it: nothing to register, and no retry brings them back.
+    if run_id is None or not tracking.run_exists(run_id):
         return {
             "registered": False,
             "trial": best.number,
@@ -138,12 +144,14 @@ def register_best(experiment: Experiment) -> dict:
     name, alias = experiment.model_name, experiment.spec.registry.alias
     value, direction = best.values[0], experiment.spec.directions[0]
     client = tracking.client()
+    mlflow.set_tracking_uri(client.tracking_uri)  # for the fluent calls below: see the module docstring
 
     def register() -> tuple[int, bool]:
         version = _existing_version(client, name, run_id)
         if version is None:
+            parent_run_id = study.user_attrs["mlflow_parent_run_id"]
             version = mlflow.register_model(
-                _log_pytorch_model(run_id, parent_run_id=study.user_attrs["mlflow_parent_run_id"], number=best.number),
+                _log_pytorch_model(client, run_id, parent_run_id=parent_run_id, number=best.number),
                 name,
                 tags={tracking.TAG_STUDY: experiment.name, tracking.TAG_TRIAL: str(best.number), TAG_VALUE: str(value)},
             )

@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kubetune import settings
+from kubetune.redaction import redact_url
 from kubetune.spec import Experiment
 from kubetune.study import best_trial, count_trials, name_metrics
 
@@ -15,12 +16,14 @@ __all__ = ["summarize", "where_to_look", "write_plots"]
 
 
 def _wall_seconds(study: optuna.Study) -> float:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
-    if not trials:
+    spans = [
+        (t.datetime_start, t.datetime_complete or t.datetime_start)
+        for t in study.get_trials(deepcopy=False)
+        if t.datetime_start is not None
+    ]
+    if not spans:
         return 0.0
-    start = min(t.datetime_start for t in trials)
-    end = max(t.datetime_complete or t.datetime_start for t in trials)
-    return (end - start).total_seconds()
+    return (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds()
 
 
 def summarize(study: optuna.Study, experiment: Experiment) -> dict:
@@ -146,13 +149,11 @@ def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Pa
 
 def where_to_look(experiment: Experiment) -> dict[str, str]:
     """The commands and pages that open the results (URLs with passwords hidden)."""
-    tracking_uri = settings.tracking_uri()
-    storage = settings.redact(settings.storage_url())
+    tracking_uri = redact_url(settings.tracking_uri())
+    storage = redact_url(settings.storage_url())
     page = _mlflow_runs_page(experiment)
     if tracking_uri.startswith(("http://", "https://")):
-        from kubetune.tracking import redact_uri
-
-        mlflow_ui = redact_uri(tracking_uri).rstrip("/") + "/" + page
+        mlflow_ui = tracking_uri.rstrip("/") + "/" + page
     else:
         mlflow_ui = f"mlflow ui --backend-store-uri {tracking_uri}, then open {LOCAL_MLFLOW_UI}/{page}"
     return {

@@ -9,21 +9,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from kubetune.redaction import redact_url
 
 __all__ = [
     "artifact_root",
     "embedded_environment",
     "embedded_study_file",
     "home",
-    "redact",
     "storage_url",
     "tracking_uri",
 ]
 
 DEFAULT_HOME = ".kubetune"
-SECRET_QUERY_KEYS = {"password", "sslpassword"}
 
 
 def home() -> Path:
@@ -53,15 +50,7 @@ def artifact_root() -> str | None:
     return (home() / "mlartifacts").as_uri()
 
 
-def redact(url: str) -> str:
-    """A database URL fit for messages and logs: the password replaced by ***."""
-    try:
-        parsed = make_url(url)
-        secret = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}  # libpq takes ?password=
-        rendered = parsed.update_query_dict(secret).render_as_string(hide_password=True)
-        return rendered.replace("=%2A%2A%2A", "=***")
-    except (ArgumentError, ValueError):
-        return "<unparseable storage URL>"
+redact = redact_url  # for callers not yet moved to kubetune.redaction (study, doctor, tests/cluster); then removed
 
 
 def embedded_environment() -> dict[str, str]:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetune import registry, settings
+from kubetune.redaction import redact_url
 from kubetune.segments import LOST_LANE_REASON, SUBMITTED_PREFIX
 from kubetune.spec import parse_experiment
 from kubetune.study import StudyError, best_trial, count_trials
@@ -23,7 +24,7 @@ def experiment_status(name: str) -> dict:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         raise StudyError(
-            f"no experiment {name!r} in the study database {settings.redact(url)}; check the name and KUBETUNE_STORAGE"
+            f"no experiment {name!r} in the study database {redact_url(url)}; check the name and KUBETUNE_STORAGE"
         ) from None
     experiment = parse_experiment(study.user_attrs["spec"])
     counts = count_trials(study)

@@ -21,25 +21,24 @@ import os
 import re
 import shutil
 import tempfile
-import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kubetune import settings
 from kubetune.errors import UserError
+from kubetune.redaction import redact_url, scrub, url_secrets
 from kubetune.spec import Experiment
 
 __all__ = [
     "TrackingError",
     "client",
     "ensure_parent_run",
-    "find_trial_run",
     "flatten_architecture",
     "log_summary",
     "log_trial",
@@ -114,14 +113,16 @@ def retry_policy() -> tuple[int, float]:
 
 
 def client() -> MlflowClient:
-    """An MLflow client for ``MLFLOW_TRACKING_URI``, once the server there has been seen to answer."""
+    """An MLflow client for ``MLFLOW_TRACKING_URI``, once the server there has been seen to answer.
+
+    It leaves MLflow's global tracking URI alone: a caller of MLflow's fluent API sets it itself.
+    """
     uri = settings.tracking_uri()
     retry_policy()  # a malformed setting is reported as itself, not as an unreachable server
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the retries are ours: see the module docstring
     if _is_http(uri) and uri not in _answered:
         _probe(uri)
         _answered.add(uri)
-    mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -148,32 +149,19 @@ def _probe(uri: str) -> None:
         )  # the final message says it all; no chatter before it
     except TrackingError as error:
         raise TrackingError(
-            f"MLflow at {redact_uri(uri)} does not answer ({error}). Check MLFLOW_TRACKING_URI and that the server is up."
+            f"MLflow at {redact_url(uri)} does not answer ({error}). Check MLFLOW_TRACKING_URI and that the server is up."
         ) from None
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without user info or query string: fit for messages and logs."""
-    if not _is_http(uri):
-        return settings.redact(uri) if "://" in uri and not uri.startswith("file:") else uri
-    parts = urllib.parse.urlsplit(uri)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+redact_uri = redact_url  # for kubetune/segments.py until it imports kubetune.redaction; then removed
 
 
 def _scrub(text: str) -> str:
-    """``text`` with the values of secret variables (and the storage password) replaced by ***."""
+    """``text`` without the values of secret variables nor the secrets in the storage and tracking URIs."""
     secrets = [os.environ.get(name, "") for name in SECRET_VARIABLES]
-    for uri in (os.environ.get("KUBETUNE_STORAGE", ""), os.environ.get("MLFLOW_TRACKING_URI", "")):
-        try:
-            secrets.append(urllib.parse.unquote(urllib.parse.urlsplit(uri).password or ""))
-        except ValueError:
-            continue
-    for secret in sorted({value for value in secrets if len(value) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
-    return text
+    for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
+        secrets += url_secrets(os.environ.get(name, ""))
+    return scrub(text, *(value for value in secrets if len(value) >= 4))  # a shorter one would mask plain words
 
 
 def _transient(error: BaseException) -> bool:
@@ -202,32 +190,40 @@ def _transient(error: BaseException) -> bool:
 def _retry(
     action: Callable[[], T], *, what: str, transient: Callable[[BaseException], bool], level: int = logging.WARNING
 ) -> T:
+    """``action()``, retried by :func:`retry_policy` while ``transient`` says its error may pass; then a
+    TrackingError saying what failed, after how many attempts, and why (a TrackingError passes through)."""
     attempts, backoff = retry_policy()
-    waited = 0.0
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except TrackingError:
-            raise
-        except Exception as error:  # noqa: BLE001 - classified by `transient`
-            if not transient(error):
-                raise TrackingError(f"{what} failed: {_reason(error)}") from None
-            if attempt == attempts:
-                tries = f"{attempts} attempts over {waited:.1f} s" if attempts > 1 else "1 attempt"
-                raise TrackingError(f"{what} failed after {tries}: {_reason(error)}") from None
-            delay = min(MAX_BACKOFF_SECONDS, backoff * 2 ** (attempt - 1))
-            _log.log(
-                level,
-                "%s failed (attempt %d of %d, retrying in %.1f s): %s",
-                what,
-                attempt,
-                attempts,
-                delay,
-                _reason(error),
-            )
-            time.sleep(delay)
-            waited += delay
-    raise AssertionError("unreachable")
+
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        _log.log(
+            level,
+            "%s failed (attempt %d of %d, retrying in %.1f s): %s",
+            what,
+            state.attempt_number,
+            attempts,
+            delay,
+            _reason(error) if error else "",
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=backoff, max=MAX_BACKOFF_SECONDS),
+        retry=tenacity.retry_if_exception(lambda error: not isinstance(error, TrackingError) and transient(error)),
+        before_sleep=log,
+        reraise=True,
+    )
+    try:
+        return retrying(action)
+    except TrackingError:
+        raise
+    except Exception as error:  # noqa: BLE001 - classified by `transient`
+        if not transient(error):
+            raise TrackingError(f"{what} failed: {_reason(error)}") from None
+        waited = retrying.statistics.get("idle_for", 0.0)
+        tries = f"{attempts} attempts over {waited:.1f} s" if attempts > 1 else "1 attempt"
+        raise TrackingError(f"{what} failed after {tries}: {_reason(error)}") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -329,7 +325,7 @@ def _reopen(mlflow_client: MlflowClient, run) -> None:
 def describe(error: Exception) -> str:
     """One line naming the tracking URI (password-free), what failed, and what to check."""
     uri = settings.tracking_uri()
-    message = f"MLflow at {redact_uri(uri)} refused or did not answer: {_scrub(str(error).splitlines()[0][:400])}"
+    message = f"MLflow at {redact_url(uri)} refused or did not answer: {_scrub(str(error).splitlines()[0][:400])}"
     if not message.rstrip().endswith("."):
         message += "."
     if not _is_http(uri):
@@ -341,7 +337,7 @@ def describe(error: Exception) -> str:
     hint = " Check MLFLOW_TRACKING_URI and that the server is up"
     store = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     if store:
-        hint += f", and that its artifact store answers (MLFLOW_S3_ENDPOINT_URL {redact_uri(store)})"
+        hint += f", and that its artifact store answers (MLFLOW_S3_ENDPOINT_URL {redact_url(store)})"
     return message + hint + "."
 
 
@@ -353,19 +349,6 @@ def flatten_architecture(architecture: dict | None) -> dict[str, Any]:
     for index, block in enumerate(architecture["blocks"]):
         flat.update({f"arch.b{index}.{key}": value for key, value in block.items()})
     return flat
-
-
-def find_trial_run(experiment: Experiment, parent_run_id: str, number: int) -> str | None:
-    """The trial's child run, once it was completely logged (see :func:`log_trial`)."""
-    mlflow_client = client()
-
-    def find():
-        parent = mlflow_client.get_run(parent_run_id)
-        found = _search(mlflow_client, parent.info.experiment_id, {TAG_STUDY: experiment.name, TAG_TRIAL: str(number)})
-        return found[0] if found else None
-
-    run = with_retries(find, what=f"looking up the run of trial {number}")
-    return run.info.run_id if run is not None and run.info.status != "RUNNING" else None
 
 
 def log_trial(

@@ -29,13 +29,7 @@ Example:
 
 from kubetune.devstack.mlflow_server import MlflowServer
 from kubetune.devstack.postgres import Postgres
-from kubetune.devstack.process import (
-    ServiceError,
-    free_port,
-    is_ci,
-    make_workdir,
-    require_or_skip,
-)
+from kubetune.devstack.process import ServiceError, free_port, make_workdir
 from kubetune.devstack.s3 import S3Server
 from kubetune.devstack.stack import LocalStack, run_dev_stack
 
@@ -46,8 +40,6 @@ __all__ = [
     "S3Server",
     "ServiceError",
     "free_port",
-    "is_ci",
     "make_workdir",
-    "require_or_skip",
     "run_dev_stack",
 ]

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from kubetune.devstack.process import (
     HOST,
+    INSTALL_DEVSTACK,
     REGION,
     PathLike,
     ServerProcess,
@@ -24,6 +22,7 @@ from kubetune.devstack.process import (
     http_status,
     make_workdir,
 )
+from kubetune.redaction import url_secrets
 
 
 class MlflowServer:
@@ -108,7 +107,7 @@ class MlflowServer:
             log_path=self.directory / "mlflow.log",
             env=env,
             cwd=self.directory,
-            redact=(*secret_values, _password_in_url(self.backend_uri)),
+            redact=(*secret_values, *url_secrets(self.backend_uri)),
         )
         self._process.start()
         self._process.wait_until(self._healthy, timeout=self.startup_timeout, port=self.port)
@@ -141,14 +140,6 @@ class MlflowServer:
         missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
         if missing:
             raise ServiceError(
-                f"The MLflow server needs {', '.join(missing)}: "
-                f"`pip install {' '.join(shlex.quote(pkg) for pkg in missing)}`."
+                f"The MLflow server needs {', '.join(missing)}: `{INSTALL_DEVSTACK}` installs what the dev stack "
+                f"needs, or `pip install {' '.join(shlex.quote(pkg) for pkg in missing)}`."
             )
-
-
-def _password_in_url(url: str) -> str:
-    try:
-        password = urllib.parse.urlsplit(url).password
-    except ValueError:
-        return ""
-    return urllib.parse.unquote(password) if password else ""

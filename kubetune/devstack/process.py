@@ -1,4 +1,4 @@
-"""The shared parts of the local servers: one child process each, ports, work folders, CI rules."""
+"""The shared parts of the local servers: one child process each, ports, work folders."""
 
 from __future__ import annotations
 
@@ -16,11 +16,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from kubetune.redaction import scrub
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 PathLike = str | os.PathLike[str]
+
+
+# The packages `kubetune dev-stack` needs beyond kubetune's own (pyproject.toml's `devstack` extra).
+INSTALL_DEVSTACK = "pip install 'kubetune[devstack]'"
 
 
 class ServiceError(RuntimeError):
@@ -76,26 +82,6 @@ def make_workdir(prefix: str = "kubetune-") -> Path:
     if is_root():
         path.chmod(0o711)
     return path
-
-
-def is_ci() -> bool:
-    """True under CI: the ``CI`` environment variable is ``true``, ``1`` or ``yes``."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def require_or_skip(what: str, exc: BaseException) -> NoReturn:
-    """In a test, give up on a server that cannot start: skip on a laptop, fail under CI.
-
-    Args:
-        what: what the test needed, e.g. ``"PostgreSQL"``.
-        exc: why it is not available, usually a :class:`ServiceError`.
-    """
-    import pytest
-
-    message = f"{what} is not available: {exc}"
-    if is_ci():
-        pytest.fail(f"{message} (CI=true: service tests must run, not skip)", pytrace=False)
-    pytest.skip(message)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -219,8 +205,7 @@ class ServerProcess:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "    (no log)"
-        for secret in self.redact:
-            text = text.replace(secret, "***")
+        text = scrub(text, *self.redact)
         tail = text.splitlines()[-lines:]
         return "\n".join("    " + line for line in tail) or "    (the log is empty)"
 

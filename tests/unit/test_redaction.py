@@ -24,6 +24,11 @@ from kubetune.redaction import has_credentials, redact_url, scrub, url_secrets
         ("sqlite:////home/me/.kubetune/optuna.db", "sqlite:////home/me/.kubetune/optuna.db"),
         ("/plain/path", "/plain/path"),
         ("postgresql://kt:pw@db:notaport/x", "<unparseable URL>"),
+        ("mysql+pymysql://root:S3cr3t-pw@127.0.0.1/optuna", "mysql+pymysql://root:***@127.0.0.1/optuna"),
+        ("postgresql://kubetune@db/optuna", "postgresql://kubetune@db/optuna"),
+        ("postgresql://kt:p%40ss%3Aw0rd@db/optuna", "postgresql://kt:***@db/optuna"),
+        ("https://mlflow.example.com/?token=S3cr3t-pw&x=1", "https://mlflow.example.com/?token=***&x=1"),
+        ("not a url", "not a url"),
     ],
 )
 def test_redact_url_masks_every_credential_form(url, shown):
@@ -45,6 +50,10 @@ def test_has_credentials_tells_plain_urls_from_signed_ones():
     assert has_credentials("s3://key:secret@bucket:notaport/d.npz")
     assert not has_credentials("file:///home/me@work/data.npz")
     assert not has_credentials("builtin:digits")
+
+
+def test_scrub_also_masks_the_percent_encoded_form():
+    assert scrub("GET http://db/?key=p%40ss%2Fw failed for p@ss/w", "p@ss/w") == "GET http://db/?key=*** failed for ***"
 
 
 def test_scrub_ignores_empty_secrets():

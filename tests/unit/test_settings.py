@@ -1,4 +1,4 @@
-"""kubetune.settings: embedded defaults under KUBETUNE_HOME, environment overrides, redacted URLs."""
+"""kubetune.settings: embedded defaults under KUBETUNE_HOME, environment overrides."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubetune import settings
+from kubetune.redaction import redact_url
 
 VARIABLES = ("KUBETUNE_HOME", "KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI")
 
@@ -83,39 +84,7 @@ def test_embedded_environment_passes_overrides_on(tmp_path, monkeypatch):
     assert settings.embedded_environment()["KUBETUNE_STORAGE"] == "sqlite:////elsewhere/optuna.db"
 
 
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        (
-            "postgresql+psycopg://kubetune:S3cr3t-pw@db.example:5432/optuna",
-            "postgresql+psycopg://kubetune:***@db.example:5432/optuna",
-        ),
-        (
-            "postgresql://kubetune:S3cr3t-pw@db/optuna?sslmode=require",
-            "postgresql://kubetune:***@db/optuna?sslmode=require",
-        ),
-        ("postgresql://kubetune@db/optuna?password=S3cr3t-pw", "postgresql://kubetune@db/optuna?password=***"),
-        ("mysql+pymysql://root:S3cr3t-pw@127.0.0.1/optuna", "mysql+pymysql://root:***@127.0.0.1/optuna"),
-        ("postgresql://kubetune@db/optuna", "postgresql://kubetune@db/optuna"),
-        ("sqlite:////var/lib/kubetune/optuna.db", "sqlite:////var/lib/kubetune/optuna.db"),
-    ],
-)
-def test_redact(url, expected):
-    assert settings.redact(url) == expected
-    assert "S3cr3t-pw" not in settings.redact(url)
-
-
-def test_redact_password_with_special_characters():
-    redacted = settings.redact("postgresql://kt:p%40ss%3Aw0rd@db/optuna")
-    assert "p%40ss" not in redacted and "w0rd" not in redacted and "***" in redacted
-
-
-@pytest.mark.parametrize("url", ["not a url", "", "postgresql://kt:S3cr3t-pw@db:port/optuna"])
-def test_redact_unparseable(url):
-    assert settings.redact(url) == "<unparseable storage URL>"
-
-
-def test_redact_leaves_the_default_storage_url_intact(tmp_path, monkeypatch):
+def test_redaction_leaves_the_default_storage_url_intact(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
-    assert settings.redact(settings.storage_url()) == settings.storage_url()
+    assert redact_url(settings.storage_url()) == settings.storage_url()
     assert Path(settings.storage_url().removeprefix("sqlite:///")).name == "optuna.db"
