@@ -130,7 +130,7 @@ def _plot_makers(study: optuna.Study, experiment: Experiment) -> dict:
 
 def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Path) -> dict[str, str]:
     """HTML plots: history, parameter importances, parallel coordinates of the most important parameters,
-    and the Pareto front if any. Each loads plotly.js from its CDN rather than embedding 4.6 MB of it."""
+    and the Pareto front if any. Each loads plotly.js from its CDN rather than embedding megabytes of it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name_metrics(study, experiment)

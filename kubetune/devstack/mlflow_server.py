@@ -37,7 +37,7 @@ class MlflowServer:
         port: TCP port; a free one when None.
         directory: where the log ``mlflow.log`` goes; a new temporary directory when None.
         startup_timeout: seconds to wait until ``GET /health`` answers 200. The first start on an
-            empty database also creates its tables (about 5 s).
+            empty database also creates its tables, which takes longer.
     """
 
     def __init__(

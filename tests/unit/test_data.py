@@ -290,3 +290,12 @@ def test_csv_with_a_header_only_is_refused(tmp_path):
     path.write_text("a,label\n\n")
     with pytest.raises(DataError, match="must have a header row and data rows but has 1 rows"):
         load_split({"source": f"file://{path}"})
+
+
+def test_an_s3_error_answered_as_text_xml_is_read_from_minios_message():
+    """rclone answers errors as text/xml, which minio does not parse: the code and status come from its message."""
+    from minio.error import InvalidResponseError
+
+    error = InvalidResponseError(403, "text/xml", "<Error><Code>SignatureDoesNotMatch</Code></Error>")
+    assert data._s3_error_code(error) == ("SignatureDoesNotMatch", 403)
+    assert data._s3_error_code(InvalidResponseError(404, "text/plain", "")) == (None, 404)
