@@ -4,7 +4,7 @@
 
 Starts a throwaway PostgreSQL (kubetune.devstack.Postgres, durable), creates a study, and runs
 ``--lanes`` lane processes that ask, sample the search space of ``--spec`` and tell, nonstop, each
-through ``kubetune.study.open_storage`` (pre-pinged pool, calls that wait out an outage). Then it
+through ``kubetune.storage.open_storage`` (pre-pinged pool, calls that wait out an outage). Then it
 restarts the server ``--restarts`` times: stop, stay down ``--down`` seconds, start. "Back" is the
 moment ``Postgres.start()`` returns (it accepts connections and its password is set); "recovered" is
 the first tell any lane completes after that. Also checks that no told trial was lost.
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from raw_results import write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +35,8 @@ def lane(url: str, spec_path: str, slot: int, stop, told) -> None:
 
     from kubetune import space
     from kubetune.spec import load_experiment
-    from kubetune.study import load_study, open_storage
+    from kubetune.storage import open_storage
+    from kubetune.study import load_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     experiment = load_experiment(spec_path)
@@ -57,7 +59,8 @@ def main() -> None:
 
     from kubetune import devstack
     from kubetune.spec import load_experiment
-    from kubetune.study import ensure_study, open_storage
+    from kubetune.storage import open_storage
+    from kubetune.study import ensure_study
 
     workdir = devstack.make_workdir("kubetune-recovery-")
     postgres = devstack.Postgres(workdir / "pg").start()
@@ -116,6 +119,16 @@ def main() -> None:
             f"\nrecovery: median {np.median(recoveries):.2f} s, max {max(recoveries):.2f} s "
             f"(target < 5 s: {'meets' if max(recoveries) < 5 else 'misses'}); "
             f"{len(numbers)} tells, {len(lost)} lost"
+        )
+        write_results(
+            "db_recovery",
+            {
+                "lanes": args.lanes,
+                "down_s": args.down,
+                "recovery_s": recoveries,
+                "tells": len(numbers),
+                "lost": lost,
+            },
         )
     finally:
         stop.set()

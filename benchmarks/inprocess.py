@@ -15,8 +15,8 @@ import torch
 
 from kubetune import nas, space, train
 from kubetune.data import load_split
+from kubetune.samplers import make_pruner, make_sampler
 from kubetune.spec import Experiment
-from kubetune.study import make_pruner, make_sampler
 
 
 @dataclass

@@ -4,7 +4,7 @@
                                           [--latency-trials 5000] [--latency-samples 300] [--spec examples/digits.yaml]
 
 Each lane is its own process (as each pipeline step is its own pod): it opens the storage the way
-kubetune does (``kubetune.study.open_storage`` for the databases), loads the study with kubetune's
+kubetune does (``kubetune.storage.open_storage`` for the databases), loads the study with kubetune's
 sampler (``make_sampler``: constant-liar multivariate TPE) and a lane seed, and repeats
 ask -> sample the spec's whole search space (hyperparameters and architecture) -> tell a synthetic
 objective, until the lanes together have told ``--trials`` trials. No training: this measures the
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from raw_results import write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,7 +76,7 @@ def open_any(kind: str, url: str, experiment):
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(url))
-    from kubetune.study import open_storage
+    from kubetune.storage import open_storage
 
     return open_storage(experiment, url)
 
@@ -83,8 +84,8 @@ def open_any(kind: str, url: str, experiment):
 def lane(kind: str, url: str, spec_path: str, study_name: str, slot: int, quota: int, start, results) -> None:
     import optuna
 
+    from kubetune.samplers import make_sampler
     from kubetune.spec import load_experiment
-    from kubetune.study import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     experiment = load_experiment(spec_path)
@@ -135,7 +136,12 @@ def measure(kind: str, url: str, spec_path: str, lanes: int, trials: int) -> dic
         process.join()
     wall = max(end for _, _, end, _ in done) - min(began for _, began, _, _ in done)
     latencies = np.concatenate([np.asarray(lat) for *_, lat in done])
-    return {"trials_per_s": trials / wall, **percentiles_ms(latencies), "wall_s": wall}
+    return {
+        "trials_per_s": trials / wall,
+        **percentiles_ms(latencies),
+        "wall_s": wall,
+        "latencies_s": latencies.tolist(),
+    }
 
 
 def cold_suggest(url: str, spec_path: str, results) -> None:
@@ -144,8 +150,9 @@ def cold_suggest(url: str, spec_path: str, results) -> None:
     import optuna
 
     from kubetune import space
+    from kubetune.samplers import make_sampler
     from kubetune.spec import load_experiment
-    from kubetune.study import make_sampler, open_storage
+    from kubetune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     imported = time.perf_counter()
@@ -167,8 +174,8 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
     import optuna
 
     from kubetune import space
+    from kubetune.samplers import make_sampler
     from kubetune.spec import load_experiment
-    from kubetune.study import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     experiment = load_experiment(spec_path)
@@ -190,7 +197,7 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
     for label, study in (("postgresql", database), ("in-memory", memory)):
         study.get_trials(deepcopy=False)
         latencies = timed_ask_tell(study, experiment.spec, samples)
-        out[label] = {**percentiles_ms(latencies), "mean_ms": 1e3 * np.mean(latencies)}
+        out[label] = {**percentiles_ms(latencies), "mean_ms": 1e3 * np.mean(latencies), "latencies_s": latencies}
     results = SPAWN.Queue()
     cold = []
     for _ in range(3):
@@ -199,17 +206,18 @@ def latency_at(size: int, samples: int, url: str, spec_path: str) -> dict:
         process.join()
         assert process.exitcode == 0, "the suggest step's process failed"
         cold.append(results.get(timeout=10))
-    out["cold"] = np.median(np.asarray(cold), axis=0)
+    out["cold"] = np.median(np.asarray(cold), axis=0).tolist()
+    out["cold_runs"] = [list(run) for run in cold]
     return out
 
 
 def same_suggestions_as_optuna(spec_path: str, trials: int = 200) -> bool:
-    """kubetune's TPE (shared reads, cached observations) suggests exactly what Optuna's TPESampler does."""
+    """kubetune's TPE (one read per ask, cached observations) suggests exactly what Optuna's TPESampler does."""
     import optuna
 
     from kubetune import space
+    from kubetune.samplers import make_sampler
     from kubetune.spec import load_experiment
-    from kubetune.study import make_sampler
 
     experiment = load_experiment(spec_path)
     ours = make_sampler(experiment, seed_offset=7)
@@ -254,10 +262,9 @@ def main() -> None:
         f"{args.trials} trials per cell, PostgreSQL {'without' if args.fast_postgres else 'with'} fsync",
         flush=True,
     )
-    print(
-        f"kubetune's TPE suggests what Optuna's TPESampler suggests: {same_suggestions_as_optuna(args.spec)}",
-        flush=True,
-    )
+    same = same_suggestions_as_optuna(args.spec)
+    print(f"kubetune's TPE suggests what Optuna's TPESampler suggests: {same}", flush=True)
+    raw: dict = {"settings": vars(args), "optuna": optuna.__version__, "same_suggestions_as_optuna": same}
     folder = Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
     postgres = None
     try:
@@ -276,6 +283,7 @@ def main() -> None:
                     f"{result['p99_ms']:>8.1f} {result['wall_s']:>7.1f}",
                     flush=True,
                 )
+        raw["throughput"] = [{"backend": kind, "lanes": lanes, **result} for kind, lanes, result in rows]
         if args.latency_trials:
             latency = latency_at(
                 args.latency_trials, args.latency_samples, postgres.create_database("latency"), args.spec
@@ -289,6 +297,7 @@ def main() -> None:
                 print(
                     f"  {label:<11} p50 {r['p50_ms']:7.1f} ms   p99 {r['p99_ms']:7.1f} ms   mean {r['mean_ms']:7.1f} ms"
                 )
+            raw["latency"] = latency
             imports, read, ask = latency["cold"]
             print(
                 f"  a suggest step's own process (median of 3): imports {imports:.2f} s, open and read the study "
@@ -304,6 +313,7 @@ def main() -> None:
                 f"target p99 < 250 ms at {args.latency_trials} trials: {p99:.0f} ms "
                 f"({'meets' if p99 < 250 else 'misses'})"
             )
+        write_results("study_throughput", raw)
     finally:
         if postgres is not None:
             postgres.stop()

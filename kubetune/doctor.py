@@ -13,11 +13,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kubetune import kfp_api
 from kubetune.errors import UserError
 from kubetune.kube import KubeApi, Permission
+from kubetune.spec import Experiment
 
 __all__ = ["CHECKS", "Check", "Context", "Problem", "run_checks"]
 
@@ -65,15 +67,20 @@ class Context:
 
     host: str | None
     namespace: str | None
-    experiment: object | None = None
+    experiment: Experiment | None = None
     backend: kfp_api.Backend | None = None
-    kfp_client: object | None = field(default=None, repr=False)
+    kfp_client: Any = field(default=None, repr=False)  # a kfp.Client (kfp ships no type information)
     _kube: KubeApi | None = field(default=None, repr=False)
 
     def kube(self) -> KubeApi:
         if self._kube is None:
             self._kube = KubeApi()
         return self._kube
+
+    def need_host(self) -> str:
+        if not self.host:
+            raise Problem("skipped: no KFP API host")
+        return self.host
 
     def need_namespace(self) -> str:
         if not self.namespace:
@@ -136,7 +143,7 @@ def kfp_access(context: Context) -> str:
     """List one experiment as submit would: proves the token and the namespace work together."""
     namespace = context.need_namespace() if context.need_backend().multi_user else None
     kfp_api.call(
-        context.host, "list experiments", context.kfp_client.list_experiments, page_size=1, namespace=namespace
+        context.need_host(), "list experiments", context.kfp_client.list_experiments, page_size=1, namespace=namespace
     )
     return f"may list experiments in {namespace}" if namespace else "may list experiments"
 
@@ -201,8 +208,8 @@ def study_database(context: Context) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from kubetune.settings import redact
-    from kubetune.study import _summary  # the one place that scrubs passwords from driver errors
+    from kubetune.redaction import redact_url
+    from kubetune.storage import describe_error
 
     url = os.environ.get("KUBETUNE_STORAGE")
     fix = "set KUBETUNE_STORAGE (the pipeline Secret) to a reachable database, e.g. postgresql+psycopg://user:***@host:5432/optuna"
@@ -217,9 +224,9 @@ def study_database(context: Context) -> str:
             connection.execute(text("SELECT 1"))
     except Problem:
         raise
-    except Exception as error:  # noqa: BLE001 - drivers raise many types; the summary is scrubbed
-        raise Problem(f"cannot open {redact(url)}: {_summary(error, url)}", fix) from None
-    return f"{redact(url)} answers"
+    except Exception as error:  # noqa: BLE001 - drivers raise many types; the description is scrubbed
+        raise Problem(f"cannot open {redact_url(url)}: {describe_error(error, url)}", fix) from None
+    return f"{redact_url(url)} answers"
 
 
 def _public(uri: str) -> str:

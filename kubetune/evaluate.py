@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from kubetune import tracking
 from kubetune.spec import Experiment
-from kubetune.study import get_trial, load_study, tell_once
+from kubetune.study import get_trial, load_study, set_trial_attrs, tell_once
 
 __all__ = ["evaluate_trial"]
 
@@ -70,16 +70,8 @@ def evaluate_trial(
         started_at=result.get("started_at"),
         ended_at=result.get("ended_at"),
     )
-    _record(study, frozen, run_id=run_id, metrics=metrics, result=result)
+    # Stored before the tell: a finished trial's attributes are frozen.
+    outcome = {"mlflow_run_id": run_id, "metrics": metrics, "train_seconds": float(result.get("train_seconds", 0.0))}
+    set_trial_attrs(study, number, outcome | ({"reason": result["reason"]} if result.get("reason") else {}))
     tell_once(study, number, state=state, values=values)
     return {"number": number, "state": state.name, "values": values, "metrics": metrics, "mlflow_run_id": run_id}
-
-
-def _record(study, frozen, *, run_id: str, metrics: dict, result: dict) -> None:
-    """Store the outcome on the trial before the tell (a finished trial's attributes are frozen)."""
-    storage = study._storage
-    storage.set_trial_user_attr(frozen._trial_id, "mlflow_run_id", run_id)
-    storage.set_trial_user_attr(frozen._trial_id, "metrics", metrics)
-    storage.set_trial_user_attr(frozen._trial_id, "train_seconds", float(result.get("train_seconds", 0.0)))
-    if result.get("reason"):
-        storage.set_trial_user_attr(frozen._trial_id, "reason", result["reason"])

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 from kubetune import space
 from kubetune.segments import run_name
 from kubetune.spec import Experiment
-from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, stop_before_trial
+from kubetune.stop_rules import stop_before_trial
+from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study
 
 __all__ = ["NO_TRIAL", "suggest_trial", "train_threads", "train_trial"]
 
@@ -35,7 +37,7 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
         return NO_TRIAL
     trial = study.ask()
     # A first heartbeat now: a lane that dies before training starts leaves a trial that goes stale and is retried.
-    beat(study, trial._trial_id)
+    beat(study, trial.number)
     chosen, architecture = space.sample(trial, experiment.spec)
     trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
     trial.set_user_attr("architecture", architecture)
@@ -108,7 +110,7 @@ def train_trial(
             on_epoch=on_epoch,
         )
     ended_at = train.wall_clock_ms()
-    held_out = {}
+    held_out: dict[str, Any] = {}  # np.savez's keyword arrays
     # Only a completed trial is scored or can become the registered model; a pruned or failed one (out of
     # GPU memory, say) touches the device no more, so it cannot fail again and take its lane down.
     if result.status == "complete":

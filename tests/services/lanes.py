@@ -74,7 +74,8 @@ def one_lane(experiment: Experiment, folder: Path, *, slot: int = 0, segment: in
 def lane_until_budget(spec: str, slot: int, folder: str, out: str) -> None:
     """A lane process: lanes while ``plan_slots`` leaves budget; writes what it told (or its error) to ``out``."""
     os.environ["KUBETUNE_TRAIN_THREADS"] = "1"
-    from kubetune.study import load_study, plan_slots
+    from kubetune.stop_rules import plan_slots
+    from kubetune.study import load_study
 
     experiment = parse_experiment(json.loads(spec))
     told, error = [], None

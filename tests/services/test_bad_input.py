@@ -29,7 +29,8 @@ from kubetune import devstack
 from kubetune.data import DataError, load_split
 from kubetune.errors import UserError
 from kubetune.spec import parse_experiment
-from kubetune.study import StudyError, ensure_study, open_storage
+from kubetune.storage import StudyError, open_storage
+from kubetune.study import ensure_study
 
 
 def _document(name: str, data: dict) -> dict:

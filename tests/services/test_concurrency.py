@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from kubetune.data import load_split, save_split
 from kubetune.segments import start_segment
 from kubetune.spec import parse_experiment
-from kubetune.study import count_trials, ensure_study, get_trial, load_study, tell_once
+from kubetune.stop_rules import count_trials
+from kubetune.study import ensure_study, get_trial, load_study, tell_once
 
 LANES = 4
 
@@ -122,16 +123,14 @@ def test_racing_tells_of_one_trial_count_once(stack_env, monkeypatch, rival_stat
     ],
     ids=["single", "multi"],
 )
-def test_kubetune_tpe_suggests_what_optuna_tpe_suggests(postgres, objective):
-    """make_sampler's TPE reads and splits the trials once per ask instead of once per parameter group
-    (see kubetune.study._TPESampler); on the real database it must suggest exactly what Optuna's
+def test_kubetune_tpe_suggests_what_optuna_tpe_suggests(postgres, objective, digits_spec):
+    """make_sampler's TPE reads the trials once per ask instead of once per parameter group and caches
+    observations (see kubetune.tpe); on the real database it must suggest exactly what Optuna's
     TPESampler suggests, with pruned and failed trials in the history."""
-    import yaml
-
     from kubetune import space
-    from kubetune.study import make_sampler
+    from kubetune.samplers import make_sampler
 
-    document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "digits.yaml").read_text())
+    document = digits_spec
     document["spec"]["objective"] = objective
     document["spec"]["strategy"]["pruner"] = {"name": "none"}
     experiment = parse_experiment(document)

@@ -43,7 +43,9 @@ from optuna.trial import TrialState
 from kubetune.data import load_split, save_split
 from kubetune.segments import finish_segment, start_segment
 from kubetune.spec import Experiment, parse_experiment
-from kubetune.study import beat, count_trials, ensure_study, get_trial, heartbeat, load_study, open_storage
+from kubetune.stop_rules import count_trials
+from kubetune.storage import open_storage
+from kubetune.study import beat, ensure_study, get_trial, heartbeat, load_study
 
 
 def _postgres_url(stack_env: dict) -> str:
@@ -252,12 +254,12 @@ def test_heartbeats_never_block_while_postgres_is_down(postgres, stack_env, monk
     experiment = small_experiment(f"pg-beat-{secrets.token_hex(3)}")
     study = ensure_study(experiment, storage=open_storage(experiment, stack_env["KUBETUNE_STORAGE"]))
     trial = study.ask()
-    assert beat(study, trial._trial_id)
+    assert beat(study, trial.number)
     try:
         with heartbeat(study, trial.number, interval=0.2):
             postgres.stop()
             began = time.monotonic()
-            assert not beat(study, trial._trial_id)
+            assert not beat(study, trial.number)
             assert time.monotonic() - began < 5, "a beat waited for the database"
             time.sleep(1)  # the heartbeat thread beats into the outage meanwhile
             began = time.monotonic()
@@ -267,7 +269,7 @@ def test_heartbeats_never_block_while_postgres_is_down(postgres, stack_env, monk
     assert left < 5, f"leaving heartbeat() waited {left:.1f} s for the database"
     before = _last_beat(stack_env, trial._trial_id)
     deadline = time.monotonic() + 30
-    while not beat(study, trial._trial_id):
+    while not beat(study, trial.number):
         assert time.monotonic() < deadline, "no beat after the restart"
         time.sleep(0.2)
     assert _last_beat(stack_env, trial._trial_id) > before

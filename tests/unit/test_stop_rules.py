@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from kubetune.search import NO_TRIAL, suggest_trial
 from kubetune.spec import parse_experiment
-from kubetune.study import decide, ensure_study, tell_once
+from kubetune.stop_rules import decide
+from kubetune.study import ensure_study, tell_once
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),

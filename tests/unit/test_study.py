@@ -1,4 +1,4 @@
-"""kubetune.study: study creation, budget accounting, stop rules, idempotent tells, heartbeats, storage errors."""
+"""The study and its parts: creation, budget accounting, stop rules, idempotent tells, samplers, heartbeats, storage errors."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ import sqlalchemy
 from optuna.storages._rdb import models
 from optuna.trial import TrialState, create_trial
 
-from kubetune import study as kstudy
 from kubetune.errors import UserError
+from kubetune.samplers import make_pruner, make_sampler
 from kubetune.spec import parse_experiment
-from kubetune.study import (
-    Counts,
-    StudyError,
-    best_trial,
-    count_trials,
-    decide,
-    ensure_study,
-    get_trial,
-    heartbeat,
-    lane_seed,
-    load_study,
-    make_pruner,
-    make_sampler,
-    open_storage,
-    plan_slots,
-    tell_once,
-)
+from kubetune.stop_rules import Counts, count_trials, decide, plan_slots
+from kubetune.storage import StudyError, open_storage
+from kubetune.study import best_trial, ensure_study, get_trial, heartbeat, lane_seed, load_study, tell_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [
@@ -652,21 +638,3 @@ def test_sqlite_in_an_unwritable_place(make, tmp_path):
     blocker.write_text("")
     with pytest.raises(StudyError, match="cannot open the study database"):
         open_storage(make(), f"sqlite:///{blocker}/sub/optuna.db")
-
-
-def test_module_exports():
-    assert set(kstudy.__all__) <= set(dir(kstudy))
-
-
-def test_a_study_read_freezes_the_loaded_history_out_of_full_collections(budget_study):
-    """Later full collections skip the trials just read (they are what made ask+tell's slow tail)."""
-    import gc
-
-    experiment, study = budget_study
-    for _ in range(3):
-        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5))
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-    trials = load_study(experiment, storage=study._storage).get_trials(deepcopy=False)
-    assert len(trials) == 3 and gc.get_freeze_count() > 0
-    gc.unfreeze()

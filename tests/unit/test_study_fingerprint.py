@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from kubetune.spec import parse_experiment
-from kubetune.study import StudyError, ensure_study, open_storage
+from kubetune.storage import StudyError, open_storage
+from kubetune.study import ensure_study
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 

@@ -4,10 +4,10 @@ and a study names its objectives by their metrics from its creation (optuna-dash
 import sqlite3
 
 import pytest
-import yaml
 
 from kubetune.spec import parse_experiment
-from kubetune.study import _is_transient, ensure_study, open_storage
+from kubetune.storage import is_transient, open_storage
+from kubetune.study import ensure_study
 
 
 @pytest.mark.parametrize(
@@ -19,15 +19,15 @@ from kubetune.study import _is_transient, ensure_study, open_storage
     ],
 )
 def test_a_full_disk_or_read_only_database_is_not_retried(message):
-    assert not _is_transient(sqlite3.OperationalError(message))
+    assert not is_transient(sqlite3.OperationalError(message))
 
 
 def test_a_locked_database_is_still_retried():
-    assert _is_transient(sqlite3.OperationalError("database is locked"))
+    assert is_transient(sqlite3.OperationalError("database is locked"))
 
 
-def test_a_new_study_names_its_objectives_by_their_metrics(tmp_path):
-    data = yaml.safe_load(open("examples/digits.yaml"))
+def test_a_new_study_names_its_objectives_by_their_metrics(tmp_path, digits_spec):
+    data = digits_spec
     data["spec"]["objective"] = [
         {"metric": "val_accuracy", "direction": "maximize"},
         {"metric": "params", "direction": "minimize"},
