@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 
 import click
 
@@ -183,7 +182,7 @@ def _json_option(ctx: click.Context, param: click.Parameter, value: str):
 def _cluster(
     image, trainer_image, secret, config_map, image_pull_secrets, gpu_node_selector, gpu_tolerations, service_account
 ):
-    from kubetune.pipelines import ClusterSettings
+    from kubetune.cluster_settings import ClusterSettings
 
     overrides = {k: v for k, v in {"image": image, "trainer_image": trainer_image}.items() if v}
     return ClusterSettings(
@@ -355,4 +354,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,25 +1,29 @@
 """Cluster mode: submit an experiment's segments as KFP runs, and the next one when a segment ends.
 
 The run name is ``<experiment>-<spec hash>-s<segment>``: the same spec submitted twice finds its run,
-a changed spec starts a new one. The study records which run continued which segment (the idempotency
-key), so a re-run next-segment step never submits the following segment twice.
+a changed spec starts a new one. In a cluster, "submit the next segment" (the action the core's
+:func:`kubetune.segments.finish_segment` takes as a parameter) is a KFP run compiled with the settings
+of the run that ends; the study records which run continued which segment, so a re-run next-segment
+step never submits the following segment twice.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from kubetune import segments
+from kubetune.cluster_settings import ClusterSettings
 from kubetune.errors import UserError
 from kubetune.kfp_api import KfpGateway, Submission
-from kubetune.segments import SUBMITTED_PREFIX, chain_finished, run_name, segments_finished
+from kubetune.segments import chain_finished, run_name, segments_finished
 from kubetune.spec import Experiment
+from kubetune.study import Decision, StudyError, decide, load_study
 
-__all__ = ["continue_experiment", "register_search_pipeline", "resume_experiment", "run_name", "submit_segment"]
+__all__ = ["finish_segment", "register_search_pipeline", "resume_experiment", "run_name", "submit_segment"]
 
 HOST_ENV = "KUBETUNE_KFP_HOST"
 
@@ -32,14 +36,21 @@ def _host(host: str | None) -> str:
 
 
 def submit_segment(
-    experiment: Experiment, *, segment: int, cluster, host: str | None = None, namespace: str | None = None
+    experiment: Experiment,
+    *,
+    segment: int,
+    cluster: ClusterSettings,
+    host: str | None = None,
+    namespace: str | None = None,
 ) -> Submission:
     """Compile the segment pipeline with ``cluster`` settings and start it, unless it already runs."""
     gateway = KfpGateway(_host(host), namespace=namespace)
     return _start(gateway, experiment, segment=segment, cluster=cluster, name=run_name(experiment, segment))
 
 
-def _start(gateway: KfpGateway, experiment: Experiment, *, segment: int, cluster, name: str) -> Submission:
+def _start(
+    gateway: KfpGateway, experiment: Experiment, *, segment: int, cluster: ClusterSettings, name: str
+) -> Submission:
     from kubetune.pipelines import compile_pipeline
 
     with tempfile.TemporaryDirectory() as folder:
@@ -53,7 +64,9 @@ def _start(gateway: KfpGateway, experiment: Experiment, *, segment: int, cluster
         )
 
 
-def resume_experiment(experiment: Experiment, *, cluster, host: str | None = None, namespace: str | None = None) -> str:
+def resume_experiment(
+    experiment: Experiment, *, cluster: ClusterSettings, host: str | None = None, namespace: str | None = None
+) -> str:
     """Continue this spec's chain when it stopped for a reason other than a stop rule; says what it did.
 
     Such a chain ended because a run failed before its exit step, was deleted, or its exit step could not
@@ -61,8 +74,6 @@ def resume_experiment(experiment: Experiment, *, cluster, host: str | None = Non
     that name already exists (it failed), the new one is named ``<run name>-retry<n>``. Nothing is started
     while any run of the experiment is still active, so resuming twice starts one run.
     """
-    from kubetune.study import StudyError, decide, load_study
-
     try:
         study = load_study(experiment)
     except StudyError:
@@ -87,31 +98,26 @@ def resume_experiment(experiment: Experiment, *, cluster, host: str | None = Non
     return f"resumed: submitted run {submission.run_name} (id {submission.run_id}) for segment {segment}"
 
 
-def continue_experiment(experiment: Experiment, study, *, segment: int, cluster_settings: str) -> str | None:
-    """From the next-segment step: submit segment + 1 once; returns its run id (None in embedded mode)."""
-    if not cluster_settings:
-        return None
-    from kubetune.pipelines import ClusterSettings
+def finish_segment(experiment: Experiment, *, segment: int, cluster: dict[str, Any]) -> Decision:
+    """The exit step of a segment run in a cluster: the next segment is a KFP run compiled with the same
+    ``cluster`` settings (:meth:`ClusterSettings.to_dict`) as this one."""
+    settings = ClusterSettings.from_dict(cluster)
 
-    key = SUBMITTED_PREFIX + run_name(experiment, segment + 1)  # per chain: a changed spec has its own
-    if key in study.user_attrs:
-        return study.user_attrs[key]
-    fields = json.loads(cluster_settings)
-    cluster = ClusterSettings(
-        **{
-            **fields,
-            "image_pull_secrets": tuple(fields.get("image_pull_secrets", ())),
-            "gpu_tolerations": tuple(fields.get("gpu_tolerations", ())),
-        }
-    )
-    submission = submit_segment(experiment, segment=segment + 1, cluster=cluster)
-    study.set_user_attr(key, submission.run_id)
-    return submission.run_id
+    def submit_next(experiment: Experiment, segment: int) -> str:
+        return submit_segment(experiment, segment=segment, cluster=settings).run_id
+
+    return segments.finish_segment(experiment, segment=segment, submit_next=submit_next)
 
 
 def register_search_pipeline(
-    experiment: Experiment, *, name: str, version: str, cluster, host: str | None = None, namespace: str | None = None
-):
+    experiment: Experiment,
+    *,
+    name: str,
+    version: str,
+    cluster: ClusterSettings,
+    host: str | None = None,
+    namespace: str | None = None,
+) -> tuple[str, bool]:
     """Upload the pipeline compiled from ``experiment`` (its spec is the default parameter) as a version."""
     from kubetune.pipelines import compile_pipeline
 
@@ -119,8 +125,3 @@ def register_search_pipeline(
     with tempfile.TemporaryDirectory() as folder:
         package = compile_pipeline(experiment, Path(folder) / "pipeline.yaml", cluster)
         return gateway.register_pipeline(str(package), name=name, version=version)
-
-
-def settings_json(cluster) -> str:
-    """ClusterSettings as the JSON the pipeline carries to its next-segment step (no credentials in it)."""
-    return json.dumps(asdict(cluster), sort_keys=True)

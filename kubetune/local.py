@@ -1,31 +1,33 @@
 """Embedded mode: run the search pipeline through kfp.local, segment after segment, on a laptop.
 
-The runner is the local stand-in for the cluster's next-segment submission: it starts segment N+1
-when segment N's last step decided to go on. The study is the only state, so re-running resumes.
+The runner is embedded mode's "submit the next segment": the pipeline is built for :data:`EMBEDDED`,
+whose exit step ends the segment with :func:`finish_segment`, which hands the next segment to this
+runner; the runner starts it when the run returns. Steps hand the runner their failures the same way,
+as data (see :mod:`kubetune.steps`). The study is the only state, so re-running resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kubetune import settings
+from kubetune import segments, settings
 from kubetune.errors import UserError
 from kubetune.periodic import every
 from kubetune.segments import segments_finished, start_segment
 from kubetune.spec import Experiment
+from kubetune.steps import INBOX_ENV, tell_runner
 from kubetune.stepserver import serving
-from kubetune.study import best_trial, count_trials, decide, load_study, plan_slots, seconds_until_stale
+from kubetune.study import Decision, best_trial, count_trials, decide, load_study, plan_slots, seconds_until_stale
 
-__all__ = ["Progress", "StepFailed", "run_experiment"]
-
-USER_ERROR_LINE = re.compile(r"kubetune\.[\w.]+\.(?:SpecError|DataError|StudyError|TrackingError): (.*)")
+__all__ = ["Progress", "StepFailed", "finish_segment", "run_experiment"]
 
 
 class StepFailed(RuntimeError):
@@ -69,11 +71,33 @@ def _poll(study, experiment: Experiment, segment: int, report: Callable[[Progres
     return every(1.0, refresh, name="progress")
 
 
-def _run_segment(experiment: Experiment, segment: int, log_path: Path, *, verbose: bool) -> None:
-    from kubetune.pipelines import build_pipeline
+def finish_segment(experiment: Experiment, *, segment: int) -> Decision:
+    """The exit step of a segment that `kubetune run` runs: the runner, waiting for this run, starts the next."""
+    return segments.finish_segment(experiment, segment=segment, submit_next=_hand_to_runner)
 
-    pipeline = build_pipeline(experiment)
-    with contextlib.ExitStack() as stack:
+
+def _hand_to_runner(experiment: Experiment, segment: int) -> None:
+    tell_runner({"kind": "next", "segment": segment})
+
+
+@contextlib.contextmanager
+def _inbox(path: Path) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The file the steps of one segment run append their records to; yields its reader."""
+    path.write_text("")
+    os.environ[INBOX_ENV] = str(path)
+    try:
+        yield lambda: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    finally:
+        os.environ.pop(INBOX_ENV, None)
+
+
+def _run_segment(experiment: Experiment, segment: int, logs: Path, *, verbose: bool) -> int | None:
+    """Run one segment's pipeline; returns the segment its exit step handed on, None when the experiment stops."""
+    from kubetune.pipelines import EMBEDDED, build_pipeline
+
+    pipeline = build_pipeline(experiment, EMBEDDED)
+    log_path = logs / f"{experiment.name}-segment-{segment}.log"
+    with _inbox(logs / f"{experiment.name}-segment-{segment}.steps.jsonl") as handed, contextlib.ExitStack() as stack:
         if not verbose:
             log = stack.enter_context(log_path.open("w"))
             stack.enter_context(contextlib.redirect_stdout(log))
@@ -82,31 +106,24 @@ def _run_segment(experiment: Experiment, segment: int, log_path: Path, *, verbos
             pipeline(experiment_spec=experiment.to_json(), segment=segment)
         except RuntimeError as error:
             stack.close()
-            raise _explain(error, log_path, verbose) from None
+            raise _explain(error, handed(), "above" if verbose else f"in {log_path}") from None
+        following = [record["segment"] for record in handed() if record["kind"] == "next"]
+    return following[-1] if following else None
 
 
-def _explain(error: RuntimeError, log_path: Path, verbose: bool) -> Exception:
+def _explain(error: RuntimeError, handed: list[dict[str, Any]], where: str) -> Exception:
     """A user mistake found inside a step becomes a UserError; anything else names the step that failed
-    first, with its trial and the error it ended with where the log shows them, and points at the log."""
-    text = "" if verbose else log_path.read_text(errors="replace")
-    found = USER_ERROR_LINE.findall(text)
-    if found:
-        return UserError(found[-1])
-    where = "above" if verbose else f"in {log_path}"
-    # kfp.local logs each step as "Executing task '<name>'", its executor input, its output, then its status.
-    failed = [step for step in text.split("Executing task ")[1:] if re.search(r"finished with status \S*FAILURE", step)]
-    if not failed:
+    first, with its trial and the error it ended with where the step told us, and points at the log."""
+    failures = [record for record in handed if record["kind"] == "failure"]
+    mistakes = [record for record in failures if record["user_error"]]
+    if mistakes:
+        return UserError(mistakes[0]["message"])
+    if not failures:  # the step died before it could tell (killed, out of memory): kfp.local's own words
         return StepFailed(f"a pipeline step failed: {str(error).splitlines()[0][:300]}; see the step's log {where}")
-    name = re.match(r"\S*?'([\w-]+)'", failed[0])
-    trial = re.search(r'"trial_number": (\d+)', failed[0])
-    raised = re.findall(  # the last exception line, without the step server's wrapper
-        r"^\s*(?:kubetune\.steps\.StepFailed: )?(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Failed): .*)$",
-        failed[0],
-        re.MULTILINE,
-    )
-    what = f"step {name.group(1) if name else '?'!r}" + (f" of trial {trial.group(1)}" if trial else "")
-    why = f" with {raised[-1][:300]}" if raised else ""
-    return StepFailed(f"a pipeline step failed: {what} ended{why}; see the step's log {where}")
+    first = failures[0]
+    what = f"step {first['step']!r}" + ("" if first["trial"] is None else f" of trial {first['trial']}")
+    why = f"{first['type']}: {first['message']}".splitlines()[0][:300]
+    return StepFailed(f"a pipeline step failed: {what} ended with {why}; see the step's log {where}")
 
 
 def _wait_for_slots(study, experiment: Experiment, segment: int):
@@ -138,8 +155,9 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True
     )
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    with serving(home / "logs" / "step-server.log"):  # its imports overlap this process's first study work
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with serving(logs / "step-server.log"):  # its imports overlap this process's first study work
         start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
         study = load_study(experiment)
         segment = study.user_attrs.get("segment", 0)
@@ -152,11 +170,9 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
             report(_progress(study, experiment, segment))
             study = _wait_for_slots(study, experiment, segment)
             with _poll(study, experiment, segment, report):
-                _run_segment(
-                    experiment, segment, home / "logs" / f"{experiment.name}-segment-{segment}.log", verbose=verbose
-                )
+                following = _run_segment(experiment, segment, logs, verbose=verbose)
             study = load_study(experiment)
             report(_progress(study, experiment, segment))
-            if study.user_attrs.get("stop_reason"):
+            if following is None:
                 return study.user_attrs["stop_reason"]
-            segment += 1
+            segment = following

@@ -13,6 +13,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -25,6 +26,7 @@ __all__ = [
     "FINISHED_PREFIX",
     "LOST_LANE_REASON",
     "SUBMITTED_PREFIX",
+    "SubmitNext",
     "chain_finished",
     "chain_prefix",
     "close_lanes",
@@ -37,6 +39,10 @@ __all__ = [
 
 FINISHED_PREFIX = "finished:"  # + run name -> when the segment's last step ran
 SUBMITTED_PREFIX = "submitted:"  # + run name of the following segment -> its KFP run id
+# How the next segment starts, given its experiment and index: a KFP run in a cluster (kubetune.cluster),
+# the local runner in embedded mode (kubetune.local). Returns the id of what it started, which the study
+# records, or None when there is nothing to record (the local runner reads the hand-over once).
+SubmitNext = Callable[[Experiment, int], str | None]
 LOST_LANE_REASON = (
     "its lane ended without telling the study (the trial pod failed after its retries, or the evaluate step "
     "failed); the KFP run shows which step"
@@ -138,10 +144,11 @@ def segments_finished(study: optuna.Study) -> int:
     return sum(key.startswith(FINISHED_PREFIX) for key in study.user_attrs)
 
 
-def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: str = "") -> Decision:
+def finish_segment(experiment: Experiment, *, segment: int, submit_next: SubmitNext) -> Decision:
     """The segment's exit step, run even after a failed lane: close its lanes, register the best trial if
-    register-best did not run, record that ``segment`` ran, then submit the next one in a cluster or
-    attach the summary and plots to MLflow."""
+    register-best did not run, record that ``segment`` ran, decide, then start the next segment with
+    ``submit_next`` (once: what it started is recorded under ``submitted:<run name>``) or record why the
+    experiment stops and attach the summary and plots to MLflow."""
     study = load_study(experiment)
     close_lanes(study, experiment, segment=segment)
     _register_if_missed(experiment)
@@ -152,9 +159,7 @@ def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: st
         study.set_user_attr("segment", segment + 1)
     decision = decide(study, experiment, segments_finished=segments_finished(study))
     if decision.go_on:
-        from kubetune.cluster import continue_experiment
-
-        continue_experiment(experiment, study, segment=segment, cluster_settings=cluster_settings)
+        _start_next(study, experiment, segment + 1, submit_next)
     else:
         from kubetune import report, tracking
 
@@ -164,3 +169,13 @@ def finish_segment(experiment: Experiment, *, segment: int, cluster_settings: st
             plots = report.write_plots(study, experiment, folder)
             tracking.log_summary(study.user_attrs["mlflow_parent_run_id"], summary, plots)
     return decision
+
+
+def _start_next(study: optuna.Study, experiment: Experiment, segment: int, submit_next: SubmitNext) -> None:
+    """Per chain (a changed spec has its own key), so a re-run of the exit step never starts it twice."""
+    key = SUBMITTED_PREFIX + run_name(experiment, segment)
+    if key in study.user_attrs:
+        return
+    started = submit_next(experiment, segment)
+    if started is not None:
+        study.set_user_attr(key, started)

@@ -14,6 +14,7 @@ temporary folder (mode 0700), since requests carry the step's environment.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import socketserver
@@ -25,7 +26,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from kubetune.steps import SERVER_ENV, receive_message, run_here, send_message
+from kubetune.steps import SERVER_ENV, failure, receive_message, run_here, send_message
 
 __all__ = ["serving"]
 
@@ -49,7 +50,7 @@ PRELOAD = (
     "kubetune.train",
     "kubetune.nas",
     "kubetune.data",
-    "kubetune.cluster",
+    "kubetune.local",
     "kubetune.report",
     "optuna.visualization",
 )
@@ -66,16 +67,17 @@ class _Call(socketserver.BaseRequestHandler):
             return
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
-        sys.stdout.reconfigure(line_buffering=True)  # a step's log streams as it runs
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(line_buffering=True)  # a step's log streams as it runs
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
         try:
             reply = {"result": run_here(request["target"], request["experiment_spec"], request["kwargs"])}
-        except BaseException as error:  # noqa: BLE001 - the step fails with this message; the traceback goes to its log
+        except BaseException as error:  # noqa: BLE001 - the step fails with this failure; the traceback goes to its log
             traceback.print_exc()
-            reply = {"error": f"{type(error).__module__}.{type(error).__qualname__}: {error}"}
+            reply = {"error": failure(error)}
         sys.stdout.flush()
         sys.stderr.flush()
         send_message(connection, reply)
@@ -123,7 +125,7 @@ def serving(log_path: Path) -> Iterator[str]:
             [sys.executable, "-m", "kubetune.stepserver", path], stdout=subprocess.PIPE, stderr=log, text=True
         )
         try:
-            if process.stdout.readline().strip() != READY:
+            if process.stdout is None or process.stdout.readline().strip() != READY:
                 raise RuntimeError(f"the step server did not start; see {log_path}")
             os.environ[SERVER_ENV] = path
             yield path

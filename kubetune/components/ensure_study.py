@@ -5,4 +5,4 @@ def ensure_study(experiment_spec: str, segment: int) -> list[int]:
     """Returns the slot indices of this segment (empty when the budget is spent)."""
     from kubetune.steps import call
 
-    return call("segments.start_segment", experiment_spec, segment=int(segment))
+    return call("segments.start_segment", experiment_spec, step="ensure-study", segment=int(segment))

@@ -19,6 +19,7 @@ def evaluate_trial(
     outcome = call(
         "evaluate.evaluate_trial",
         experiment_spec,
+        step="evaluate-trial",
         number=int(trial_number),
         result=json.loads(train_result),
         predictions_path=predictions.path,

@@ -1,15 +1,14 @@
 """Component: decide whether the experiment goes on after this segment, and record why it stops."""
 
-from typing import NamedTuple
 
-
-def next_segment(experiment_spec: str, segment: int, cluster_settings: str) -> NamedTuple(
-    "Decision", go_on=bool, reason=str
-):
-    """The segment's exit step: runs even when a lane failed. In a cluster it submits the next run itself."""
-    from collections import namedtuple
+def next_segment(experiment_spec: str, segment: int, finish: str, finish_arguments: str) -> str:
+    """The segment's exit step: runs even when a lane failed. ``finish`` names the mode's end of a segment
+    (``cluster.finish_segment`` submits the next run, ``local.finish_segment`` hands it to the local runner),
+    fixed when the pipeline was compiled for that mode; ``finish_arguments`` are its settings as JSON.
+    Returns the decision as JSON: ``go_on`` and the ``reason``."""
+    import json
 
     from kubetune.steps import call
 
-    decision = call("segments.finish_segment", experiment_spec, segment=int(segment), cluster_settings=cluster_settings)
-    return namedtuple("Decision", ["go_on", "reason"])(decision["go_on"], decision["reason"])
+    decision = call(finish, experiment_spec, step="next-segment", segment=int(segment), **json.loads(finish_arguments))
+    return json.dumps(decision)

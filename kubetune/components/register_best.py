@@ -7,4 +7,4 @@ def register_best(experiment_spec: str) -> str:
 
     from kubetune.steps import call
 
-    return json.dumps(call("segments.register_new_best", experiment_spec))
+    return json.dumps(call("segments.register_new_best", experiment_spec, step="register-best"))

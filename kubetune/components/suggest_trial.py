@@ -5,4 +5,4 @@ def suggest_trial(experiment_spec: str, segment: int, slot: int) -> int:
     """Returns the number of the trial this lane will train."""
     from kubetune.steps import call
 
-    return call("search.suggest_trial", experiment_spec, segment=int(segment), slot=int(slot))
+    return call("search.suggest_trial", experiment_spec, step="suggest-trial", segment=int(segment), slot=int(slot))

@@ -16,6 +16,7 @@ def train_trial(experiment_spec: str, trial_number: int, dataset: Input[Dataset]
         result = call(
             "search.train_trial",
             experiment_spec,
+            step="train-trial",
             number=int(trial_number),
             split_path=dataset.path,
             model_path=str(Path(folder) / "model.pt"),

@@ -1,5 +1,7 @@
-"""KFP pipelines built from kubetune components: one search segment, and its compile entry point."""
+"""KFP pipelines built from kubetune components: one search segment, the targets it is built for, and its
+compile entry point."""
 
-from kubetune.pipelines.search import ClusterSettings, build_pipeline, compile_pipeline
+from kubetune.pipelines.search import build_pipeline, compile_pipeline
+from kubetune.pipelines.targets import EMBEDDED, InCluster, Target
 
-__all__ = ["ClusterSettings", "build_pipeline", "compile_pipeline"]
+__all__ = ["EMBEDDED", "InCluster", "Target", "build_pipeline", "compile_pipeline"]

@@ -1,11 +1,6 @@
 """The KFP API double in both modes, so every cluster test runs single-user and multi-user unchanged."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kfp_double import KfpApiDouble
 
 from kubetune import kfp_api as gateway

@@ -11,16 +11,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from repo_paths import DIGITS
 
 from kubetune.cli import cli
-from kubetune.cluster import settings_json
-from kubetune.pipelines import ClusterSettings
+from kubetune.cluster import finish_segment
+from kubetune.cluster_settings import ClusterSettings
 from kubetune.search import suggest_trial
-from kubetune.segments import LOST_LANE_REASON, finish_segment, run_name, start_segment
+from kubetune.segments import LOST_LANE_REASON, run_name, start_segment
 from kubetune.spec import parse_experiment
 from kubetune.study import load_study
 
-SETTINGS = settings_json(ClusterSettings(image="img:1"))
+SETTINGS = ClusterSettings(image="img:1").to_dict()
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def cluster_pod(kfp_api, tmp_path, monkeypatch):
 
 
 def _experiment(**budget):
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["budget"].update({"maxTrials": 100, "maxSegments": 100, **budget})
     return parse_experiment(data)
 
@@ -52,7 +53,7 @@ def _play(experiment, segments):
     decisions = []
     for segment in segments:
         start_segment(experiment, segment=segment)
-        decisions.append(finish_segment(experiment, segment=segment, cluster_settings=SETTINGS))
+        decisions.append(finish_segment(experiment, segment=segment, cluster=SETTINGS))
     return decisions
 
 
@@ -87,7 +88,7 @@ def test_a_lane_that_failed_for_good_fails_its_trial_and_the_search_goes_on(clus
     start_segment(experiment, segment=0)
     lost = suggest_trial(experiment, segment=0, slot=0)  # its train pod then fails after every retry
     other_chain = suggest_trial(_experiment(maxTrials=90), segment=0, slot=1)  # a changed spec's lane, still running
-    decision = finish_segment(experiment, segment=0, cluster_settings=SETTINGS)
+    decision = finish_segment(experiment, segment=0, cluster=SETTINGS)
     study = load_study(experiment)
     trial = study.trials[lost]
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == LOST_LANE_REASON
@@ -99,7 +100,7 @@ def test_a_lane_that_failed_for_good_fails_its_trial_and_the_search_goes_on(clus
 
 
 def test_a_reformatted_spec_keeps_its_chain():
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     reordered = copy.deepcopy({**data, "spec": dict(reversed(list(data["spec"].items())))})
     assert run_name(parse_experiment(data), 3) == run_name(parse_experiment(reordered), 3)
     reordered["spec"]["budget"]["maxTrials"] += 1

@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 from k8s_double import KubeApiDouble
 from kfp_double import LocalJsonServer
+from repo_paths import DIGITS
 
 from kubetune import doctor
 from kubetune import kfp_api as gateway
@@ -59,7 +60,7 @@ def cluster(kfp_api, isolated_pod, tmp_path, monkeypatch):
 
 @pytest.fixture
 def gpu_spec(tmp_path):
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["trial"]["resources"]["gpu"] = 2
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -13,13 +13,15 @@ import yaml
 from click.testing import CliRunner
 from kfp_double import UNAVAILABLE, KfpApiDouble, Refusal
 from kfp_server_api.exceptions import ApiException
+from repo_paths import DIGITS
 
 from kubetune import kfp_api as gateway
 from kubetune.cli import cli
-from kubetune.pipelines import ClusterSettings, compile_pipeline
+from kubetune.cluster_settings import ClusterSettings
+from kubetune.pipelines import compile_pipeline
 from kubetune.spec import load_experiment
 
-SUBMIT = ["submit", "examples/digits.yaml"]
+SUBMIT = ["submit", str(DIGITS)]
 
 
 def _request(double, method, path, body=None, *, token=None, content_type="application/json", query=""):
@@ -51,7 +53,7 @@ def _multipart(field, filename, content):
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
-    return compile_pipeline(load_experiment("examples/digits.yaml"), path, ClusterSettings())
+    return compile_pipeline(load_experiment(DIGITS), path, ClusterSettings())
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
+from repo_paths import DIGITS
 
 from kubetune.cli import cli
-from kubetune.cluster import continue_experiment, run_name
-from kubetune.pipelines import ClusterSettings
-from kubetune.segments import finish_segment, start_segment
+from kubetune.cluster import finish_segment, run_name
+from kubetune.cluster_settings import ClusterSettings
+from kubetune.segments import start_segment
 from kubetune.settings import redact
 from kubetune.spec import load_experiment, parse_experiment
 from kubetune.study import load_study
@@ -19,42 +20,50 @@ def _posted_runs(double):
     return [json.loads(body) for method, path, body in double.requests if (method, path) == ("POST", "/runs")]
 
 
+def _next_segment_inputs(run) -> dict:
+    """The constants the run's exit step is compiled with: the mode's finish_segment and its settings."""
+    parameters = run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]["next-segment"]["inputs"]["parameters"]
+    return {name: value["runtimeValue"]["constant"] for name, value in parameters.items() if "runtimeValue" in value}
+
+
 def test_submit_starts_one_run_and_the_same_spec_again_starts_nothing(kfp_api):
-    first = CliRunner().invoke(cli, ["submit", "examples/digits.yaml", "--host", kfp_api.host, "--image", "img:1"])
-    second = CliRunner().invoke(cli, ["submit", "examples/digits.yaml", "--host", kfp_api.host, "--image", "img:1"])
+    first = CliRunner().invoke(cli, ["submit", str(DIGITS), "--host", kfp_api.host, "--image", "img:1"])
+    second = CliRunner().invoke(cli, ["submit", str(DIGITS), "--host", kfp_api.host, "--image", "img:1"])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     assert "already submitted" in second.output
     (run,) = _posted_runs(kfp_api)
-    assert run["display_name"] == run_name(load_experiment("examples/digits.yaml"), 0)
+    assert run["display_name"] == run_name(load_experiment(DIGITS), 0)
     assert run["runtime_config"]["parameters"]["segment"] == 0
-    settings = json.loads(
-        run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]["cluster_settings"][
-            "defaultValue"
-        ]
-    )
+    assert set(run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]) == {
+        "experiment_spec",
+        "segment",
+    }, "the settings are fixed at compile time, not a run parameter"
+    finish = _next_segment_inputs(run)
+    assert finish["finish"] == "cluster.finish_segment"
+    settings = json.loads(finish["finish_arguments"])["cluster"]
     assert settings["image"] == "img:1" and settings["secret"] == "kubetune-credentials"
 
 
 def test_a_changed_spec_starts_a_new_run(kfp_api, tmp_path):
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["budget"]["maxTrials"] = 40
     changed = tmp_path / "digits.yaml"
     changed.write_text(yaml.safe_dump(data))
-    for path in ("examples/digits.yaml", str(changed)):
+    for path in (str(DIGITS), str(changed)):
         assert CliRunner().invoke(cli, ["submit", path, "--host", kfp_api.host]).exit_code == 0
     names = [run["display_name"] for run in _posted_runs(kfp_api)]
     assert len(names) == 2 and len(set(names)) == 2
 
 
 def test_unreachable_host_is_a_usage_error(tmp_path):
-    result = CliRunner().invoke(cli, ["submit", "examples/digits.yaml", "--host", "http://127.0.0.1:1"])
+    result = CliRunner().invoke(cli, ["submit", str(DIGITS), "--host", "http://127.0.0.1:1"])
     assert result.exit_code == 2
     assert "KFP API at http://127.0.0.1:1" in result.output and "Traceback" not in result.output
 
 
 def test_missing_host_says_how_to_set_it(monkeypatch):
     monkeypatch.delenv("KUBETUNE_KFP_HOST", raising=False)
-    result = CliRunner().invoke(cli, ["submit", "examples/digits.yaml"])
+    result = CliRunner().invoke(cli, ["submit", str(DIGITS)])
     assert result.exit_code == 2 and "KUBETUNE_KFP_HOST" in result.output
 
 
@@ -75,7 +84,7 @@ def study_home(tmp_path, monkeypatch):
 
 
 def _experiment(**budget):
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["budget"].update(budget)
     return parse_experiment(data)
 
@@ -84,48 +93,42 @@ def test_next_segment_submits_the_following_run_once_with_its_idempotency_key(kf
     monkeypatch.setenv("KUBETUNE_KFP_HOST", kfp_api.host)
     experiment = _experiment()
     start_segment(experiment, segment=0)
-    settings = json.dumps(
-        {
-            "image": "img:1",
-            "trainer_image": "img:gpu",
-            "secret": "s",
-            "config_map": "c",
-            "image_pull_secrets": [],
-            "shm_size": "1Gi",
-            "trial_timeout_seconds": 60,
-            "infrastructure_retries": 1,
-        }
-    )
-    first = finish_segment(experiment, segment=0, cluster_settings=settings)
-    again = finish_segment(experiment, segment=0, cluster_settings=settings)
+    settings = {
+        "image": "img:1",
+        "trainer_image": "img:gpu",
+        "secret": "s",
+        "config_map": "c",
+        "image_pull_secrets": [],
+        "shm_size": "1Gi",
+        "trial_timeout_seconds": 60,
+        "infrastructure_retries": 1,
+    }
+    first = finish_segment(experiment, segment=0, cluster=settings)
+    again = finish_segment(experiment, segment=0, cluster=settings)
     assert first.go_on and again.go_on
     (run,) = _posted_runs(kfp_api)
     assert run["runtime_config"]["parameters"]["segment"] == 1
     assert run["display_name"] == run_name(experiment, 1)
     (run_id,) = kfp_api.runs
     assert load_study(experiment).user_attrs[f"submitted:{run_name(experiment, 1)}"] == run_id
+    carried = json.loads(_next_segment_inputs(run)["finish_arguments"])["cluster"]
+    assert ClusterSettings.from_dict(carried) == ClusterSettings.from_dict(settings), "the chain keeps its settings"
 
 
 def test_a_stopped_experiment_submits_nothing_and_records_why(kfp_api, study_home, monkeypatch):
     monkeypatch.setenv("KUBETUNE_KFP_HOST", kfp_api.host)
     experiment = _experiment(maxSegments=1)
     start_segment(experiment, segment=0)
-    decision = finish_segment(experiment, segment=0, cluster_settings=json.dumps({"image": "img:1"}))
+    decision = finish_segment(experiment, segment=0, cluster={"image": "img:1"})
     assert not decision.go_on and "maxSegments" in decision.reason
     assert load_study(experiment).user_attrs["stop_reason"] == decision.reason
     assert _posted_runs(kfp_api) == []
 
 
-def test_embedded_mode_never_calls_the_api(study_home):
-    experiment = _experiment()
-    start_segment(experiment, segment=0)
-    assert continue_experiment(experiment, load_study(experiment), segment=0, cluster_settings="") is None
-
-
 def test_pipeline_carries_no_credentials(kfp_api, monkeypatch):
     monkeypatch.setenv("KUBETUNE_STORAGE", "postgresql+psycopg://kt:Pw-9f8e7d@db:5432/optuna")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Secret-abc123xyz")
-    assert CliRunner().invoke(cli, ["submit", "examples/digits.yaml", "--host", kfp_api.host]).exit_code == 0
+    assert CliRunner().invoke(cli, ["submit", str(DIGITS), "--host", kfp_api.host]).exit_code == 0
     sent = b"".join(body for _, _, body in kfp_api.requests)
     assert b"Pw-9f8e7d" not in sent and b"Secret-abc123xyz" not in sent
     assert "Pw-9f8e7d" not in redact("postgresql+psycopg://kt:Pw-9f8e7d@db:5432/optuna")

@@ -5,9 +5,11 @@ import json
 import pytest
 import yaml
 from kfp import compiler
+from repo_paths import DIGITS
 
+from kubetune.cluster_settings import ClusterSettings
 from kubetune.components import FUNCTIONS, build
-from kubetune.pipelines import ClusterSettings, compile_pipeline
+from kubetune.pipelines import EMBEDDED, InCluster, build_pipeline, compile_pipeline
 from kubetune.spec import load_experiment, parse_experiment
 
 IMAGE = "registry.example/kubetune/runtime:test"
@@ -29,7 +31,7 @@ def test_component_compiles_without_installing_kfp(tmp_path, name):
 
 @pytest.fixture
 def gpu_experiment():
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["trial"].update(
         resources={"cpu": "4", "memory": "16Gi", "gpu": 2, "gpuType": "nvidia.com/gpu"},
         nodeSelector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
@@ -112,7 +114,7 @@ def test_only_data_retrieval_is_cached_and_lanes_run_in_parallel(compiled, gpu_e
     ],
 )
 def test_data_retrieval_is_cached_only_when_its_source_cannot_change(tmp_path, data, cached):
-    spec = yaml.safe_load(open("examples/digits.yaml"))
+    spec = yaml.safe_load(DIGITS.read_text())
     spec["spec"]["data"].update(data)
     pipeline, _ = _documents(
         compile_pipeline(parse_experiment(spec), tmp_path / "p.yaml", ClusterSettings(image=IMAGE))
@@ -168,7 +170,7 @@ def test_every_step_but_the_trial_has_cpu_and_memory_requests_and_limits(compile
 def test_step_resources_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_STEP_MEMORY", "3Gi")
     monkeypatch.setenv("KUBETUNE_STEP_CPU", "100m")
-    experiment = load_experiment("examples/digits.yaml")
+    experiment = load_experiment(DIGITS)
     pipeline, _ = _documents(compile_pipeline(experiment, tmp_path / "p.yaml", ClusterSettings(image=IMAGE)))
     resources = _executor(pipeline, "next-segment")["resources"]
     assert resources["resourceMemoryLimit"] == "3Gi" and resources["resourceCpuRequest"] == "100m"
@@ -220,7 +222,7 @@ def test_retry_for_infrastructure_failures_on_the_trainer(compiled):
 
 
 def test_cpu_only_experiment_trains_on_the_runtime_image(tmp_path):
-    experiment = load_experiment("examples/digits.yaml")
+    experiment = load_experiment(DIGITS)
     path = compile_pipeline(experiment, tmp_path / "p.yaml", ClusterSettings(image=IMAGE))
     pipeline, _ = _documents(path)
     train = _executor(pipeline, "train-trial")
@@ -248,7 +250,7 @@ def test_cli_reads_cluster_settings_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_IMAGE", "env/runtime:1")
     monkeypatch.setenv("KUBETUNE_GPU_NODE_SELECTOR", '{"pool": "gpu"}')
     monkeypatch.setenv("KUBETUNE_IMAGE_PULL_SECRETS", "regcred other")
-    data = yaml.safe_load(open("examples/digits.yaml"))
+    data = yaml.safe_load(DIGITS.read_text())
     data["spec"]["trial"]["resources"]["gpu"] = 1
     spec = tmp_path / "gpu.yaml"
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -267,5 +269,18 @@ def test_cli_rejects_a_malformed_json_setting(monkeypatch):
     from kubetune.cli import cli
 
     monkeypatch.setenv("KUBETUNE_GPU_TOLERATIONS", "[not json")
-    result = CliRunner().invoke(cli, ["compile", "examples/digits.yaml", "-o", "/dev/null"])
+    result = CliRunner().invoke(cli, ["compile", str(DIGITS), "-o", "/dev/null"])
     assert result.exit_code == 2 and "must be JSON" in result.output
+
+
+def test_the_target_the_pipeline_is_built_for_names_how_the_next_segment_starts(tmp_path):
+    """Embedded and cluster differ where the pipeline is built: the exit step's end, and Kubernetes settings."""
+    experiment = load_experiment(DIGITS)
+    built = {}
+    for name, target in (("embedded", EMBEDDED), ("cluster", InCluster(ClusterSettings(image=IMAGE)))):
+        path = tmp_path / f"{name}.yaml"
+        compiler.Compiler().compile(build_pipeline(experiment, target), str(path))
+        documents = _documents(path)
+        finish = documents[0]["root"]["dag"]["tasks"]["next-segment"]["inputs"]["parameters"]
+        built[name] = (finish["finish"]["runtimeValue"]["constant"], len(documents))
+    assert built == {"embedded": ("local.finish_segment", 1), "cluster": ("cluster.finish_segment", 2)}

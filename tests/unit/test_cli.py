@@ -5,6 +5,7 @@ import sys
 
 import yaml
 from click.testing import CliRunner
+from repo_paths import DIGITS
 
 from kubetune.cli import cli
 
@@ -16,7 +17,7 @@ def _write(tmp_path, data, name="exp.yaml"):
 
 
 def _digits():
-    return yaml.safe_load(open("examples/digits.yaml"))
+    return yaml.safe_load(DIGITS.read_text())
 
 
 def test_bad_spec_exits_2_naming_the_field_without_traceback(tmp_path):
@@ -35,7 +36,7 @@ def test_missing_file_exits_2(tmp_path):
 
 
 def test_validate_prints_the_spec_with_defaults(tmp_path):
-    result = CliRunner().invoke(cli, ["validate", "examples/digits.yaml"])
+    result = CliRunner().invoke(cli, ["validate", str(DIGITS)])
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["spec"]["trial"]["heartbeatSeconds"] == 30
@@ -44,7 +45,7 @@ def test_validate_prints_the_spec_with_defaults(tmp_path):
 
 def test_compile_writes_the_pipeline(tmp_path):
     out = tmp_path / "digits.yaml"
-    result = CliRunner().invoke(cli, ["compile", "examples/digits.yaml", "-o", str(out), "--image", "img:1"])
+    result = CliRunner().invoke(cli, ["compile", str(DIGITS), "-o", str(out), "--image", "img:1"])
     assert result.exit_code == 0, result.output
     documents = list(yaml.safe_load_all(out.read_text()))
     assert documents[0]["pipelineInfo"]["name"] == "kubetune-digits-cnn"
@@ -55,7 +56,7 @@ def test_unreachable_database_exits_2_without_the_password(tmp_path, monkeypatch
     monkeypatch.setenv("KUBETUNE_STORAGE", "postgresql+psycopg://kt:S3cretPassw0rd@127.0.0.1:1/optuna")
     monkeypatch.setenv("KUBETUNE_HOME", str(tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", "examples/digits.yaml"],
+        [sys.executable, "-m", "kubetune.cli", "run", str(DIGITS)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,7 +14,7 @@ from kubetune.data import load_split, save_split
 from kubetune.search import suggest_trial
 from kubetune.segments import start_segment
 from kubetune.spec import parse_experiment
-from kubetune.steps import SERVER_ENV, StepFailed, call
+from kubetune.steps import INBOX_ENV, SERVER_ENV, StepFailed, call
 from kubetune.stepserver import serving
 from kubetune.study import get_trial, load_study
 
@@ -45,14 +45,14 @@ def _server_pid(path: str) -> int:
 def test_without_a_server_the_body_runs_in_the_step_process(minimal_spec, monkeypatch):
     monkeypatch.delenv(SERVER_ENV, raising=False)
     monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", "3")
-    assert call("search.train_threads", _spec(minimal_spec)) == 3
+    assert call("search.train_threads", _spec(minimal_spec), step="train-trial") == 3
 
 
 def test_the_server_runs_the_body_with_the_callers_environment(minimal_spec, server, monkeypatch):
     monkeypatch.setenv(SERVER_ENV, server)
     for threads in ("2", "5"):
         monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", threads)
-        assert call("search.train_threads", _spec(minimal_spec)) == int(threads)
+        assert call("search.train_threads", _spec(minimal_spec), step="train-trial") == int(threads)
 
 
 @pytest.mark.parametrize("through_server", [False, True], ids=["in-process", "server"])
@@ -67,7 +67,7 @@ def test_a_dataclass_result_crosses_as_a_dict_wherever_it_ran(
     start_segment(parse_experiment(json.loads(spec)), segment=0)
     if through_server:
         monkeypatch.setenv(SERVER_ENV, server)
-    decision = call("segments.finish_segment", spec, segment=0)
+    decision = call("local.finish_segment", spec, step="next-segment", segment=0)
     assert decision == {"go_on": True, "reason": decision["reason"]} and isinstance(decision["reason"], str)
 
 
@@ -76,14 +76,74 @@ def test_a_failing_body_fails_the_step_and_leaves_its_traceback_in_the_steps_log
 ):
     monkeypatch.setenv(SERVER_ENV, server)
     with pytest.raises(StepFailed, match=r"AttributeError: .*no_such_function"):
-        call("search.no_such_function", _spec(minimal_spec))
+        call("search.no_such_function", _spec(minimal_spec), step="train-trial")
     assert "Traceback" in capfd.readouterr().err  # written by the fork to this process's own stderr
+
+
+def _through(server, monkeypatch) -> None:
+    """The step hands its body to ``server``, or runs it itself when there is none."""
+    if server:
+        monkeypatch.setenv(SERVER_ENV, server)
+    else:
+        monkeypatch.delenv(SERVER_ENV, raising=False)
+
+
+def _handed(inbox) -> list[dict]:
+    return [json.loads(line) for line in inbox.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("through_server", [False, True], ids=["in-process", "server"])
+def test_a_failure_reaches_the_runner_as_data_with_its_step_and_trial(
+    minimal_spec, server, tmp_path, monkeypatch, through_server
+):
+    inbox = tmp_path / "inbox.jsonl"
+    monkeypatch.setenv(INBOX_ENV, str(inbox))
+    _through(server if through_server else None, monkeypatch)
+    with pytest.raises(StepFailed if through_server else AttributeError, match="no_such_function"):
+        call("search.no_such_function", _spec(minimal_spec), step="train-trial", number=7)
+    assert _handed(inbox) == [
+        {
+            "kind": "failure",
+            "step": "train-trial",
+            "trial": 7,
+            "type": "AttributeError",
+            "user_error": False,
+            "message": "module 'kubetune.search' has no attribute 'no_such_function'",
+        }
+    ]
+
+
+@pytest.mark.parametrize("through_server", [False, True], ids=["in-process", "server"])
+def test_a_user_mistake_inside_a_step_is_marked_as_one(minimal_spec, server, tmp_path, monkeypatch, through_server):
+    inbox = tmp_path / "inbox.jsonl"
+    monkeypatch.setenv(INBOX_ENV, str(inbox))
+    _through(server if through_server else None, monkeypatch)
+    minimal_spec["spec"]["data"] = {"source": f"file://{tmp_path}/nowhere.npz"}
+    with pytest.raises(Exception, match="does not exist"):
+        call("data.retrieve", json.dumps(minimal_spec), step="retrieve-data", path=str(tmp_path / "split.npz"))
+    (record,) = _handed(inbox)
+    assert record["user_error"] and record["type"] == "DataError" and record["step"] == "retrieve-data"
+    assert record["trial"] is None and "nowhere.npz does not exist" in record["message"]
+
+
+def test_without_a_runner_a_failing_step_writes_nowhere_and_still_fails(minimal_spec, tmp_path, monkeypatch):
+    """In a cluster no runner waits: the step fails as before, and nothing is written."""
+    monkeypatch.delenv(INBOX_ENV, raising=False)
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KUBETUNE_TRAIN_THREADS", "not-a-number")
+    with pytest.raises(ValueError, match="not-a-number"):
+        call("search.train_threads", _spec(minimal_spec), step="train-trial")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_server_that_is_gone_fails_the_step_with_where_to_look(minimal_spec, tmp_path, monkeypatch):
     monkeypatch.setenv(SERVER_ENV, str(tmp_path / "gone.sock"))
+    monkeypatch.setenv(INBOX_ENV, str(tmp_path / "inbox.jsonl"))
     with pytest.raises(StepFailed, match=r"gone\.sock is not answering .*step-server\.log"):
-        call("search.train_threads", _spec(minimal_spec))
+        call("search.train_threads", _spec(minimal_spec), step="train-trial")
+    (record,) = _handed(tmp_path / "inbox.jsonl")
+    assert record["type"] == "StepFailed" and not record["user_error"] and "gone.sock" in record["message"]
 
 
 def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tmp_path, monkeypatch):
@@ -108,7 +168,7 @@ def test_a_killed_step_stops_its_training_in_the_server(minimal_spec, server, tm
             sys.executable,
             "-c",
             "import sys, json; from kubetune.steps import call; "
-            "call('search.train_trial', sys.argv[1], **json.loads(sys.argv[2]))",
+            "call('search.train_trial', sys.argv[1], step='train-trial', **json.loads(sys.argv[2]))",
             spec,
             json.dumps(arguments),
         ],
