@@ -159,7 +159,7 @@ def test_the_search_ran_and_the_mistakes_failed_as_user_errors(searched):
         assert results[case].stderr.startswith("Error: ") and "Traceback" not in results[case].stderr
     assert "***@127.0.0.1" in results["unreachable-db"].stderr
     assert 'database "absent" does not exist' in results["wrong-database"].stderr
-    assert "MLflow at http://127.0.0.1:" in results["mlflow-password"].stderr
+    assert "MLflow at http://***@127.0.0.1:" in results["mlflow-password"].stderr  # user and password masked
     assert "refused the credentials" in results["wrong-s3-secret"].stderr
 
 
