@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kubetune import settings
+from kubetune.redaction import redact_url
 from kubetune.spec import Experiment
 from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
 
@@ -88,7 +89,7 @@ def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
         if known is not None:
             print(
                 f"kubetune: the MLflow run {known} of experiment {experiment.name!r} is gone from "
-                f"{tracking.redact_uri(settings.tracking_uri())}; trials from now on are logged to a new run "
+                f"{redact_url(settings.tracking_uri())}; trials from now on are logged to a new run "
                 f"{parent} (the study keeps every earlier trial)",
                 file=sys.stderr,
             )

@@ -10,8 +10,8 @@ from repo_paths import DIGITS
 from kubetune.cli import cli
 from kubetune.cluster import finish_segment, run_name
 from kubetune.cluster_settings import ClusterSettings
+from kubetune.redaction import redact_url
 from kubetune.segments import start_segment
-from kubetune.settings import redact
 from kubetune.spec import load_experiment, parse_experiment
 from kubetune.study import load_study
 
@@ -131,5 +131,5 @@ def test_pipeline_carries_no_credentials(kfp_api, monkeypatch):
     assert CliRunner().invoke(cli, ["submit", str(DIGITS), "--host", kfp_api.host]).exit_code == 0
     sent = b"".join(body for _, _, body in kfp_api.requests)
     assert b"Pw-9f8e7d" not in sent and b"Secret-abc123xyz" not in sent
-    assert "Pw-9f8e7d" not in redact("postgresql+psycopg://kt:Pw-9f8e7d@db:5432/optuna")
+    assert "Pw-9f8e7d" not in redact_url("postgresql+psycopg://kt:Pw-9f8e7d@db:5432/optuna")
     assert ClusterSettings().secret == "kubetune-credentials"
