@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubetune.redaction import redact_url
-
 __all__ = [
     "artifact_root",
     "embedded_environment",
@@ -48,9 +46,6 @@ def artifact_root() -> str | None:
     if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://", "databricks")):
         return None
     return (home() / "mlartifacts").as_uri()
-
-
-redact = redact_url  # for callers not yet moved to kubetune.redaction (study, doctor, tests/cluster); then removed
 
 
 def embedded_environment() -> dict[str, str]:

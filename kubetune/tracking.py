@@ -153,9 +153,6 @@ def _probe(uri: str) -> None:
         ) from None
 
 
-redact_uri = redact_url  # for kubetune/segments.py until it imports kubetune.redaction; then removed
-
-
 def _scrub(text: str) -> str:
     """``text`` without the values of secret variables nor the secrets in the storage and tracking URIs."""
     secrets = [os.environ.get(name, "") for name in SECRET_VARIABLES]
