@@ -21,7 +21,9 @@ from kubetune.errors import UserError
 from kubetune.kfp_api import KfpGateway, Submission
 from kubetune.segments import chain_finished, run_name, segments_finished
 from kubetune.spec import Experiment
-from kubetune.study import Decision, StudyError, decide, load_study
+from kubetune.stop_rules import Decision, decide
+from kubetune.storage import StudyError
+from kubetune.study import load_study
 
 __all__ = ["finish_segment", "register_search_pipeline", "resume_experiment", "run_name", "submit_segment"]
 

@@ -25,7 +25,8 @@ from kubetune.segments import segments_finished, start_segment
 from kubetune.spec import Experiment
 from kubetune.steps import INBOX_ENV, tell_runner
 from kubetune.stepserver import serving
-from kubetune.study import Decision, best_trial, count_trials, decide, load_study, plan_slots, seconds_until_stale
+from kubetune.stop_rules import Decision, count_trials, decide, plan_slots
+from kubetune.study import best_trial, load_study, seconds_until_stale
 
 __all__ = ["Progress", "StepFailed", "finish_segment", "run_experiment"]
 

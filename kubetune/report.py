@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from kubetune import settings
 from kubetune.redaction import redact_url
 from kubetune.spec import Experiment
-from kubetune.study import best_trial, count_trials, name_metrics
+from kubetune.stop_rules import count_trials
+from kubetune.study import best_trial, name_metrics
 
 __all__ = ["summarize", "where_to_look", "write_plots"]
 

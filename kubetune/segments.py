@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from kubetune import settings
 from kubetune.redaction import redact_url
 from kubetune.spec import Experiment
-from kubetune.study import Decision, best_trial, decide, ensure_study, live_trial, load_study, plan_slots, tell_once
+from kubetune.stop_rules import Decision, decide, plan_slots
+from kubetune.study import best_trial, ensure_study, live_trial, load_study, tell_once
 
 __all__ = [
     "FINISHED_PREFIX",

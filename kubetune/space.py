@@ -18,13 +18,10 @@ from kubetune.spec import (
     ExperimentSpec,
     IntParam,
     Range,
-    grid_points,
-    grid_space,
     sampling_order,
 )
 
-# grid_points and grid_space live in the spec, which bounds a grid's size; re-exported for the study.
-__all__ = ["grid_points", "grid_space", "sample", "trainer_hyperparameters"]
+__all__ = ["sample", "trainer_hyperparameters"]
 
 
 def _enabled(param: Any, chosen: dict[str, Any]) -> bool:

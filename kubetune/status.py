@@ -11,7 +11,9 @@ from kubetune import registry, settings
 from kubetune.redaction import redact_url
 from kubetune.segments import LOST_LANE_REASON, SUBMITTED_PREFIX
 from kubetune.spec import parse_experiment
-from kubetune.study import StudyError, best_trial, count_trials
+from kubetune.stop_rules import count_trials
+from kubetune.storage import StudyError
+from kubetune.study import best_trial
 
 __all__ = ["experiment_status", "print_status"]
 

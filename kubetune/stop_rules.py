@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kubetune.space import grid_points
-from kubetune.spec import Budget, Experiment
+from kubetune.spec import Budget, Experiment, grid_points
 
 __all__ = [
     "FIRST_STOP_RULE",

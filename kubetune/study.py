@@ -223,12 +223,3 @@ def seconds_until_stale(study: optuna.Study) -> float | None:
 def lane_seed(segment: int, slot: int) -> int:
     """A distinct, reproducible sampler seed offset for each lane of each segment."""
     return int(hashlib.sha256(f"{segment}:{slot}".encode()).hexdigest()[:8], 16)
-
-
-# Temporary: re-exported until segments, local, cluster, console, report, registry, status and
-# tests/unit/test_space.py import these (and StudyError, make_sampler) from kubetune.stop_rules,
-# kubetune.storage and kubetune.samplers; then this block goes.
-from kubetune.stop_rules import Decision as Decision  # noqa: E402
-from kubetune.stop_rules import count_trials as count_trials  # noqa: E402
-from kubetune.stop_rules import decide as decide  # noqa: E402
-from kubetune.stop_rules import plan_slots as plan_slots  # noqa: E402

@@ -130,7 +130,7 @@ def test_a_killed_trainer_is_failed_after_the_grace_period_and_retried(folder, s
     rerun = get_trial(study, retry.number)
     assert rerun.state == TrialState.COMPLETE and rerun.params == killed.params
     assert rerun.system_attrs["retry_history"] == [number]
-    assert not finish_segment(experiment, segment=1).go_on
+    assert not finish_segment(experiment, segment=1, submit_next=lambda experiment, segment: None).go_on
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +362,9 @@ def test_diverged_and_out_of_memory_trials_fail_alone(folder, monkeypatch):
     monkeypatch.setattr(train, "_train_epoch", out_of_memory)
     oom = one_lane(experiment, folder, slot=1)
     monkeypatch.setattr(train, "_train_epoch", real_epoch)
-    assert finish_segment(experiment, segment=0).go_on, "two failures do not end the experiment"
+    assert finish_segment(experiment, segment=0, submit_next=lambda experiment, segment: None).go_on, (
+        "two failures do not end the experiment"
+    )
     rest = [one_lane(experiment, folder, slot=slot, segment=1) for slot in range(2)]
 
     study = load_study(experiment)

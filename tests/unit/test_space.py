@@ -12,9 +12,10 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
 from kubetune.hyperparameters import HYPERPARAMETERS
+from kubetune.samplers import make_sampler
 from kubetune.space import sample, trainer_hyperparameters
 from kubetune.spec import grid_points, grid_space, parse_experiment
-from kubetune.study import make_sampler, tell_once
+from kubetune.study import tell_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
