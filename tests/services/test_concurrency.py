@@ -16,9 +16,9 @@ import numpy as np
 import optuna
 import pytest
 from lanes import SPAWN, run_lanes, small_experiment
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from kubetune import tracking
 from kubetune.data import load_split, save_split
 from kubetune.segments import start_segment
 from kubetune.spec import parse_experiment
@@ -53,7 +53,7 @@ def test_concurrent_lanes_share_one_study_without_losing_or_overspending(lane_fo
     assert budget <= counts.consumed <= budget + LANES - 1
     assert len({t.user_attrs["slot"] for t in trials}) > 1, "the lanes really ran side by side"
 
-    client = MlflowClient()
+    client = tracking.client()  # the tracking server the lanes logged to
     mlflow_experiment = client.get_experiment_by_name(experiment.name)
     runs = client.search_runs([mlflow_experiment.experiment_id], "tags.`kubetune.role` = 'trial'")
     assert sorted(int(r.data.tags["kubetune.trial"]) for r in runs) == numbers, "one MLflow run per trial"

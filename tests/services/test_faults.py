@@ -37,9 +37,9 @@ from lanes import (
     small_document,
     small_experiment,
 )
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from kubetune import tracking
 from kubetune.data import load_split, save_split
 from kubetune.segments import finish_segment, start_segment
 from kubetune.spec import Experiment, parse_experiment
@@ -374,7 +374,7 @@ def test_diverged_and_out_of_memory_trials_fail_alone(folder, monkeypatch):
     assert [r["state"] for r in rest] == ["COMPLETE", "COMPLETE"]
     counts = count_trials(study)
     assert (counts.complete, counts.failed, counts.consumed) == (2, 2, 4)
-    client = MlflowClient()
+    client = tracking.client()
     failed_runs = [client.get_run(get_trial(study, r["number"]).user_attrs["mlflow_run_id"]) for r in (diverged, oom)]
     assert [run.data.tags["kubetune.state"] for run in failed_runs] == ["FAIL", "FAIL"]
     assert [run.info.status for run in failed_runs] == ["FAILED", "FAILED"]
