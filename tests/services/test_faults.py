@@ -37,6 +37,7 @@ from lanes import (
     small_document,
     small_experiment,
 )
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from kubetune import tracking
