@@ -33,7 +33,9 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, spec.budget.parallel_trials * 2))
-    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"no sampler is built for strategy.sampler.name {name!r}")  # the spec admitted a name we lack
 
 
 def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:

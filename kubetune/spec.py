@@ -51,7 +51,7 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
-SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc")
+SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
@@ -346,6 +346,10 @@ def largest_network(space: ArchitectureSpace) -> int:
 class SamplerSpec(_Model):
     name: str = "tpe"
     seed: int | None = Field(default=0, ge=0, le=MAX_SEED)
+    # Regularized evolution (sampler evolution): the last ``population`` finished trials are the
+    # population, a tournament of ``tournament`` of them picks the parent.
+    population: int = Field(default=20, ge=2, le=10_000)
+    tournament: int = Field(default=5, ge=2, le=10_000)
 
     @field_validator("name")
     @classmethod
@@ -373,6 +377,28 @@ class PrunerSpec(_Model):
 class Strategy(_Model):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
+    # A mutated child starts from its parent's trained weights (sampler evolution only).
+    inherit_weights: bool = False
+
+    @model_validator(mode="after")
+    def _evolution_settings(self) -> Strategy:
+        sampler = self.sampler
+        given = [f for f in ("population", "tournament") if getattr(sampler, f) != SamplerSpec.model_fields[f].default]
+        if sampler.name != "evolution" and given:
+            raise _FieldError(
+                f"sampler.{given[0]}", f"applies to sampler evolution only but sampler is {sampler.name!r}"
+            )
+        if sampler.tournament > sampler.population:
+            raise _FieldError(
+                "sampler.tournament",
+                f"must not exceed sampler.population ({sampler.population}) but got {sampler.tournament}",
+            )
+        if self.inherit_weights and sampler.name != "evolution":
+            raise _FieldError(
+                "inheritWeights",
+                f"needs sampler evolution (a child inherits its parent's weights) but sampler is {sampler.name!r}",
+            )
+        return self
 
 
 class Budget(_Model):
@@ -530,6 +556,10 @@ class ExperimentSpec(_Model):
             )
         if sampler == "grid":
             _check_finite(self)
+        if self.strategy.inherit_weights and self.architecture is None:
+            raise _FieldError(
+                "strategy.inheritWeights", "needs an architecture space: only a trained network has weights to inherit"
+            )
         return self
 
 

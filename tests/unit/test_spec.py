@@ -438,6 +438,27 @@ REJECTED = [
     ("sampler-seed-negative", {"spec.strategy.sampler.seed": -1}, ["spec.strategy.sampler.seed", "-1"]),
     ("sampler-seed-huge", {"spec.strategy.sampler.seed": 2**32}, ["spec.strategy.sampler.seed", "4294967295"]),
     (
+        "population-without-evolution",
+        {"spec.strategy.sampler.population": 10},
+        ["spec.strategy.sampler.population", "evolution only", "'tpe'"],
+    ),
+    (
+        "tournament-over-population",
+        {"spec.strategy.sampler": {"name": "evolution", "population": 4, "tournament": 5}},
+        ["spec.strategy.sampler.tournament", "population (4)", "5"],
+    ),
+    ("population-tiny", {"spec.strategy.sampler": {"name": "evolution", "population": 1}}, ["population", "2"]),
+    (
+        "inherit-weights-without-evolution",
+        {"spec.strategy.inheritWeights": True},
+        ["spec.strategy.inheritWeights", "sampler evolution", "'tpe'"],
+    ),
+    (
+        "inherit-weights-without-architecture",
+        {"spec.strategy": {"sampler": {"name": "evolution"}, "inheritWeights": True}, "spec.architecture": DELETE},
+        ["spec.strategy.inheritWeights", "architecture space"],
+    ),
+    (
         "pruner-unknown",
         {"spec.strategy.pruner.name": "percentile"},
         ["spec.strategy.pruner.name", "hyperband", "'percentile'"],
@@ -582,6 +603,11 @@ def test_rule_rejects_with_field_path_and_value(digits_spec, changes, expected):
 
 
 ACCEPTED = [
+    (
+        "evolution-with-inheritance",
+        {"spec.strategy": {"sampler": {"name": "evolution", "population": 8, "tournament": 8}, "inheritWeights": True}},
+    ),
+    ("rl-sampler", {"spec.strategy.sampler.name": "rl"}),
     ("builtin-mnist1d", {"spec.data.source": "builtin:mnist1d"}),
     ("file-source", {"spec.data.source": "file:///data/train.npz"}),
     ("s3-source", {"spec.data.source": "s3://bucket/data.csv"}),
