@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune.architecture import BLOCK_FIELDS
 
-__all__ = ["architecture_points", "parameter_points", "steps"]
+__all__ = ["architecture_points", "cell_points", "parameter_points", "steps"]
 
 
 def steps(low: float, high: float, step: float) -> list[float]:
@@ -53,3 +53,9 @@ def architecture_points(block_counts: Sequence[int], block_values: Mapping[str, 
         others * (len(block_values["kernelSize"]) if kind == "conv" else 1) for kind in block_values["kind"]
     )
     return sum(per_block**blocks for blocks in block_counts)
+
+
+def cell_points(cell_counts: int, widths: int, operations: int, edges: int) -> int:
+    """Distinct cell architectures: every edge picks an operation on its own; the count of stacked cells
+    and the width multiply them (``reductions`` is fixed by the space)."""
+    return cell_counts * widths * operations**edges

@@ -1,6 +1,7 @@
 """Turn a sampled architecture (plain JSON) into a ``torch.nn.Module``.
 
-An architecture is a list of blocks, each ``{"kind": "conv"|"mlp", "width", "kernelSize",
+A cell architecture (``"type": "cell"``) is built by :mod:`kubetune.cell_model`; any other is a macro
+architecture: a list of blocks, each ``{"kind": "conv"|"mlp", "width", "kernelSize",
 "activation", "norm", "dropout", "skip"}``. The input shape decides what a conv block is: a
 ``Conv2d`` for ``(C, H, W)`` images, a ``Conv1d`` for ``(C, L)`` sequences, and for ``(F,)``
 tabular inputs a conv block is built as an MLP block (its ``kernelSize`` is ignored), so one search
@@ -17,12 +18,14 @@ Example:
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 from torch import nn
 
-from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, BLOCK_FIELDS, KINDS, MAX_FLAT_FEATURES, NORMS
+from kubetune import cell_model
+from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, BLOCK_FIELDS, KINDS, NORMS
+from kubetune.layers import BATCH_NORM, CONV, ArchitectureError, flatten, positive_int
 
 __all__ = [
     "ArchitectureError",
@@ -31,29 +34,24 @@ __all__ = [
     "default_architecture",
 ]
 
-CONV = {2: nn.Conv1d, 3: nn.Conv2d}
-BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d}
-POOL = {2: nn.AdaptiveAvgPool1d, 3: nn.AdaptiveAvgPool2d}
-
-
-class ArchitectureError(ValueError):
-    """An architecture that cannot be built; the message names ``blocks[i].field`` and the value."""
-
 
 def build_model(architecture: dict, *, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> nn.Module:
     """Build the network for ``architecture``, initialised from ``seed`` without touching the global RNG.
 
     Args:
-        architecture: ``{"blocks": [...]}``; missing block fields take
-            :data:`kubetune.architecture.BLOCK_DEFAULTS`.
+        architecture: ``{"blocks": [...]}``, whose missing block fields take
+            :data:`kubetune.architecture.BLOCK_DEFAULTS`, or a cell architecture ``{"type": "cell", ...}``.
         input_shape: per-sample shape, ``(C, H, W)``, ``(C, L)`` or ``(F,)``.
         num_classes: outputs of the final linear layer.
         seed: seeds the weight initialisation, so the same call builds the same weights.
 
     Raises:
-        ArchitectureError: a block is invalid, or the shapes are.
+        ArchitectureError: a block or cell field is invalid, or the shapes are.
     """
-    blocks = _validate(architecture)
+    if isinstance(architecture, dict) and architecture.get("type") == "cell":
+        make = functools.partial(cell_model.build, cell_model.validate(architecture))
+    else:
+        make = functools.partial(_build_blocks, _validate(architecture))
     input_shape = tuple(input_shape)
     if not 1 <= len(input_shape) <= 3 or any(not isinstance(d, int) or d < 1 for d in input_shape):
         raise ArchitectureError(f"input_shape must be (C, H, W), (C, L) or (F,) of positive ints but got {input_shape}")
@@ -61,20 +59,24 @@ def build_model(architecture: dict, *, input_shape: tuple[int, ...], num_classes
         raise ArchitectureError(f"num_classes must be an integer of at least 2 but got {num_classes!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layers: list[nn.Module] = []
-        shape = input_shape
-        for block in blocks:
-            spatial = block["kind"] == "conv" and len(shape) > 1
-            if not spatial and len(shape) > 1:
-                flatten, shape = _flatten(shape)
-                layers.append(flatten)
-            layers.append(_Block(block, shape))
-            shape = (block["width"], *shape[1:])
-        if len(shape) > 1:
-            flatten, shape = _flatten(shape)
-            layers.append(flatten)
-        layers.append(nn.Linear(shape[0], num_classes))
-        return nn.Sequential(*layers)
+        return make(input_shape=input_shape, num_classes=num_classes)
+
+
+def _build_blocks(blocks: list[dict], *, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    shape = input_shape
+    for block in blocks:
+        spatial = block["kind"] == "conv" and len(shape) > 1
+        if not spatial and len(shape) > 1:
+            flat, shape = flatten(shape)
+            layers.append(flat)
+        layers.append(_Block(block, shape))
+        shape = (block["width"], *shape[1:])
+    if len(shape) > 1:
+        flat, shape = flatten(shape)
+        layers.append(flat)
+    layers.append(nn.Linear(shape[0], num_classes))
+    return nn.Sequential(*layers)
 
 
 def default_architecture(input_shape: tuple[int, ...]) -> dict:
@@ -130,16 +132,6 @@ def _norm(norm: str, rank: int, width: int) -> nn.Module:
     return nn.LayerNorm(width) if rank == 1 else nn.GroupNorm(1, width)
 
 
-def _flatten(shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int]]:
-    """Flatten a (C, *spatial) map, average-pooling the spatial axes first if it is too large."""
-    channels, spatial = shape[0], shape[1:]
-    if channels * math.prod(spatial) <= MAX_FLAT_FEATURES:
-        return nn.Flatten(), (channels * math.prod(spatial),)
-    scale = (MAX_FLAT_FEATURES / (channels * math.prod(spatial))) ** (1 / len(spatial))
-    target = tuple(max(1, int(size * scale)) for size in spatial)
-    return nn.Sequential(POOL[len(shape)](target), nn.Flatten()), (channels * math.prod(target),)
-
-
 def _validate(architecture: dict) -> list[dict]:
     """Returns the blocks with defaults filled in; raises ArchitectureError naming ``blocks[i].field``."""
     if not isinstance(architecture, dict) or not isinstance(architecture.get("blocks"), list):
@@ -165,7 +157,7 @@ def _validate_block(index: int, block: dict) -> dict:
         raise ArchitectureError(f"{where}.kind must be one of {list(KINDS)} but got {block['kind']!r}")
     fields = ("width", "kernelSize") if block["kind"] == "conv" else ("width",)
     for name in fields:
-        block[name] = _positive_int(f"{where}.{name}", block[name])
+        block[name] = positive_int(f"{where}.{name}", block[name])
     if block["activation"] not in ACTIVATIONS:
         raise ArchitectureError(
             f"{where}.activation must be one of {list(ACTIVATIONS)} but got {block['activation']!r}"
@@ -178,15 +170,3 @@ def _validate_block(index: int, block: dict) -> dict:
     if not isinstance(block["skip"], bool):
         raise ArchitectureError(f"{where}.skip must be true or false but got {block['skip']!r}")
     return block
-
-
-def _positive_int(name: str, value) -> int:
-    """Integers, also as integral floats (KFP hands collected ints over as floats)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not value.is_integer())
-        or value < 1
-    ):
-        raise ArchitectureError(f"{name} must be a positive integer but got {value!r}")
-    return int(value)

@@ -1,7 +1,10 @@
 """The search space: turns the spec's parameters and architecture space into Optuna suggestions.
 
-Architecture dimensions are named ``arch.blocks`` and ``arch.b<i>.<field>``; a block's
+Macro architecture dimensions are named ``arch.blocks`` and ``arch.b<i>.<field>``; a block's
 ``kernelSize`` is suggested only when the block is a conv block, so TPE sees it as conditional.
+A cell space has ``arch.cells``, ``arch.width`` and one categorical ``arch.cell.n<j>.in<i>`` per edge
+(node j's operation on input i, 0 being the cell's input), none conditional, so every sampler works on it.
+A dimension with one value is a constant, not an Optuna parameter.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from kubetune.hyperparameters import HYPERPARAMETERS
 from kubetune.spec import (
     ArchitectureSpace,
     CategoricalParam,
+    CellSpace,
     Choice,
     ExperimentSpec,
     IntParam,
@@ -44,11 +48,30 @@ def _suggest_dimension(trial: optuna.Trial, name: str, dimension: Choice | Range
     return trial.suggest_categorical(name, dimension.choices)
 
 
-def _sample_architecture(trial: optuna.Trial, space: ArchitectureSpace) -> dict:
-    if space.blocks.low == space.blocks.high:
-        count = space.blocks.low
-    else:
-        count = trial.suggest_int("arch.blocks", space.blocks.low, space.blocks.high)
+def _suggest_count(trial: optuna.Trial, name: str, low: int, high: int) -> int:
+    return low if low == high else trial.suggest_int(name, low, high)
+
+
+def _sample_cell(trial: optuna.Trial, space: CellSpace) -> dict:
+    """``{"type": "cell", "nodes", "edges", "cells", "width", "reductions"}``; ``edges[j - 1][i]`` is node j's
+    operation on input i."""
+    edges: list[list[str]] = [[] for _ in range(space.nodes)]
+    for node, source in space.edges:
+        edges[node - 1].append(_suggest_dimension(trial, f"arch.cell.n{node}.in{source}", space.operations))
+    return {
+        "type": "cell",
+        "nodes": space.nodes,
+        "edges": edges,
+        "cells": _suggest_count(trial, "arch.cells", space.cells.low, space.cells.high),
+        "width": _suggest_dimension(trial, "arch.width", space.width),
+        "reductions": space.reductions,
+    }
+
+
+def _sample_architecture(trial: optuna.Trial, space: ArchitectureSpace | CellSpace) -> dict:
+    if isinstance(space, CellSpace):
+        return _sample_cell(trial, space)
+    count = _suggest_count(trial, "arch.blocks", space.blocks.low, space.blocks.high)
     dimensions = space.block.dimensions()
     blocks = []
     for index in range(count):

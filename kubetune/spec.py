@@ -14,11 +14,31 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from kubetune import grid
-from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, KINDS, MAX_FLAT_FEATURES, NORMS
+from kubetune.architecture import (
+    ACTIVATIONS,
+    ARCHITECTURE_TYPES,
+    BLOCK_DEFAULTS,
+    CELL_DEFAULT_OPERATIONS,
+    CELL_OPERATIONS,
+    KINDS,
+    MAX_CELL_NODES,
+    MAX_FLAT_FEATURES,
+    NORMS,
+    cell_edges,
+)
 from kubetune.errors import UserError
 from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, MAX_BATCH_SIZE, OPTIMIZERS
 from kubetune.redaction import has_credentials, redact_url
@@ -324,14 +344,84 @@ class ArchitectureSpace(_Model):
         return self
 
 
-def largest_network(space: ArchitectureSpace) -> int:
+class CellSpace(_Model):
+    """A DAG cell searched edge by edge, stacked ``cells`` times (see :mod:`kubetune.cell_model`).
+
+    ``nodes`` intermediate nodes, node j summing one operation of ``operations`` on each earlier state
+    (the cell's input and nodes 1 to j-1); ``reductions`` of the stacked cells halve the spatial size and
+    double the width first, so the widest cell has ``width * 2**reductions`` channels (flat inputs have
+    no spatial size and ignore it).
+    """
+
+    type: Literal["cell"]
+    nodes: int = Field(default=4, ge=1, le=MAX_CELL_NODES)
+    operations: Choice = Choice(choices=list(CELL_DEFAULT_OPERATIONS))
+    cells: IntRange = IntRange(low=1, high=3)
+    width: Choice = Choice(choices=[16, 32])
+    reductions: int = Field(default=1, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _allowed(self) -> CellSpace:
+        for field in ("operations", "width"):
+            choices = getattr(self, field).choices
+            if len(set(choices)) != len(choices):
+                raise _FieldError(field, f"choices must be unique but got {choices}")
+        bad = [c for c in self.operations.choices if c not in CELL_OPERATIONS]
+        if bad:
+            raise _FieldError("operations", f"choices must be among {list(CELL_OPERATIONS)} but got {bad}")
+        bad = [
+            c for c in self.width.choices if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_WIDTH
+        ]
+        if bad:
+            raise _FieldError("width", f"choices must be integers from 1 to {MAX_WIDTH} but got {bad}")
+        if self.reductions > self.cells.low:
+            raise _FieldError(
+                "reductions",
+                f"must not exceed cells.low ({self.cells.low}): each reduction is a cell of its own, in every "
+                f"network of the space; but got {self.reductions}",
+            )
+        parameters = largest_network(self)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"the largest network this space allows has about {parameters:,} parameters "
+                f"({self.cells.high} cells of {self.nodes} nodes, width {max(self.width.choices)} doubled "
+                f"{self.reductions} times), more than the {MAX_PARAMETERS:,} a trial may have; lower width, "
+                "nodes, cells.high or reductions"
+            )
+        return self
+
+    @property
+    def edges(self) -> list[tuple[int, int]]:
+        """``(node, input)`` of every edge, in sampling order (:func:`kubetune.architecture.cell_edges`)."""
+        return cell_edges(self.nodes)
+
+
+def _architecture_type(value: Any) -> str:
+    """The discriminator: ``type``, which a macro space may leave out."""
+    return value.get("type", "macro") if isinstance(value, dict) else getattr(value, "type", "macro")
+
+
+Architecture = Annotated[
+    Annotated[ArchitectureSpace, Tag("macro")] | Annotated[CellSpace, Tag("cell")],
+    Discriminator(_architecture_type),
+]
+
+
+def largest_network(space: ArchitectureSpace | CellSpace) -> int:
     """An upper bound on the parameters of a network of ``space``, but for what depends on the data.
 
-    A block has width x (fan-in + 3) parameters at most: weights, bias and norm (a conv block counted
+    A cell edge has at most width x (9 x width + 3) parameters (a 3 x 3 convolution and its batch norm),
+    every cell counted at the widest width and with a width x (width + 3) input projection. A block has width x (fan-in + 3) parameters at most: weights, bias and norm (a conv block counted
     as 2-D, k x k; an MLP block after a conv block takes at most MAX_FLAT_FEATURES inputs), and at most
     as many again for a skip projection. The first block's inputs and the head depend on the data's
     shape and classes, unknown here.
     """
+    if isinstance(space, CellSpace):
+        widest = max(int(c) for c in space.width.choices) * 2**space.reductions
+        operations = set(space.operations.choices)
+        square = 9 if "conv3" in operations else 1 if operations & {"conv1", "linear"} else 0
+        per_edge = widest * (square * widest + 3) if square else 0
+        return space.cells.high * (len(space.edges) * per_edge + widest * (widest + 3))
     block = space.block
     width = max(int(c) for c in block.width.choices)  # validated integers
     fan_ins = []
@@ -485,7 +575,7 @@ class ExperimentSpec(_Model):
     data: DataSpec
     objective: list[Objective] = Field(min_length=1)
     parameters: dict[str, Parameter] = {}
-    architecture: ArchitectureSpace | None = None
+    architecture: Architecture | None = None
     strategy: Strategy = Strategy()
     budget: Budget = Budget()
     trial: TrialSpec = TrialSpec()
@@ -503,6 +593,15 @@ class ExperimentSpec(_Model):
         metrics = [o.metric for o in value]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"metrics must be unique but got {metrics}")
+        return value
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _known_type(cls, value: Any) -> Any:
+        """Named here: the union would report an unknown type at ``architecture`` without the rule."""
+        kind = _architecture_type(value)
+        if isinstance(value, dict) and kind not in ARCHITECTURE_TYPES:
+            raise _FieldError("type", f"must be {' or '.join(map(repr, ARCHITECTURE_TYPES))} but got {kind!r}")
         return value
 
     @field_validator("parameters")
@@ -619,7 +718,7 @@ def _check_finite(spec: ExperimentSpec) -> None:
                 f"parameters.{name}", "sampler grid needs a finite space: give it a step or make it categorical"
             )
     if (
-        spec.architecture
+        isinstance(spec.architecture, ArchitectureSpace)
         and isinstance(spec.architecture.block.dropout, Range)
         and spec.architecture.block.dropout.step is None
     ):
@@ -634,11 +733,17 @@ def _check_finite(spec: ExperimentSpec) -> None:
 
 
 def grid_space(spec: ExperimentSpec) -> dict[str, list]:
-    """The values each dimension can take: every parameter by name, ``arch.blocks`` and each block field
-    once, as ``arch.block.<field>``. Not the grid's points: those depend on the values chosen (see grid_points)."""
+    """The values each dimension can take: every parameter by name; for a macro space ``arch.blocks`` and
+    each block field once, as ``arch.block.<field>``; for a cell space ``arch.cells``, ``arch.width`` and
+    ``arch.cell.operations`` (every edge's). Not the grid's points: those depend on the values chosen (see
+    grid_points)."""
     values = {name: param.grid_values() for name, param in spec.parameters.items()}
     space = spec.architecture
-    if space is not None:
+    if isinstance(space, CellSpace):
+        values["arch.cells"] = list(range(space.cells.low, space.cells.high + 1))
+        values["arch.width"] = space.width.grid_values()
+        values["arch.cell.operations"] = space.operations.grid_values()
+    elif space is not None:
         values["arch.blocks"] = list(range(space.blocks.low, space.blocks.high + 1))
         values.update({f"arch.block.{field}": d.grid_values() for field, d in space.block.dimensions().items()})
     return values
@@ -649,7 +754,14 @@ def grid_points(spec: ExperimentSpec) -> int:
     values = grid_space(spec)
     conditions = {name: param.when or {} for name, param in spec.parameters.items()}
     points = grid.parameter_points(values, conditions, sampling_order(spec.parameters))
-    if spec.architecture is not None:
+    if isinstance(spec.architecture, CellSpace):
+        points *= grid.cell_points(
+            len(values["arch.cells"]),
+            len(values["arch.width"]),
+            len(values["arch.cell.operations"]),
+            len(spec.architecture.edges),
+        )
+    elif spec.architecture is not None:
         fields = spec.architecture.block.dimensions()
         points *= grid.architecture_points(
             values["arch.blocks"], {field: values[f"arch.block.{field}"] for field in fields}
@@ -690,7 +802,7 @@ class Experiment(_Model):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-UNION_TAGS = {"float", "int", "categorical", "str", "bool"}
+UNION_TAGS = {"float", "int", "categorical", "str", "bool", *ARCHITECTURE_TYPES}
 
 
 def _location(loc: tuple, document: Any, root: str = "") -> str:
