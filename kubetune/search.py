@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune import space
 from kubetune.segments import run_name
 from kubetune.spec import Experiment
 from kubetune.stop_rules import stop_before_trial
-from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study
+from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, set_trial_attrs
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+    from torch import nn
 
 __all__ = ["NO_TRIAL", "suggest_trial", "train_threads", "train_trial"]
 
@@ -44,6 +49,11 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     trial.set_user_attr("segment", segment)
     trial.set_user_attr("run", run_name(experiment, segment))  # the segment's end fails it if its lane dies
     trial.set_user_attr("slot", slot)
+    # A sampler that mutates a parent (evolution) names it, so the train step can inherit its weights.
+    parent_of = getattr(study.sampler, "parent_of", None)
+    parent = parent_of(trial.number) if callable(parent_of) else None
+    if parent is not None:
+        trial.set_user_attr("parent_trial", int(parent))
     return trial.number
 
 
@@ -89,6 +99,8 @@ def train_trial(
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
     seed = (experiment.spec.strategy.sampler.seed or 0) + number
     model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed)
+    if experiment.spec.strategy.inherit_weights and frozen.user_attrs.get("parent_trial") is not None:
+        set_trial_attrs(study, number, _inherit(study, model, number, frozen.user_attrs["parent_trial"]))
     metric = experiment.spec.objectives[0].metric
     prunable = not experiment.spec.is_multi_objective and metric in EPOCH_METRICS
     live = live_trial(study, number)
@@ -133,3 +145,45 @@ def train_trial(
         "started_at": started_at,
         "ended_at": ended_at,
     }
+
+
+def _inherit(study: optuna.Study, model: nn.Module, number: int, parent: int) -> dict:
+    """Copy trial ``parent``'s stored weights into ``model``; the trial attributes that say whether it did.
+
+    Never raises: a child whose parent left no weights (pruned, failed, or a lost MLflow store) trains
+    from its own initialisation, and ``inheritance.reason`` says why.
+    """
+    from kubetune import tracking
+    from kubetune.inheritance import inherit_weights
+
+    try:
+        state = _parent_weights(study, parent)
+    except (tracking.MissingWeights, tracking.TrackingError) as error:
+        print(f"kubetune: trial {number} trains from scratch: {error}")
+        return {"inherited": False, "inheritance": {"parent": parent, "reason": str(error)}}
+    summary = inherit_weights(state, model).as_dict()
+    print(f"kubetune: trial {number} inherits from trial {parent}: {summary}")
+    return {"inherited": True, "inheritance": {"parent": parent, **summary}}
+
+
+def _parent_weights(study: optuna.Study, parent: int) -> dict[str, torch.Tensor]:
+    """Trial ``parent``'s trained state dict, read from MLflow; MissingWeights when it has none."""
+    import pickle
+    import tempfile
+
+    import torch
+    from optuna.trial import TrialState
+
+    from kubetune import tracking
+
+    state = get_trial(study, parent).state
+    if state != TrialState.COMPLETE:
+        raise tracking.MissingWeights(f"parent trial {parent} is {state.name}: only a completed trial keeps weights")
+    with tempfile.TemporaryDirectory() as folder:
+        path = tracking.download_trial_weights(study.user_attrs["mlflow_parent_run_id"], parent, folder)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as error:
+            raise tracking.MissingWeights(
+                f"the stored weights of trial {parent} cannot be read ({type(error).__name__}: {error})"
+            ) from None

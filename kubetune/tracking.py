@@ -36,8 +36,10 @@ from kubetune.redaction import redact_url, scrub, url_secrets
 from kubetune.spec import Experiment
 
 __all__ = [
+    "MissingWeights",
     "TrackingError",
     "client",
+    "download_trial_weights",
     "ensure_parent_run",
     "flatten_architecture",
     "log_summary",
@@ -45,6 +47,7 @@ __all__ = [
     "retry_policy",
     "run_exists",
     "summary_tag",
+    "trial_weights_path",
     "with_retries",
 ]
 
@@ -86,6 +89,10 @@ T = TypeVar("T")
 
 class TrackingError(UserError, RuntimeError):
     """MLflow could not be reached or refused a write; the message names the tracking URI."""
+
+
+class MissingWeights(LookupError):
+    """A trial's weights are not in the store: it never completed, or the store lost the experiment's run."""
 
 
 def retry_policy() -> tuple[int, float]:
@@ -443,6 +450,36 @@ def log_trial_weights(parent_run_id: str, number: int, source: str) -> str:
 
     with_retries(upload, what=f"uploading the weights of trial {number}")
     return path
+
+
+def download_trial_weights(parent_run_id: str, number: int, folder: str) -> str:
+    """Download the weights :func:`log_trial_weights` uploaded for trial ``number`` into ``folder``; their path.
+
+    Raises MissingWeights (never retried: waiting brings nothing back) when the experiment's run or the
+    file is not there, and TrackingError when the store does not answer within the retry policy.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mlflow_client = client()
+    path = trial_weights_path(number)
+    run = with_retries(lambda: _existing_run(mlflow_client, parent_run_id), what=f"looking up run {parent_run_id}")
+    if run is None:
+        raise MissingWeights(f"the experiment's MLflow run {parent_run_id} is gone (its store was deleted or replaced)")
+    # The run's own artifact repository, as the registry reads them: client.download_artifacts turns every
+    # failure, an artifact store that is down included, into "does not exist".
+    repository = get_artifact_repository(run.info.artifact_uri, mlflow_client.tracking_uri)
+
+    def download() -> str | None:
+        if path not in {entry.path for entry in repository.list_artifacts(path.rsplit("/", 1)[0])}:
+            return None
+        return repository.download_artifacts(path, folder)
+
+    found = with_retries(download, what=f"downloading the weights of trial {number}")
+    if found is None:
+        raise MissingWeights(
+            f"trial {number} has no stored weights ({path} is not among the experiment run's artifacts)"
+        )
+    return found
 
 
 def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> None:

@@ -4,19 +4,23 @@ import json
 import math
 
 import numpy as np
+import optuna
 import pytest
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
 
+from kubetune import study as study_module
+from kubetune import tracking, train
 from kubetune.data import load_split, save_split
 from kubetune.evaluate import evaluate_trial
 from kubetune.registry import champion, register_best
 from kubetune.search import suggest_trial, train_trial
 from kubetune.segments import finish_segment, register_new_best, start_segment
 from kubetune.spec import parse_experiment
-from kubetune.study import get_trial, load_study
+from kubetune.study import get_trial, load_study, set_trial_attrs
 from kubetune.tracking import describe, log_summary
 
 
@@ -173,10 +177,6 @@ def test_training_a_finished_trial_is_skipped(home):
 
 
 def test_a_trial_out_of_gpu_memory_touches_the_device_no_more(home, monkeypatch):
-    import torch
-
-    from kubetune import train
-
     moves = []
 
     def out_of_memory(values, device):  # the device boundary: every tensor the trainer puts on the device
@@ -337,3 +337,87 @@ def test_a_local_mlflow_store_error_says_how_to_recover_not_to_start_a_server(ho
     message = describe(MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST))
     assert "server is up" not in message and "run the experiment again" in message
     assert f"sqlite:///{home / 'mlflow.db'}" in message
+
+
+class _ParentNaming(optuna.samplers.RandomSampler):
+    """Stands in for the evolution sampler: every trial after the first is a child of trial 0."""
+
+    def parent_of(self, number: int) -> int | None:
+        return 0 if number else None
+
+
+@pytest.fixture
+def inheriting(home, monkeypatch):
+    """An experiment with evolution and inherited weights, its study sampled by a sampler that names parents."""
+    monkeypatch.setattr(study_module, "make_sampler", lambda experiment, seed_offset=0: _ParentNaming(seed=seed_offset))
+    experiment = _experiment("inherit", sampler={"name": "evolution", "seed": 1}, inheritWeights=True)
+    start_segment(experiment, segment=0)
+    return experiment
+
+
+def _initial_weights(monkeypatch) -> dict:
+    """Capture each trained model's weights as training starts, keyed by call order."""
+    seen: dict[int, dict] = {}
+    real = train.train_model
+
+    def spy(model, split, **kwargs):
+        seen[len(seen)] = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        return real(model, split, **kwargs)
+
+    monkeypatch.setattr(train, "train_model", spy)
+    return seen
+
+
+def test_the_suggest_step_records_the_parent_the_sampler_mutated(inheriting):
+    first = suggest_trial(inheriting, segment=0, slot=0)
+    second = suggest_trial(inheriting, segment=0, slot=1)
+    study = load_study(inheriting)
+    assert "parent_trial" not in get_trial(study, first).user_attrs
+    assert get_trial(study, second).user_attrs["parent_trial"] == first == 0
+
+
+def test_a_child_starts_from_its_parents_trained_weights(inheriting, home, monkeypatch):
+    parent, result = _lane(inheriting, home)
+    paths = {"predictions_path": str(home / "p0.npz"), "split_path": str(home / "split.npz")}
+    evaluate_trial(inheriting, number=parent, result=result, **paths)
+    trained = torch.load(home / "m0.pt", weights_only=True)["state_dict"]
+    child = suggest_trial(inheriting, segment=0, slot=1)
+    study = load_study(inheriting)
+    # The same architecture as the parent, so every tensor is inherited whole.
+    set_trial_attrs(study, child, {"architecture": get_trial(study, parent).user_attrs["architecture"]})
+    initial = _initial_weights(monkeypatch)
+    train_trial(
+        inheriting,
+        number=child,
+        split_path=str(home / "split.npz"),
+        model_path=str(home / "m1.pt"),
+        predictions_path=str(home / "p1.npz"),
+    )
+    for name, tensor in trained.items():
+        assert torch.equal(initial[0][name], tensor), name
+    attrs = get_trial(load_study(inheriting), child).user_attrs
+    assert attrs["inherited"] is True
+    assert attrs["inheritance"] == {"parent": 0, "copied": len(trained), "sliced": 0, "skipped": 0}
+
+
+@pytest.mark.parametrize(
+    ("parent_state", "reason"),
+    [
+        (TrialState.PRUNED, "parent trial 0 is PRUNED"),
+        (TrialState.COMPLETE, "trial 0 has no stored weights"),  # a store that lost them, or never got them
+    ],
+)
+def test_a_child_whose_parent_left_no_weights_trains_from_scratch(inheriting, home, parent_state, reason):
+    study = load_study(inheriting)
+    values = {"value": 0.5} if parent_state == TrialState.COMPLETE else {"intermediate_values": {1: 0.5}}
+    study.add_trial(create_trial(state=parent_state, **values))
+    number, result = _lane(inheriting, home)
+    assert result["status"] == "complete"
+    attrs = get_trial(load_study(inheriting), number).user_attrs
+    assert attrs["parent_trial"] == 0 and attrs["inherited"] is False
+    assert attrs["inheritance"]["reason"].startswith(reason)
+
+
+def test_the_weights_under_a_lost_experiment_run_are_reported_missing(inheriting, home):
+    with pytest.raises(tracking.MissingWeights, match="is gone"):
+        tracking.download_trial_weights("0" * 32, 0, str(home))
