@@ -5,6 +5,8 @@ from __future__ import annotations
 import optuna
 
 from kubetune import optuna_messages
+from kubetune.evolution import RegularizedEvolutionSampler
+from kubetune.reinforce import ReinforceSampler
 from kubetune.spec import Experiment
 from kubetune.tpe import TPESampler
 
@@ -35,6 +37,11 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, spec.budget.parallel_trials * 2))
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "evolution":
+        sampler = spec.strategy.sampler
+        return RegularizedEvolutionSampler(population=sampler.population, tournament=sampler.tournament, seed=seed)
+    if name == "rl":
+        return ReinforceSampler(seed=seed)
     raise ValueError(f"no sampler is built for strategy.sampler.name {name!r}")  # the spec admitted a name we lack
 
 
