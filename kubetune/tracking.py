@@ -367,9 +367,11 @@ def log_trial(
     metrics: dict[str, float],
     started_at: int | None = None,
     ended_at: int | None = None,
+    inheritance: dict | None = None,
 ) -> str:
     """Log one trial as a child run (params, per-epoch metrics, final metrics) once; its weights were
-    uploaded by the train step (:func:`log_trial_weights`).
+    uploaded by the train step (:func:`log_trial_weights`). ``inheritance`` (the trial's attribute of
+    that name: its parent, and the copy summary or why nothing was copied) becomes the run's tags.
 
     The run spans the trial's training (``started_at`` to ``ended_at``, wall-clock ms) and each epoch's
     metrics carry the time that epoch ended, so MLflow shows real durations and curves over time. Its
@@ -397,6 +399,7 @@ def log_trial(
                 TAG_ROLE: "trial",
                 "kubetune.state": state,
                 "mlflow.parentRunId": parent_run_id,
+                **_inheritance_tags(inheritance),
             },
         )
         run_id = run.info.run_id
@@ -412,6 +415,11 @@ def log_trial(
         return run_id
 
     return with_retries(log, what=f"logging trial {number}")
+
+
+def _inheritance_tags(inheritance: dict | None) -> dict[str, str]:
+    """``kubetune.inheritance.parent``, ``.copied``, ... (or ``.reason``): what a child took from its parent."""
+    return {f"kubetune.inheritance.{key}": str(value)[:SUMMARY_TAG_LIMIT] for key, value in (inheritance or {}).items()}
 
 
 def _metric_entities(history: list[dict], final: dict[str, float]) -> list:

@@ -421,3 +421,21 @@ def test_a_child_whose_parent_left_no_weights_trains_from_scratch(inheriting, ho
 def test_the_weights_under_a_lost_experiment_run_are_reported_missing(inheriting, home):
     with pytest.raises(tracking.MissingWeights, match="is gone"):
         tracking.download_trial_weights("0" * 32, 0, str(home))
+
+
+def test_a_childs_run_is_tagged_with_what_it_inherited(inheriting, home):
+    parent_run_id = load_study(inheriting).user_attrs["mlflow_parent_run_id"]
+    run_id = tracking.log_trial(
+        inheriting,
+        parent_run_id,
+        number=5,
+        state="COMPLETE",
+        hyperparameters={},
+        architecture=None,
+        history=[],
+        metrics={},
+        inheritance={"parent": 2, "reason": "parent trial 2 is PRUNED"},
+    )
+    tags = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").get_run(run_id).data.tags
+    assert tags["kubetune.inheritance.parent"] == "2"
+    assert tags["kubetune.inheritance.reason"] == "parent trial 2 is PRUNED"
