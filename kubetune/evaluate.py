@@ -2,11 +2,15 @@
 
 The MLflow child run is written before the tell, and its id is stored on the trial, so a step killed
 between the two is repaired by running it again: the run is found by its tags, the tell happens once.
+The run also gets the architecture's diagram (an image) and its canonical code (tag
+``kubetune.architecture``); both are overwritten, not added, when a step runs again.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 from optuna.trial import TrialState
 
@@ -14,8 +18,9 @@ from kubetune import tracking
 from kubetune.spec import Experiment
 from kubetune.study import get_trial, load_study, set_trial_attrs, tell_once
 
-__all__ = ["evaluate_trial"]
+__all__ = ["evaluate_trial", "log_architecture"]
 
+TAG_ARCHITECTURE = "kubetune.architecture"  # the trial run's tag holding the architecture's canonical code
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
 
@@ -33,6 +38,21 @@ def _held_out_metrics(predictions_path: str, split_path: str, result: dict) -> d
             if name in scores:
                 metrics.update({f"{name}_{k}": v for k, v in classification_metrics(scores[name], labels).items()})
     return metrics
+
+
+def log_architecture(run_id: str, architecture: dict, *, number: int) -> None:
+    """Attach the diagram and the code of ``architecture`` to trial ``number``'s MLflow run."""
+    from kubetune import diagram, encoding
+
+    mlflow_client = tracking.client()
+    with tempfile.TemporaryDirectory() as folder:
+        path = diagram.draw(architecture, Path(folder) / diagram.FILE_NAME)
+
+        def log() -> None:
+            mlflow_client.log_artifact(run_id, str(path))
+            mlflow_client.set_tag(run_id, TAG_ARCHITECTURE, encoding.encode(architecture))
+
+        tracking.with_retries(log, what=f"logging the architecture diagram of trial {number}")
 
 
 def evaluate_trial(
@@ -70,6 +90,9 @@ def evaluate_trial(
         started_at=result.get("started_at"),
         ended_at=result.get("ended_at"),
     )
+    architecture = frozen.user_attrs.get("architecture")
+    if architecture:
+        log_architecture(run_id, architecture, number=number)
     # Stored before the tell: a finished trial's attributes are frozen.
     outcome = {"mlflow_run_id": run_id, "metrics": metrics, "train_seconds": float(result.get("train_seconds", 0.0))}
     set_trial_attrs(study, number, outcome | ({"reason": result["reason"]} if result.get("reason") else {}))

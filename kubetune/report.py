@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from kubetune import settings
+from kubetune import encoding, settings
 from kubetune.redaction import redact_url
 from kubetune.spec import Experiment
 from kubetune.stop_rules import count_trials
@@ -46,7 +46,10 @@ def summarize(study: optuna.Study, experiment: Experiment) -> dict:
         summary["best_trial"] = best.number
         summary.update({f"best_{metric}": value for metric, value in zip(metrics, best.values, strict=True)})
         summary["best_hyperparameters"] = best.user_attrs.get("hyperparameters", {})
-        summary["best_architecture"] = best.user_attrs.get("architecture")
+        architecture = best.user_attrs.get("architecture")
+        summary["best_architecture"] = architecture
+        if architecture:
+            summary["best_architecture_code"] = encoding.encode(architecture)
     if experiment.spec.is_multi_objective:
         summary["pareto_front"] = [t.number for t in study.best_trials]
     return summary
@@ -131,11 +134,12 @@ def _plot_makers(study: optuna.Study, experiment: Experiment) -> dict:
 
 def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Path) -> dict[str, str]:
     """HTML plots: history, parameter importances, parallel coordinates of the most important parameters,
-    and the Pareto front if any. Each loads plotly.js from its CDN rather than embedding megabytes of it."""
+    and the Pareto front if any. Each loads plotly.js from its CDN rather than embedding megabytes of it.
+    With an architecture space, also the champion's architecture diagram, ``champion_architecture.png``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name_metrics(study, experiment)
-    written = {}
+    written = _champion_diagram(study, experiment, directory)
     for name, make in _plot_makers(study, experiment).items():
         try:
             figure = make()
@@ -146,6 +150,17 @@ def write_plots(study: optuna.Study, experiment: Experiment, directory: str | Pa
         figure.write_html(str(path), include_plotlyjs="cdn")
         written[name] = str(path)
     return written
+
+
+def _champion_diagram(study: optuna.Study, experiment: Experiment, directory: Path) -> dict[str, str]:
+    """The champion's (the registered best trial's) architecture diagram; none without an architecture."""
+    from kubetune import diagram
+
+    best = best_trial(study, experiment)
+    architecture = best.user_attrs.get("architecture") if best is not None else None
+    if not architecture:
+        return {}
+    return {"champion_architecture": str(diagram.draw(architecture, directory / "champion_architecture.png"))}
 
 
 def where_to_look(experiment: Experiment) -> dict[str, str]:
