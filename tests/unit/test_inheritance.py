@@ -98,3 +98,23 @@ def test_a_mutated_kubetune_model_inherits_its_unchanged_blocks():
     # Flattening is channel-major, so the head's leading columns are the parent's eight channels.
     assert torch.equal(child[-1].weight[:, : 8 * 40], parent[-1].weight)
     assert child.eval()(torch.randn(3, 1, 40)).shape == (3, 10)
+
+
+def test_a_cell_child_with_one_edge_changed_inherits_every_other_tensor():
+    def cell(second_edge: str) -> dict:
+        edges = [["conv3"], ["skip", second_edge]]
+        return {"type": "cell", "nodes": 2, "edges": edges, "cells": 2, "width": 8, "reductions": 1}
+
+    parent = _trained(build_model(cell("conv3"), **SHAPE, seed=0))
+    child = build_model(cell("conv1"), **SHAPE, seed=1)
+    fresh = {name: tensor.clone() for name, tensor in child.state_dict().items()}
+    summary = inherit_weights(parent.state_dict(), child)
+    assert summary.copied > 0 and summary.sliced == 0
+    for name, tensor in child.state_dict().items():
+        before = parent.state_dict()[name]
+        if before.shape == tensor.shape:
+            assert torch.equal(tensor, before), name
+        else:  # the changed edge's 1-wide kernel: the parent's 3-wide one does not fit in it
+            assert torch.equal(tensor, fresh[name]), name
+    changed = sum(parent.state_dict()[name].shape != tensor.shape for name, tensor in child.state_dict().items())
+    assert summary.skipped == changed > 0
