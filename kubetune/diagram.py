@@ -112,10 +112,15 @@ def _draw_cell(axes, architecture: dict) -> None:
     axes.set_ylim(-height - 0.5, height + 0.5)
     axes.set_aspect("equal")
     axes.set_title(
-        f"cell of {nodes} nodes, stacked {int(architecture['cells'])} times, width {int(architecture['width'])}, "
-        f"{int(architecture['reductions'])} reductions\n{encode(architecture)}",
+        f"cell of {_count(nodes, 'node')}, stacked {_count(int(architecture['cells']), 'time')}, "
+        f"width {int(architecture['width'])}, "
+        f"{_count(int(architecture['reductions']), 'reduction')}\n{encode(architecture)}",
         fontsize=9,
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _draw_blocks(axes, architecture: dict) -> None:
@@ -138,7 +143,7 @@ def _draw_blocks(axes, architecture: dict) -> None:
             )
     axes.set_xlim(-2.5, 2.5)
     axes.set_ylim(-len(labels) + 0.4, 0.6)
-    axes.set_title(f"{len(blocks)} blocks\n{encode(architecture)}", fontsize=9, wrap=True)
+    axes.set_title(f"{_count(len(blocks), 'block')}\n{encode(architecture)}", fontsize=9, wrap=True)
 
 
 def _block_label(block: dict) -> str:
