@@ -83,24 +83,29 @@ def build(architecture: dict, *, input_shape: tuple[int, ...], num_classes: int)
 
 
 class Cell(nn.Module):
-    """Node j = the sum of its non-zero edges' operations on the earlier states; the output is the nodes' mean."""
+    """Node j = the sum of its non-zero edges' operations on the earlier states; the output is the nodes' mean.
+
+    Each operation is named after its edge (``n<j>_in<i>``), never by its position among the non-zero
+    ones, so a tensor keeps its name in every architecture that has its edge (weight inheritance copies by name).
+    """
 
     def __init__(self, edges: list[list[str]], width: int, rank: int):
         super().__init__()
-        self.operations = nn.ModuleList()
-        self.inputs: list[list[tuple[int, int]]] = []  # per node: (source state, index into operations)
-        for operations in edges:
+        self.operations = nn.ModuleDict()
+        self.inputs: list[list[tuple[int, str]]] = []  # per node: (source state, name in operations)
+        for node, operations in enumerate(edges, start=1):
             inputs = []
             for source, operation in enumerate(operations):
                 if _resolved(operation, rank) != "zero":
-                    inputs.append((source, len(self.operations)))
-                    self.operations.append(_operation(operation, width, rank))
+                    name = f"n{node}_in{source}"
+                    inputs.append((source, name))
+                    self.operations[name] = _operation(operation, width, rank)
             self.inputs.append(inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states = [x]
         for inputs in self.inputs:
-            terms = [self.operations[index](states[source]) for source, index in inputs]
+            terms = [self.operations[name](states[source]) for source, name in inputs]
             states.append(torch.stack(terms).sum(0) if terms else torch.zeros_like(x))
         return torch.stack(states[1:]).mean(0)
 

@@ -258,6 +258,14 @@ def test_tabular_inputs_read_operations_as_flat_ones():
     assert len([m for m in convs.modules() if isinstance(m, nn.Linear)]) == 1 + 2 * 3 + 1  # stem, edges, head
 
 
+def test_an_operation_is_named_after_its_edge_whatever_the_other_edges_are():
+    zero_first = build_model({**_cell(2), "edges": [["zero"], ["conv3", "conv3"]]}, input_shape=(1, 20), num_classes=3)
+    conv_first = build_model(_cell(2), input_shape=(1, 20), num_classes=3)
+    names = set(zero_first.state_dict())
+    assert "1.operations.n2_in1.1.weight" in names and not any("n1_in0" in name for name in names)
+    assert names < set(conv_first.state_dict())
+
+
 def test_the_same_seed_builds_the_same_weights():
     first, again, other = (build_model(_cell(), input_shape=(1, 20), num_classes=3, seed=s) for s in (1, 1, 2))
     state, same, different = first.state_dict(), again.state_dict(), other.state_dict()
