@@ -325,6 +325,8 @@ class BlockSpace(_Model):
 
 
 class ArchitectureSpace(_Model):
+    """A macro space: a stack of ``blocks`` blocks, each chosen field by field (``type`` may be left out)."""
+
     type: Literal["macro"] = "macro"
     blocks: IntRange = IntRange(low=1, high=3)
     block: BlockSpace = BlockSpace()
