@@ -10,6 +10,8 @@ resumes identically. Each completed trial's score (its objective, negated when m
 logits of the arms it chose by ``LEARNING_RATE * advantage * (one_hot - probabilities)``, the gradient of
 log-probability; the advantage is the score minus a moving-average baseline (decay ``BASELINE_DECAY``),
 divided by a moving average of its own size so that the step does not depend on the objective's units.
+Every parameter's logits move with each trial, so the step is small: a larger one, or a slower baseline,
+let the policy collapse onto the first good trial's choices within a few trials.
 Pruned and failed trials have no score and do not move the policy. Under a Hyperband pruner Optuna shows a
 sampler only the trials of the trial's bracket, so the policy is rebuilt from that bracket's trials.
 """
@@ -29,8 +31,8 @@ from kubetune.sampler_state import IndependentSampler, TrialRandom, TrialStreams
 
 __all__ = ["BASELINE_DECAY", "LEARNING_RATE", "NUMERIC_BINS", "Policy", "ReinforceSampler", "policy_from"]
 
-LEARNING_RATE = 0.3  # on the logits, per completed trial, for an advantage of one typical deviation
-BASELINE_DECAY = 0.9  # the baseline and the deviation scale average over about the last 10 scores
+LEARNING_RATE = 0.1  # on the logits, per completed trial, for an advantage of one typical deviation
+BASELINE_DECAY = 0.8  # the baseline and the deviation scale average over about the last 5 scores
 NUMERIC_BINS = 5
 
 
