@@ -120,10 +120,12 @@ def print_summary(summary: dict, where: dict[str, str], *, console: Console) -> 
         f"{k}={_format_value(v)}" for k, v in summary.get("best_hyperparameters", {}).items()
     )
     architecture = summary.get("best_architecture")
-    if architecture:
+    if architecture and "blocks" in architecture:
         rows["best architecture"] = "\n".join(
             " ".join(f"{k}={_format_value(v)}" for k, v in block.items()) for block in architecture["blocks"]
         )
+    elif architecture:  # a cell: its code (kubetune.encoding) says it all on one line
+        rows["best architecture"] = summary.get("best_architecture_code")
     if summary.get("pareto_front") is not None:
         rows["pareto front (trials)"] = ", ".join(map(str, summary["pareto_front"]))
     rows["registered model"] = summary.get("champion")

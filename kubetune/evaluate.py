@@ -89,6 +89,7 @@ def evaluate_trial(
         metrics=metrics,
         started_at=result.get("started_at"),
         ended_at=result.get("ended_at"),
+        inheritance=frozen.user_attrs.get("inheritance"),
     )
     architecture = frozen.user_attrs.get("architecture")
     if architecture:

@@ -10,7 +10,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from kubetune import space
+from kubetune import encoding, space
 from kubetune.segments import run_name
 from kubetune.spec import Experiment
 from kubetune.stop_rules import stop_before_trial
@@ -46,6 +46,8 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     chosen, architecture = space.sample(trial, experiment.spec)
     trial.set_user_attr("hyperparameters", space.trainer_hyperparameters(experiment.spec, chosen))
     trial.set_user_attr("architecture", architecture)
+    if architecture is not None:
+        trial.set_user_attr("architecture_code", encoding.encode(architecture))
     trial.set_user_attr("segment", segment)
     trial.set_user_attr("run", run_name(experiment, segment))  # the segment's end fails it if its lane dies
     trial.set_user_attr("slot", slot)

@@ -30,7 +30,7 @@ import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kubetune import settings
+from kubetune import encoding, settings
 from kubetune.errors import UserError
 from kubetune.redaction import redact_url, scrub, url_secrets
 from kubetune.spec import Experiment
@@ -346,13 +346,8 @@ def describe(error: Exception) -> str:
 
 
 def flatten_architecture(architecture: dict | None) -> dict[str, Any]:
-    """``{"arch.blocks": 2, "arch.b0.kind": "conv", ...}``: MLflow params are flat."""
-    if not architecture:
-        return {}
-    flat: dict[str, Any] = {"arch.blocks": len(architecture["blocks"])}
-    for index, block in enumerate(architecture["blocks"]):
-        flat.update({f"arch.b{index}.{key}": value for key, value in block.items()})
-    return flat
+    """MLflow params are flat: the trial's architecture parameters and its code (:func:`kubetune.encoding.flatten`)."""
+    return encoding.flatten(architecture) if architecture else {}
 
 
 def log_trial(
