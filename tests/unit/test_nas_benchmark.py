@@ -112,7 +112,8 @@ def test_every_strategy_replays_with_non_negative_regret_and_writes_results(scri
     _, nas_strategies = scripts
     table = _synthetic_table(tmp_path / "table.jsonl.gz")
     results = tmp_path / "results"
-    assert nas_strategies.main(["--table", str(table), "--seeds", "2", "--budgets", "4", "12"], results=results) == 0
+    options = ["--table", str(table), "--seeds", "2", "--budgets", "4", "12", "--results", str(results)]
+    assert nas_strategies.main(options) == 0
     document = json.loads((results / "nas_strategies-table.json").read_text())["results"]
     assert set(document["curves"]) == set(nas_strategies.STRATEGIES)
     for strategy, runs in document["curves"].items():
@@ -121,7 +122,15 @@ def test_every_strategy_replays_with_non_negative_regret_and_writes_results(scri
         assert regrets, f"{strategy} never completed a trial"
         assert min(regrets) >= 0.0
         assert document["summary"][strategy]["trials"]["12"]["runs"] == 2
+        if strategy != "random":
+            assert 0.0 <= document["summary"][strategy]["trials"]["12"]["beats_random"] <= 1.0
     pruned = document["curves"]["random+hyperband"][0]
     assert pruned[11]["seconds"] < 12 * EPOCHS, "hyperband should have stopped some trials early"
     assert (results / "nas_strategies-table.png").stat().st_size > 0
     assert "regret" in capsys.readouterr().out
+
+
+def test_a_strategy_that_always_does_better_beats_random_in_every_pair(scripts):
+    _, nas_strategies = scripts
+    assert nas_strategies._beats_random([0.0, 0.01], [0.02, 0.05, None]) == 1.0
+    assert nas_strategies._beats_random([0.02], [0.02]) == 0.5
