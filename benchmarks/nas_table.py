@@ -9,13 +9,14 @@ sample, so a replay never meets an architecture the table lacks). Each is traine
 code path (kubetune.nas.build_model, kubetune.train.train_model) with fixed hyperparameters, once per
 training seed, and one gzip JSON line is appended per (architecture, seed): its kubetune.encoding code,
 the validation accuracy after every epoch, test accuracy, parameters and seconds per epoch. The first
-line is a header (command, space, versions, seeds, epochs). A killed run loses at most the training in
+line is a header (space, data, hyperparameters, seeds, epochs, and each start's command and versions). A killed run loses at most the training in
 progress: a rerun keeps the records it finds, drops a torn last one, and trains only what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gzip
 import itertools
 import json
@@ -98,14 +99,22 @@ def _rewrite(path: Path, header: dict, records: list[dict]) -> None:
     partial.replace(path)
 
 
-def _header(args: argparse.Namespace, argv: list[str]) -> dict:
+def _header(args: argparse.Namespace) -> dict:
     return {
-        "command": " ".join(["python", "benchmarks/nas_table.py", *argv]),
         "space": SPACE,
         "data": DATA,
         "hyperparameters": HYPERPARAMETERS,
         "epochs": args.epochs,
         "seeds": list(range(args.seeds)),
+        "runs": [],
+    }
+
+
+def _this_run(argv: list[str]) -> dict:
+    """The exact command and versions of this start; a resumed table lists every start that added to it."""
+    return {
+        "command": " ".join(["python", "benchmarks/nas_table.py", *argv]),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {
             "kubetune": kubetune.__version__,
             "torch": torch.__version__,
@@ -147,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    bad = [f"--{k} {v}" for k, v in vars(args).items() if isinstance(v, int) and v < 1]
+    if bad:
+        print(f"{', '.join(bad)}: must be a positive integer", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    header = _header(args, argv)
+    header = _header(args)
     found, records = read_table(args.output) if args.output.exists() else (None, [])
     same = ("space", "data", "hyperparameters", "epochs", "seeds")
     if found is not None and any(found[key] != header[key] for key in same):
@@ -160,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    _rewrite(args.output, found or header, records)
+    header = found or header
+    header["runs"].append(_this_run(argv))
+    _rewrite(args.output, header, records)
     have = {(row["code"], row["seed"]) for row in records}
     todo = [
         (architecture, seed)

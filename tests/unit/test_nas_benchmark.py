@@ -57,7 +57,9 @@ def test_builder_records_every_field_and_resumes_without_retraining(scripts, tmp
     header, *records = _rows(output)
     assert header["header"]["space"] == nas_table.SPACE
     assert header["header"]["epochs"] == 1 and header["header"]["seeds"] == [0]
-    assert set(header["header"]["versions"]) >= {"kubetune", "torch", "numpy"}
+    [run] = header["header"]["runs"]
+    assert run["command"] == "python benchmarks/nas_table.py " + " ".join(options)
+    assert set(run["versions"]) >= {"kubetune", "torch", "numpy"}
     first_two = [encode(a) for a in nas_table.architectures(nas_table.SPACE)[:2]]
     assert [r["code"] for r in records] == first_two
     for record in records:
@@ -69,9 +71,13 @@ def test_builder_records_every_field_and_resumes_without_retraining(scripts, tmp
         handle.write('{"code": "cell:')
     assert nas_table.main(options) == 0
     assert len(trainings) == 2, "a rerun trained again what the table already held"
-    assert [r.get("code") for r in _rows(output)[1:]] == first_two
+    header, *records = _rows(output)
+    assert [r["code"] for r in records] == first_two
+    assert len(header["header"]["runs"]) == 2
 
     assert nas_table.main([*options[:4], "--epochs", "2", "--output", str(output)]) == 2
+    assert nas_table.main(["--seeds", "0", "--output", str(output)]) == 2
+    assert len(trainings) == 2
 
 
 def test_the_builder_enumerates_the_whole_space(scripts):
