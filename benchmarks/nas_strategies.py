@@ -236,11 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{table.best_test:.4f}, a full training {table.full_seconds:.2f} s; {args.seeds} seeds per strategy"
     )
     runs = [(strategy, seed) for strategy in args.strategies for seed in range(args.seeds)]
+    curves: dict[str, list[list[dict]]] = {strategy: [] for strategy in args.strategies}
     with ProcessPoolExecutor(args.jobs) as pool:
         done = pool.map(functools.partial(_replay, table, trials=budgets[-1], seconds=seconds[-1]), runs)
-        curves: dict[str, list[list[dict]]] = {strategy: [] for strategy in args.strategies}
-        for (strategy, _), curve in zip(runs, done, strict=True):
-            curves[strategy].append(curve)
+        try:
+            for (strategy, _), curve in zip(runs, done, strict=True):
+                curves[strategy].append(curve)
+        except ImportError as error:  # Optuna's CMA-ES needs the cmaes package once a dimension is numeric
+            advice = "Optuna's CmaEsSampler needs it: pip install cmaes, or leave cmaes out of --strategies"
+            print(f"--strategies: {error}; {advice}", file=sys.stderr)
+            return 2
     summary = summarise(curves, budgets, seconds)
     _print(summary, "trials", "trials")
     _print(summary, "seconds", "seconds")
