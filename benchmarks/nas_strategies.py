@@ -190,7 +190,10 @@ def _print(summary: dict, axis: str, label: str) -> None:
 
 
 def plot(summary: dict, path: Path, title: str) -> Path:
-    """Mean regret with its quartiles, against trials and against simulated seconds, one line per strategy."""
+    """Mean regret with its quartiles, against trials and against simulated seconds, one line per strategy.
+
+    ``summary`` is :func:`summarise`'s, best taken at every trial and on a fine grid of seconds.
+    """
     figure = Figure(figsize=(12, 4.5))
     axes = figure.subplots(1, 2)
     for axis, (key, label) in zip(axes, (("trials", "trials"), ("seconds", "simulated training seconds")), strict=True):
@@ -199,7 +202,7 @@ def plot(summary: dict, path: Path, title: str) -> Path:
             if not points:
                 continue
             x = [p[0] for p in points]
-            axis.plot(x, [p[1]["mean"] for p in points], marker="o", label=strategy)
+            axis.plot(x, [p[1]["mean"] for p in points], label=strategy)
             axis.fill_between(x, [p[1]["q25"] for p in points], [p[1]["q75"] for p in points], alpha=0.15)
         axis.set_xlabel(label)
         axis.set_ylabel("regret (test accuracy)")
@@ -262,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "curves": curves,
     }
     write_results(name, raw, folder=args.results)
-    plot(summary, args.results / f"{name}.png", f"{args.table.name}: regret of the incumbent, {args.seeds} seeds")
+    grid = [float(s) for s in np.geomspace(table.full_seconds / 10, seconds[-1], 40)]
+    plot(
+        summarise(curves, list(range(1, budgets[-1] + 1)), grid),
+        args.results / f"{name}.png",
+        f"{args.table.name}: regret of the incumbent, {args.seeds} seeds",
+    )
     return 0
 
 
