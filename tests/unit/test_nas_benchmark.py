@@ -140,3 +140,12 @@ def test_a_strategy_that_always_does_better_beats_random_in_every_pair(scripts):
     _, nas_strategies = scripts
     assert nas_strategies._beats_random([0.0, 0.01], [0.02, 0.05, None]) == 1.0
     assert nas_strategies._beats_random([0.02], [0.02]) == 0.5
+
+
+def test_an_architecture_missing_from_a_partial_table_fails_at_no_cost(scripts, tmp_path):
+    _, nas_strategies = scripts
+    table = nas_strategies.load(_synthetic_table(tmp_path / "table.jsonl.gz"))
+    del table.runs[BEST]
+    curve = nas_strategies.replay(table, "random", seed=0, trials=40, seconds=0.0)
+    completed = sum(b["seconds"] > a["seconds"] for a, b in itertools.pairwise([{"seconds": 0.0}, *curve]))
+    assert curve[-1]["seconds"] == completed * EPOCHS < 40 * EPOCHS
