@@ -104,7 +104,7 @@ def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: floa
         run = table.run(code, seed)
         if run is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            curve.append({"seconds": spent, "regret": regret})
+            curve.append({"seconds": round(spent, 3), "regret": regret})
             continue
         pruned = False
         for epoch, value in enumerate(run["val_accuracy"], start=1):
@@ -118,8 +118,8 @@ def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: floa
         else:
             study.tell(trial, run["val_accuracy"][-1])
             if run["val_accuracy"][-1] > best_val:
-                best_val, regret = run["val_accuracy"][-1], table.best_test - table.test[code]
-        curve.append({"seconds": spent, "regret": regret})
+                best_val, regret = run["val_accuracy"][-1], round(table.best_test - table.test[code], 6)
+        curve.append({"seconds": round(spent, 3), "regret": regret})
     return curve
 
 
