@@ -69,6 +69,17 @@ def _lane(experiment, home, slot=0):
     return number, result
 
 
+def _evaluate(experiment, home, number: int, result: dict):
+    """The evaluate step of a lane that ``_lane`` ran in ``home``."""
+    return evaluate_trial(
+        experiment,
+        number=number,
+        result=result,
+        predictions_path=str(home / f"p{number}.npz"),
+        split_path=str(home / "split.npz"),
+    )
+
+
 def _child_runs(home, experiment, number):
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     mlflow_experiment = client.get_experiment_by_name(experiment.name)
@@ -119,13 +130,7 @@ def test_a_trial_worse_than_the_median_is_pruned_and_told_pruned(home):
         study.add_trial(create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
     number, result = _lane(experiment, home)
     assert result["status"] == "pruned" and result["epochs_run"] == 1
-    evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    _evaluate(experiment, home, number, result)
     assert get_trial(load_study(experiment), number).state == TrialState.PRUNED
     (run,) = _child_runs(home, experiment, number)
     assert run.data.tags["kubetune.state"] == "PRUNED"
@@ -191,13 +196,7 @@ def test_a_trial_out_of_gpu_memory_touches_the_device_no_more(home, monkeypatch)
     assert len(moves) == 1  # neither saved nor scored after the failure
     with np.load(home / f"p{number}.npz") as predictions:
         assert list(predictions) == []
-    outcome = evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    outcome = _evaluate(experiment, home, number, result)
     assert outcome["state"] == "FAIL"
 
 
@@ -205,13 +204,7 @@ def _registered_best(experiment, home):
     """One completed, evaluated trial, registered as the experiment's model."""
     start_segment(experiment, segment=0)
     number, result = _lane(experiment, home)
-    evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    _evaluate(experiment, home, number, result)
     return register_best(experiment)
 
 
@@ -258,13 +251,7 @@ def test_a_trial_run_spans_its_training_and_each_epoch_has_its_own_time(home):
     experiment = _experiment("timed")
     start_segment(experiment, segment=0)
     number, result = _lane(experiment, home)
-    evaluated = evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    evaluated = _evaluate(experiment, home, number, result)
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(evaluated["mlflow_run_id"])
     assert (run.info.start_time, run.info.end_time) == (result["started_at"], result["ended_at"])
@@ -289,13 +276,7 @@ def test_the_summary_tag_is_valid_json_and_a_finished_experiment_closes_its_run(
     start_segment(experiment, segment=1)  # a rerun that may still stop at once leaves it closed
     assert client.get_run(parent).info.status == "FINISHED"
     number, result = _lane(experiment, home)  # the experiment goes on (a raised budget): its run is reopened
-    evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    _evaluate(experiment, home, number, result)
     assert client.get_run(parent).info.status == "RUNNING"
 
 
@@ -303,13 +284,7 @@ def test_a_lost_mlflow_store_gets_a_new_parent_run_before_any_trial_starts(home,
     experiment = _experiment("lost-store")
     start_segment(experiment, segment=0)
     first, result = _lane(experiment, home)
-    evaluate_trial(
-        experiment,
-        number=first,
-        result=result,
-        predictions_path=str(home / f"p{first}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    _evaluate(experiment, home, first, result)
     lost = load_study(experiment).user_attrs["mlflow_parent_run_id"]
     # mlflow.db deleted: this process's MLflow still holds the old file open, so the next steps see a new one.
     (home / "mlflow.db").rename(home / "lost.db")
@@ -321,13 +296,7 @@ def test_a_lost_mlflow_store_gets_a_new_parent_run_before_any_trial_starts(home,
     registered = register_new_best(experiment)
     assert not registered["registered"] and f"the MLflow run of trial {first} is gone" in registered["reason"]
     number, result = _lane(experiment, home)
-    outcome = evaluate_trial(
-        experiment,
-        number=number,
-        result=result,
-        predictions_path=str(home / f"p{number}.npz"),
-        split_path=str(home / "split.npz"),
-    )
+    outcome = _evaluate(experiment, home, number, result)
     assert outcome["state"] == "COMPLETE"
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow-new.db'}")
     assert client.get_run(outcome["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent
