@@ -1,15 +1,12 @@
 """A real embedded search of a cell space: kfp.local runs the pipeline; the trials train cell networks, and
 MLflow holds each trial's architecture diagram and code, and the champion's diagram."""
 
-import os
-import subprocess
-import sys
-
 import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from test_embedded_run import _run
 
 from kubetune.encoding import encode
 
@@ -41,16 +38,7 @@ def searched(tmp_path_factory):
     spec_path = folder / "tiny-cell.yaml"
     spec_path.write_text(yaml.safe_dump(TINY_CELL))
     home = folder / "home"
-    env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
-    env.pop("KUBETUNE_STORAGE", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = _run(spec_path, home)
     assert result.returncode == 0, result.stdout + result.stderr
     return home, result
 

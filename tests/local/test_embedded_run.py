@@ -37,17 +37,18 @@ TINY = {
 }
 
 
-def _run(spec_path, home):
+def _cli(home, *arguments: str, timeout: int = 600):
+    """``kubetune <arguments>`` in embedded mode with ``home`` as its home, as a user runs it."""
     env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
     env.pop("KUBETUNE_STORAGE", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", str(spec_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+        [sys.executable, "-m", "kubetune.cli", *arguments], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+def _run(spec_path, home):
+    return _cli(home, "run", str(spec_path))
 
 
 @pytest.fixture(scope="module")
@@ -157,26 +158,11 @@ def test_rerun_resumes_and_counts_earlier_trials(searched):
 
 def test_status_reports_trials_champion_segment_and_stop_reason(searched):
     _, home, _ = searched
-    env = {**os.environ, "KUBETUNE_HOME": str(home), "COLUMNS": "200"}
-    for name in ("KUBETUNE_STORAGE", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    shown = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "status", "tiny-digits"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    shown = _cli(home, "status", "tiny-digits", timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"trials\s+\S*\s*\d+ of \d+ done", shown.stdout)
     assert "models:/tiny-digits-model@champion version" in shown.stdout and "maxTrials reached" in shown.stdout
-    unknown = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "status", "no-such-experiment"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    unknown = _cli(home, "status", "no-such-experiment", timeout=120)
     assert unknown.returncode == 2 and "no experiment 'no-such-experiment'" in unknown.stderr
 
 
