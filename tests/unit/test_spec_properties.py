@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from optuna.storages import InMemoryStorage
 from torch import nn
 
-from kubetune.architecture import ACTIVATIONS, KINDS, NORMS
+from kubetune import cell_model
+from kubetune.architecture import ACTIVATIONS, CELL_OPERATIONS, KINDS, NORMS
 from kubetune.data import SplitData
+from kubetune.encoding import decode, encode
 from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, OPTIMIZERS
 from kubetune.space import sample
 from kubetune.spec import (
@@ -658,6 +660,25 @@ def architectures(draw, *, finite_only: bool):
 
 
 @st.composite
+def cell_spaces(draw):
+    """Cell spaces small enough for MAX_PARAMETERS, with the fields the spec defaults left out at random."""
+    space: dict = {"type": "cell"}
+    if draw(st.booleans()):
+        space["nodes"] = draw(st.integers(1, 4))
+    if draw(st.booleans()):
+        space["operations"] = draw(choice_of(list(CELL_OPERATIONS)))
+    low = 1  # the default cells.low
+    if draw(st.booleans()):
+        low = draw(st.integers(1, 2))
+        space["cells"] = {"low": low, "high": draw(st.integers(low, 3))}
+    if draw(st.booleans()):
+        space["width"] = draw(choice_of([4, 8, 16]))
+    if draw(st.booleans()):
+        space["reductions"] = draw(st.integers(0, low))
+    return space
+
+
+@st.composite
 def valid_documents(draw):
     multi = draw(st.booleans())
     if multi:
@@ -673,7 +694,7 @@ def valid_documents(draw):
         objective = draw(
             st.sampled_from([{"metric": metric}, [{"metric": metric}], {"metric": metric, "direction": "minimize"}])
         )
-        sampler = draw(st.sampled_from(["random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc"]))
+        sampler = draw(st.sampled_from(["random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl"]))
         pruner = {"name": draw(st.sampled_from(PRUNERS))}
     epochs = draw(st.integers(1, 50))
     if pruner["name"] != "none":
@@ -741,7 +762,9 @@ def valid_documents(draw):
         },
     }
     if draw(st.booleans()):
-        document["spec"]["architecture"] = draw(architectures(finite_only=finite_only))
+        document["spec"]["architecture"] = draw(
+            st.one_of(architectures(finite_only=finite_only), cell_spaces()) if not finite_only else cell_spaces()
+        )
     if finite_only:
         unsampled = copy.deepcopy(document)
         unsampled["spec"]["strategy"]["sampler"]["name"] = "random"
@@ -775,8 +798,11 @@ def test_valid_specs_load_round_trip_and_sample(document):
         assert (name in chosen) == enabled
         if enabled:
             assert _within(chosen[name], param)
-    if "architecture" in document["spec"]:
-        blocks = document["spec"]["architecture"]["blocks"]
+    space = document["spec"].get("architecture")
+    if space is not None and space["type"] == "cell":
+        _assert_in_cell_space(architecture, experiment.spec.architecture)
+    elif space is not None:
+        blocks = space["blocks"]
         assert blocks["low"] <= len(architecture["blocks"]) <= blocks["high"]
         assert all(("kernelSize" in b) == (b["kind"] == "conv") for b in architecture["blocks"])
     else:
@@ -785,6 +811,16 @@ def test_valid_specs_load_round_trip_and_sample(document):
         for name, values in grid_space(experiment.spec).items():
             if name in parameters:
                 assert values and all(_within(v, parameters[name]) for v in values)
+
+
+def _assert_in_cell_space(architecture: dict, space) -> None:
+    """A sampled cell is valid, inside the parsed space (defaults filled in), and survives its encoding."""
+    assert cell_model.validate(architecture) == architecture
+    assert architecture["nodes"] == space.nodes
+    assert all(op in space.operations.choices for operations in architecture["edges"] for op in operations)
+    assert space.cells.low <= architecture["cells"] <= space.cells.high
+    assert architecture["width"] in space.width.choices
+    assert decode(encode(architecture)) == architecture
 
 
 @SETTINGS
