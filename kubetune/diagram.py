@@ -22,6 +22,8 @@ COLOURS = {
     "skip": "tab:orange",
 }
 DPI = 100
+OPERATION_RAD = 0.4  # arcs of operations bend up, those into the output down (matplotlib's arc3 "rad")
+OUTPUT_RAD = 0.3
 
 
 def draw(architecture: dict, path: str | Path) -> Path:
@@ -50,8 +52,9 @@ def _node(axes, x: float, y: float, text: str, colour: str = "white") -> None:
 
 
 def _draw_cell(axes, architecture: dict) -> None:
-    """States on a line, input left and output right; each non-zero edge an arc labelled with its operation
-    (zero edges contribute nothing and are left out); dashed lines into the output, the mean of the nodes."""
+    """States on a line, input left and output right; each non-zero edge an arc above the line labelled with
+    its operation (zero edges contribute nothing and are left out); dashed arcs below the line into the
+    output, the mean of the nodes, so that they never cross an operation's arc."""
     from matplotlib.patches import FancyArrowPatch
 
     nodes = int(architecture["nodes"])
@@ -60,13 +63,12 @@ def _draw_cell(axes, architecture: dict) -> None:
         for source, operation in enumerate(operations):
             if operation == "zero":
                 continue
-            rad = 0.3 * (1 if source % 2 else -1)
             span = node - source
             axes.add_patch(
                 FancyArrowPatch(
                     (source, 0),
                     (node, 0),
-                    connectionstyle=f"arc3,rad={rad}",
+                    connectionstyle=f"arc3,rad={-OPERATION_RAD}",
                     arrowstyle="-|>",
                     mutation_scale=12,
                     color=COLOURS.get(operation, "black"),
@@ -75,8 +77,8 @@ def _draw_cell(axes, architecture: dict) -> None:
                     shrinkB=12,
                 )
             )
-            y = -rad * span / 2  # the arc's midpoint: arc3's control point is rad x span off the line
-            height = max(height, abs(y))
+            y = OPERATION_RAD * span / 2  # the arc's midpoint: arc3's control point is rad x span off the line
+            height = max(height, y)
             axes.text(
                 (source + node) / 2,
                 y,
@@ -99,7 +101,7 @@ def _draw_cell(axes, architecture: dict) -> None:
                 "color": "grey",
                 "alpha": 0.6,
                 "lw": 0.8,
-                "connectionstyle": "arc3,rad=-0.15",
+                "connectionstyle": f"arc3,rad={OUTPUT_RAD}",
                 "shrinkA": 12,
                 "shrinkB": 12,
             },
@@ -109,7 +111,7 @@ def _draw_cell(axes, architecture: dict) -> None:
         _node(axes, node, 0, str(node))
     _node(axes, nodes + 1, 0, "mean", "lightgrey")
     axes.set_xlim(-0.7, nodes + 1.7)
-    axes.set_ylim(-height - 0.5, height + 0.5)
+    axes.set_ylim(-OUTPUT_RAD * nodes / 2 - 0.3, height + 0.5)
     axes.set_aspect("equal")
     axes.set_title(
         f"cell of {_count(nodes, 'node')}, stacked {_count(int(architecture['cells']), 'time')}, "
