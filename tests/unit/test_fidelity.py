@@ -3,14 +3,13 @@ trials that climb the ladder against a real study, pruned between levels by Optu
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
 from test_search import _child_runs, _evaluate, _lane, home  # noqa: F401 - home is a fixture
+from test_spec import _apply
 from torch import nn
 
 from kubetune import nas
@@ -38,14 +37,7 @@ SPEC = {
 
 def _spec(**changes) -> dict:
     """SPEC with ``changes`` at dotted paths below ``spec`` (``trial.fidelity``, ``strategy.pruner``)."""
-    document = copy.deepcopy(SPEC)
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        node = document["spec"]
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return document
+    return _apply(SPEC, {f"spec.{path}": value for path, value in changes.items()})
 
 
 # The ladder
