@@ -13,6 +13,7 @@ __all__ = [
     "BLOCK_FIELDS",
     "CELL_DEFAULT_OPERATIONS",
     "CELL_OPERATIONS",
+    "DEFAULT_WIDTHS",
     "FLAT_OPERATIONS",
     "KINDS",
     "MAX_CELL_NODES",
@@ -37,6 +38,8 @@ BLOCK_DEFAULTS: dict[str, str | int | float | bool] = {
     "dropout": 0.0,
     "skip": False,
 }
+# The widths of the network a trial trains when the experiment has no architecture space, by block kind.
+DEFAULT_WIDTHS = {"conv": 32, "mlp": 128}
 # A block's fields, in the order a trial suggests them (``kernelSize`` after ``kind``: conv blocks only).
 BLOCK_FIELDS = ("kind", "width", *BLOCK_DEFAULTS)
 # A flattened feature map larger than this is average-pooled first, so the next linear layer stays small.

@@ -90,6 +90,7 @@ def evaluate_trial(
         started_at=result.get("started_at"),
         ended_at=result.get("ended_at"),
         inheritance=frozen.user_attrs.get("inheritance"),
+        fidelity=frozen.user_attrs.get("fidelity"),
     )
     architecture = frozen.user_attrs.get("architecture")
     if architecture:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kubetune import cell_model
-from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, BLOCK_FIELDS, KINDS, NORMS
+from kubetune.architecture import ACTIVATIONS, BLOCK_DEFAULTS, BLOCK_FIELDS, DEFAULT_WIDTHS, KINDS, NORMS
 from kubetune.layers import BATCH_NORM, CONV, ArchitectureError, flatten, positive_int
 
 __all__ = [
@@ -86,9 +86,10 @@ def default_architecture(input_shape: tuple[int, ...]) -> dict:
     two batch-normed MLP blocks of 128. How well it does is measured in benchmarks/README.md.
     """
     if len(input_shape) == 1:
-        return {"blocks": [{"kind": "mlp", "width": 128, "norm": "batch"} for _ in range(2)]}
+        return {"blocks": [{"kind": "mlp", "width": DEFAULT_WIDTHS["mlp"], "norm": "batch"} for _ in range(2)]}
     kernel = 3 if len(input_shape) == 3 else 5
-    return {"blocks": [{"kind": "conv", "width": 32, "kernelSize": kernel, "norm": "batch"} for _ in range(3)]}
+    block = {"kind": "conv", "width": DEFAULT_WIDTHS["conv"], "kernelSize": kernel, "norm": "batch"}
+    return {"blocks": [dict(block) for _ in range(3)]}
 
 
 def count_parameters(model: nn.Module) -> int:

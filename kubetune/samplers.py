@@ -46,7 +46,8 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
 
 
 def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
-    """The pruner named in the spec; Hyperband's maximum resource is the trial's epochs."""
+    """The pruner named in the spec; Hyperband's maximum resource is the trial's epochs, or the top level's step
+    with fidelity dataFraction or width (:mod:`kubetune.fidelity`)."""
     spec = experiment.spec
     pruner = spec.strategy.pruner
     if pruner.name == "median":
@@ -56,7 +57,8 @@ def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
             min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
         )
     if pruner.name == "hyperband":
+        top = spec.trial.epochs if spec.trial.fidelity.kind == "epochs" else spec.fidelity_ladder[-1].step
         return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.min_resource, max_resource=spec.trial.epochs, reduction_factor=pruner.reduction_factor
+            min_resource=pruner.min_resource, max_resource=top, reduction_factor=pruner.reduction_factor
         )
     return optuna.pruners.NopPruner()

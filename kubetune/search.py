@@ -6,13 +6,15 @@ These are the bodies of the suggest and train components; they take and return p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kubetune import encoding, space
+from kubetune import encoding, fidelity, space
 from kubetune.segments import run_name
-from kubetune.spec import Experiment
+from kubetune.spec import EPOCH_METRICS, Experiment
 from kubetune.stop_rules import stop_before_trial
 from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, set_trial_attrs
 
@@ -21,12 +23,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from kubetune.data import SplitData
+    from kubetune.train import TrainResult
+
 __all__ = ["NO_TRIAL", "suggest_trial", "train_threads", "train_trial"]
 
 NO_TRIAL = -1  # what suggest_trial returns when a stop rule holds; the pipeline trains only numbers >= 0
-
-# Metrics the trainer reports every epoch; pruning needs the objective to be one of them.
-EPOCH_METRICS = ("val_accuracy", "val_loss")
 
 
 def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
@@ -71,7 +73,11 @@ def train_threads(experiment: Experiment) -> int:
 def train_trial(
     experiment: Experiment, *, number: int, split_path: str, model_path: str, predictions_path: str
 ) -> dict:
-    """Train trial ``number``, reporting every epoch so the pruner can stop it; never raises for a bad trial.
+    """Train trial ``number``, reporting to the pruner so it can stop the trial; never raises for a bad trial.
+
+    With ``trial.fidelity`` epochs it reports after every epoch, at the epoch's number; with dataFraction or
+    width it trains once per level (:func:`_climb`). Either way the trial's ``fidelity`` attribute records,
+    for every value reported, its step and the fidelity it was measured at.
 
     For a completed trial, writes the model's class scores on the held-out validation and test sets to
     ``predictions_path`` (for the evaluate step; an empty file otherwise) and saves its weights to
@@ -100,30 +106,47 @@ def train_trial(
     split = read_split(split_path)
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
     seed = (experiment.spec.strategy.sampler.seed or 0) + number
-    model = nas.build_model(architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed)
-    if experiment.spec.strategy.inherit_weights and frozen.user_attrs.get("parent_trial") is not None:
-        set_trial_attrs(study, number, _inherit(study, model, number, frozen.user_attrs["parent_trial"]))
     metric = experiment.spec.objectives[0].metric
     prunable = not experiment.spec.is_multi_objective and metric in EPOCH_METRICS
     live = live_trial(study, number)
+    kind = experiment.spec.trial.fidelity.kind
+    reported: list[dict] = []  # per value reported: its step and the fidelity it was measured at
 
-    def on_epoch(epoch: int, metrics: dict) -> bool:
-        if not prunable or not math.isfinite(metrics[metric]):
+    def report(value: float, step: int, fidelity: dict, *, ask: bool) -> bool:
+        """Report ``value`` at ``step``; whether the pruner stops the trial (asked only when ``ask``)."""
+        if not prunable or not math.isfinite(value):
             return False
-        live.report(metrics[metric], epoch)
-        return live.should_prune()
+        live.report(value, step)
+        reported.append({"step": step, **fidelity, metric: value})
+        return ask and live.should_prune()
 
     started_at = train.wall_clock_ms()
     with heartbeat(study, number, interval=experiment.spec.trial.heartbeat_seconds):
-        result = train.train_model(
-            model,
-            split,
-            epochs=experiment.spec.trial.epochs,
-            hyperparameters=frozen.user_attrs["hyperparameters"],
-            seed=seed,
-            on_epoch=on_epoch,
-        )
+        if kind == "epochs":
+            model = nas.build_model(
+                architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed
+            )
+            if experiment.spec.strategy.inherit_weights and frozen.user_attrs.get("parent_trial") is not None:
+                set_trial_attrs(study, number, _inherit(study, model, number, frozen.user_attrs["parent_trial"]))
+            result = train.train_model(
+                model,
+                split,
+                epochs=experiment.spec.trial.epochs,
+                hyperparameters=frozen.user_attrs["hyperparameters"],
+                seed=seed,
+                on_epoch=lambda epoch, metrics: report(metrics[metric], epoch, {"epochs": epoch}, ask=True),
+            )
+        else:
+            model, result = _climb(
+                experiment,
+                split,
+                architecture,
+                hyperparameters=frozen.user_attrs["hyperparameters"],
+                seed=seed,
+                report=report,
+            )
     ended_at = train.wall_clock_ms()
+    set_trial_attrs(study, number, {"fidelity": {"kind": kind, "levels": reported}})
     held_out: dict[str, Any] = {}  # np.savez's keyword arrays
     # Only a completed trial is scored or can become the registered model; a pruned or failed one (out of
     # GPU memory, say) touches the device no more, so it cannot fail again and take its lane down.
@@ -147,6 +170,54 @@ def train_trial(
         "started_at": started_at,
         "ended_at": ended_at,
     }
+
+
+def _climb(
+    experiment: Experiment,
+    split: SplitData,
+    architecture: dict,
+    *,
+    hyperparameters: dict,
+    seed: int,
+    report: Callable[..., bool],
+) -> tuple[nn.Module, TrainResult]:
+    """Train a fresh network at each level of the fidelity ladder in turn, for ``trial.epochs`` epochs each.
+
+    Each level's last validation value is reported at the level's step, and the pruner is asked between
+    levels, never after the last: a trial that reached full fidelity completes. Every level starts from the
+    same seed; the data subsets are :func:`kubetune.fidelity.subset_rows` of ``data.seed``, so every trial of
+    the study trains on the same rows at a level. Returns the last network trained and a result whose
+    ``history`` is that network's, ``epochs_run`` and ``train_seconds`` those of all levels together.
+    """
+    from kubetune import nas, train
+
+    spec = experiment.spec
+    kind, levels, metric = spec.trial.fidelity.kind, spec.fidelity_ladder, spec.objectives[0].metric
+    epochs, seconds = 0, 0.0
+    for index, level in enumerate(levels, start=1):
+        at_split, at_architecture = split, architecture
+        if kind == "dataFraction":
+            rows = fidelity.subset_rows(split.y_train, level.fraction, spec.data.seed)
+            at_split = dataclasses.replace(split, x_train=split.x_train[rows], y_train=split.y_train[rows])
+            measured: dict[str, float] = {"dataFraction": level.fraction, "trainRows": len(rows)}
+        else:
+            at_architecture = fidelity.scale_width(architecture, level.fraction)
+            measured = {"width": level.fraction}
+        model = nas.build_model(
+            at_architecture, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed
+        )
+        result = train.train_model(
+            model, at_split, epochs=spec.trial.epochs, hyperparameters=hyperparameters, seed=seed
+        )
+        epochs, seconds = epochs + result.epochs_run, seconds + result.train_seconds
+        where = f"level {index} of {len(levels)} ({kind} {level.fraction:.3g}, step {level.step})"
+        if result.status != "complete":
+            result = dataclasses.replace(result, reason=f"{result.reason} at {where}")
+            break
+        if report(result.history[-1][metric], level.step, measured, ask=index < len(levels)):
+            result = dataclasses.replace(result, status="pruned", reason=f"pruned after {where}")
+            break
+    return model, dataclasses.replace(result, epochs_run=epochs, train_seconds=seconds)
 
 
 def _inherit(study: optuna.Study, model: nn.Module, number: int, parent: int) -> dict:

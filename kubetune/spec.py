@@ -33,6 +33,7 @@ from kubetune.architecture import (
     BLOCK_DEFAULTS,
     CELL_DEFAULT_OPERATIONS,
     CELL_OPERATIONS,
+    DEFAULT_WIDTHS,
     KINDS,
     MAX_CELL_NODES,
     MAX_FLAT_FEATURES,
@@ -40,6 +41,7 @@ from kubetune.architecture import (
     cell_edges,
 )
 from kubetune.errors import UserError
+from kubetune.fidelity import DEFAULT_MIN_FRACTION, FIDELITIES, MAX_LEVELS, Level, ladder, scaled
 from kubetune.hyperparameters import DOMAINS, HYPERPARAMETERS, MAX_BATCH_SIZE, OPTIMIZERS
 from kubetune.redaction import has_credentials, redact_url
 
@@ -67,6 +69,8 @@ METRICS = {
     "params": "minimize",
     "train_seconds": "minimize",
 }
+# Metrics the trainer reports every epoch; pruning, and so any fidelity but epochs, needs the objective to be one.
+EPOCH_METRICS = ("val_accuracy", "val_loss")
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -536,8 +540,41 @@ class Toleration(_Model):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+class FidelitySpec(_Model):
+    """What a trial's intermediate values are measured at (see :mod:`kubetune.fidelity`); a bare kind is allowed."""
+
+    kind: str = "epochs"
+    min_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in FIDELITIES:
+            raise ValueError(f"must be one of {', '.join(FIDELITIES)} but got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fraction_for_levels(self) -> FidelitySpec:
+        if self.kind == "epochs" and self.min_fraction is not None:
+            raise _FieldError(
+                "minFraction", "applies to kind dataFraction or width only but kind is epochs; drop it or change kind"
+            )
+        return self
+
+    @property
+    def lowest(self) -> float:
+        """The smallest fraction a level may train with."""
+        return DEFAULT_MIN_FRACTION if self.min_fraction is None else self.min_fraction
+
+
 class TrialSpec(_Model):
     epochs: int = Field(default=10, ge=1, le=10_000)
+    fidelity: FidelitySpec = FidelitySpec()
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     retries: int = Field(default=1, ge=0, le=10)
     heartbeat_seconds: int = Field(default=30, ge=5, le=3600)
@@ -662,6 +699,69 @@ class ExperimentSpec(_Model):
                 "strategy.inheritWeights", "needs an architecture space: only a trained network has weights to inherit"
             )
         return self
+
+    @property
+    def fidelity_ladder(self) -> list[Level]:
+        """The levels a trial climbs with fidelity dataFraction or width (:func:`kubetune.fidelity.ladder`)."""
+        return ladder(self.trial.fidelity.lowest, self.strategy.pruner.reduction_factor)
+
+    @model_validator(mode="after")
+    def _fidelity_fits(self) -> ExperimentSpec:
+        """Levels only pay off when a pruner stops trials between them and each level reports the objective."""
+        kind, pruner = self.trial.fidelity.kind, self.strategy.pruner
+        if kind == "epochs":
+            return self
+        if pruner.name == "none":
+            raise _FieldError(
+                "trial.fidelity.kind",
+                f"{kind} needs a pruner (strategy.pruner.name median, asha or hyperband): without one every trial "
+                "trains every level and none is stopped; name a pruner or use kind epochs",
+            )
+        metric = self.objectives[0].metric
+        if metric not in EPOCH_METRICS:
+            raise _FieldError(
+                "trial.fidelity.kind",
+                f"{kind} needs the objective to be {' or '.join(EPOCH_METRICS)}, the value each level reports, "
+                f"but the objective is {metric!r}",
+            )
+        if pruner.min_resource != PrunerSpec.model_fields["min_resource"].default:
+            raise _FieldError(
+                "strategy.pruner.minResource",
+                f"applies to fidelity epochs only; with fidelity {kind} the smallest level is trial.fidelity."
+                f"minFraction, so leave minResource out, but got {pruner.min_resource}",
+            )
+        if self.strategy.inherit_weights:
+            raise _FieldError(
+                "strategy.inheritWeights",
+                f"needs fidelity epochs: with fidelity {kind} every level trains a fresh network",
+            )
+        levels = self.fidelity_ladder
+        if not 2 <= len(levels) <= MAX_LEVELS:
+            raise _FieldError(
+                "trial.fidelity.minFraction",
+                f"must give 2 to {MAX_LEVELS} levels (1, 1/{pruner.reduction_factor}, "
+                f"1/{pruner.reduction_factor}^2, ... down to minFraction) but {self.trial.fidelity.lowest} gives "
+                f"{len(levels)}; use a minFraction from {pruner.reduction_factor ** -(MAX_LEVELS - 1):.3g} to "
+                f"{1 / pruner.reduction_factor:.3g}",
+            )
+        if kind == "width":
+            narrowest = _narrowest_width(self.architecture)
+            if scaled(narrowest, levels[0].fraction) < 1:
+                raise _FieldError(
+                    "trial.fidelity.minFraction",
+                    f"must leave every width at least 1 at the smallest level, but {narrowest} x "
+                    f"{levels[0].fraction:.3g} rounds to 0; use a minFraction of at least {0.5 / narrowest:.3g} "
+                    "or wider choices",
+                )
+        return self
+
+
+def _narrowest_width(space: ArchitectureSpace | CellSpace | None) -> int:
+    """The narrowest width a network of ``space`` can have; without a space, the default network's (32)."""
+    if space is None:
+        return min(DEFAULT_WIDTHS.values())
+    choices = space.width.choices if isinstance(space, CellSpace) else space.block.width.choices
+    return min(int(c) for c in choices)
 
 
 def _check_values(name: str, param: Any) -> None:
@@ -801,6 +901,10 @@ class Experiment(_Model):
         part = self.to_dict()["spec"]
         keep = {k: part.get(k) for k in ("data", "objective", "parameters", "architecture", "trial")}
         keep["trial"] = {"epochs": part["trial"]["epochs"], "batchSize": part["trial"]["batchSize"]}
+        fidelity = self.spec.trial.fidelity.kind
+        if fidelity != "epochs":  # what each step means; epochs, the default, keeps the fingerprints of old
+            levels = [[level.step, level.fraction] for level in self.spec.fidelity_ladder]
+            keep["trial"]["fidelity"] = {"kind": fidelity, "levels": levels}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -82,5 +82,5 @@ def describe_changes(before: dict | None, experiment: Experiment) -> str:
             changed[named] = f"{'.'.join(map(str, named))} ({_shown(old, named)} -> {_shown(new, named)})"
     return (
         ", ".join(changed.values())
-        or "a field of data, objective, parameters, architecture, trial.epochs or trial.batchSize"
+        or "a field of data, objective, parameters, architecture, trial.epochs, trial.batchSize or trial.fidelity"
     )

@@ -363,10 +363,14 @@ def log_trial(
     started_at: int | None = None,
     ended_at: int | None = None,
     inheritance: dict | None = None,
+    fidelity: dict | None = None,
 ) -> str:
     """Log one trial as a child run (params, per-epoch metrics, final metrics) once; its weights were
     uploaded by the train step (:func:`log_trial_weights`). ``inheritance`` (the trial's attribute of
     that name: its parent, and the copy summary or why nothing was copied) becomes the run's tags.
+    ``fidelity`` (the trial's attribute: its kind and, per value reported, the step and the fidelity it was
+    measured at) becomes the tag ``kubetune.fidelity`` and, but for fidelity epochs, metrics ``fidelity.<key>``
+    at each reported step.
 
     The run spans the trial's training (``started_at`` to ``ended_at``, wall-clock ms) and each epoch's
     metrics carry the time that epoch ended, so MLflow shows real durations and curves over time. Its
@@ -395,6 +399,7 @@ def log_trial(
                 "kubetune.state": state,
                 "mlflow.parentRunId": parent_run_id,
                 **_inheritance_tags(inheritance),
+                **({"kubetune.fidelity": fidelity["kind"]} if fidelity else {}),
             },
         )
         run_id = run.info.run_id
@@ -402,7 +407,7 @@ def log_trial(
         mlflow_client.log_batch(
             run_id,
             params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
-            metrics=_metric_entities(history, metrics),
+            metrics=_metric_entities(history, metrics) + _fidelity_entities(fidelity),
         )
         if architecture:
             mlflow_client.log_dict(run_id, architecture, "architecture.json")
@@ -428,6 +433,22 @@ def _metric_entities(history: list[dict], final: dict[str, float]) -> list:
     ]
     entities += [mlflow.entities.Metric(f"final_{key}", float(value), timestamp, 0) for key, value in final.items()]
     return entities
+
+
+def _fidelity_entities(fidelity: dict | None) -> list:
+    """``fidelity.<key>`` for every key of every reported level (its fidelity, the value) at the level's step.
+
+    None for fidelity epochs: there the step is the epoch, and the per-epoch metrics already say it all.
+    """
+    if not fidelity or fidelity["kind"] == "epochs":
+        return []
+    timestamp = mlflow.utils.time.get_current_time_millis()
+    return [
+        mlflow.entities.Metric(f"fidelity.{key}", float(value), timestamp, int(level["step"]))
+        for level in fidelity["levels"]
+        for key, value in level.items()
+        if key != "step"
+    ]
 
 
 def trial_weights_path(number: int) -> str:
