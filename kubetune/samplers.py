@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from kubetune import optuna_messages
+from kubetune.curve_pruner import CurvePruner
 from kubetune.evolution import RegularizedEvolutionSampler
 from kubetune.reinforce import ReinforceSampler
 from kubetune.spec import Experiment
@@ -46,7 +47,7 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
 
 
 def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
-    """The pruner named in the spec; Hyperband's maximum resource is the trial's epochs."""
+    """The pruner named in the spec; Hyperband's and the curve's maximum resource is the trial's epochs."""
     spec = experiment.spec
     pruner = spec.strategy.pruner
     if pruner.name == "median":
@@ -58,5 +59,12 @@ def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
     if pruner.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=pruner.min_resource, max_resource=spec.trial.epochs, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.name == "curve":
+        return CurvePruner(
+            max_resource=spec.trial.epochs,
+            threshold=pruner.threshold,
+            min_resource=pruner.min_resource,
+            n_startup_trials=pruner.startup_trials,
         )
     return optuna.pruners.NopPruner()

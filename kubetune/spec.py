@@ -73,7 +73,7 @@ DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
 SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
-PRUNERS = ("none", "median", "asha", "hyperband")
+PRUNERS = ("none", "median", "asha", "hyperband", "curve")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
 MAX_GRID_POINTS = (
     100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
@@ -457,6 +457,8 @@ class PrunerSpec(_Model):
     reduction_factor: int = Field(default=3, ge=2)
     warmup_steps: int = Field(default=0, ge=0)
     startup_trials: int = Field(default=5, ge=0)
+    # Pruner curve: stop a trial once its chance of beating the incumbent at trial.epochs falls below this.
+    threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
 
     @field_validator("name")
     @classmethod
@@ -464,6 +466,14 @@ class PrunerSpec(_Model):
         if value not in PRUNERS:
             raise ValueError(f"must be one of {', '.join(PRUNERS)} but got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _threshold_for_curve(self) -> PrunerSpec:
+        if self.name != "curve" and self.threshold != PrunerSpec.model_fields["threshold"].default:
+            raise _FieldError(
+                "threshold", f"applies to pruner curve only but pruner is {self.name!r}; remove it or use pruner curve"
+            )
+        return self
 
 
 class Strategy(_Model):
