@@ -93,7 +93,10 @@ def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: floa
     A drawn architecture the table lacks (a partial table) ends as failed, at no cost.
     """
     exp = experiment(table, strategy, seed=seed, trials=trials)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(exp), pruner=make_pruner(exp))
+    # Named, so Hyperband (which picks a trial's bracket from the study's name) replays the same each time.
+    study = optuna.create_study(
+        study_name=f"nas-replay-{seed}", direction="maximize", sampler=make_sampler(exp), pruner=make_pruner(exp)
+    )
     curve: list[dict] = []
     spent, best_val, regret = 0.0, -1.0, None
     epochs = 0  # trained so far, for comparisons at equal epochs (benchmarks/pruner_replay.py)

@@ -44,7 +44,12 @@ def _replay(table: Table, run: tuple[str, int], *, trials: int) -> list[dict]:
 def epochs_after_trials(curves: list[list[dict]], trials: int) -> dict:
     """The epochs the runs had trained once ``trials`` trials were done: mean, standard deviation, range."""
     spent = [curve[min(trials, len(curve)) - 1]["epochs"] for curve in curves]
-    return {"mean": statistics.mean(spent), "std": statistics.pstdev(spent), "min": min(spent), "max": max(spent)}
+    return {
+        "mean": statistics.mean(spent),
+        "std": statistics.stdev(spent) if len(spent) > 1 else 0.0,
+        "min": min(spent),
+        "max": max(spent),
+    }
 
 
 def _by_epochs(curve: list[dict]) -> list[dict]:
