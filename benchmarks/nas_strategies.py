@@ -88,14 +88,18 @@ def experiment(table: Table, strategy: str, *, seed: int, trials: int):
 
 
 def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: float) -> list[dict]:
-    """One search; per trial, the simulated seconds spent so far and the incumbent's regret after it.
+    """One search; per trial, the simulated seconds and epochs spent so far and the incumbent's regret after it.
 
     A drawn architecture the table lacks (a partial table) ends as failed, at no cost.
     """
     exp = experiment(table, strategy, seed=seed, trials=trials)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(exp), pruner=make_pruner(exp))
+    # Named, so Hyperband (which picks a trial's bracket from the study's name) replays the same each time.
+    study = optuna.create_study(
+        study_name=f"nas-replay-{seed}", direction="maximize", sampler=make_sampler(exp), pruner=make_pruner(exp)
+    )
     curve: list[dict] = []
     spent, best_val, regret = 0.0, -1.0, None
+    epochs = 0  # trained so far, for comparisons at equal epochs (benchmarks/pruner_replay.py)
     while len(curve) < trials or (spent < seconds and len(curve) < MAX_TRIAL_FACTOR * trials):
         trial = study.ask()
         _, architecture = sample(trial, exp.spec)
@@ -104,11 +108,12 @@ def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: floa
         run = table.run(code, seed)
         if run is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            curve.append({"seconds": round(spent, 3), "regret": regret})
+            curve.append({"seconds": round(spent, 3), "epochs": epochs, "regret": regret})
             continue
         pruned = False
         for epoch, value in enumerate(run["val_accuracy"], start=1):
             spent += run["seconds"][epoch - 1]
+            epochs += 1
             trial.report(value, epoch)
             if epoch < table.epochs and trial.should_prune():
                 pruned = True
@@ -119,7 +124,7 @@ def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: floa
             study.tell(trial, run["val_accuracy"][-1])
             if run["val_accuracy"][-1] > best_val:
                 best_val, regret = run["val_accuracy"][-1], round(table.best_test - table.test[code], 6)
-        curve.append({"seconds": round(spent, 3), "regret": regret})
+        curve.append({"seconds": round(spent, 3), "epochs": epochs, "regret": regret})
     return curve
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from kubetune import optuna_messages
+from kubetune.curve_pruner import CurvePruner
 from kubetune.evolution import RegularizedEvolutionSampler
 from kubetune.reinforce import ReinforceSampler
 from kubetune.spec import Experiment
@@ -46,8 +47,8 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
 
 
 def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
-    """The pruner named in the spec; Hyperband's maximum resource is the trial's epochs, or the top level's step
-    with fidelity dataFraction or width (:mod:`kubetune.fidelity`)."""
+    """The pruner named in the spec; Hyperband's and the curve's maximum resource is the trial's epochs, or the
+    top level's step with fidelity dataFraction or width (:mod:`kubetune.fidelity`)."""
     spec = experiment.spec
     pruner = spec.strategy.pruner
     if pruner.name == "median":
@@ -56,9 +57,16 @@ def make_pruner(experiment: Experiment) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
         )
+    top = spec.trial.epochs if spec.trial.fidelity.kind == "epochs" else spec.fidelity_ladder[-1].step
     if pruner.name == "hyperband":
-        top = spec.trial.epochs if spec.trial.fidelity.kind == "epochs" else spec.fidelity_ladder[-1].step
         return optuna.pruners.HyperbandPruner(
             min_resource=pruner.min_resource, max_resource=top, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.name == "curve":
+        return CurvePruner(
+            max_resource=top,
+            threshold=pruner.threshold,
+            min_resource=pruner.min_resource,
+            n_startup_trials=pruner.startup_trials,
         )
     return optuna.pruners.NopPruner()

@@ -77,7 +77,7 @@ DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
 SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl")
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
-PRUNERS = ("none", "median", "asha", "hyperband")
+PRUNERS = ("none", "median", "asha", "hyperband", "curve")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
 MAX_GRID_POINTS = (
     100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
@@ -461,6 +461,8 @@ class PrunerSpec(_Model):
     reduction_factor: int = Field(default=3, ge=2)
     warmup_steps: int = Field(default=0, ge=0)
     startup_trials: int = Field(default=5, ge=0)
+    # Pruner curve: stop a trial once its chance of beating the incumbent at trial.epochs falls below this.
+    threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
 
     @field_validator("name")
     @classmethod
@@ -468,6 +470,14 @@ class PrunerSpec(_Model):
         if value not in PRUNERS:
             raise ValueError(f"must be one of {', '.join(PRUNERS)} but got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _threshold_for_curve(self) -> PrunerSpec:
+        if self.name != "curve" and self.threshold != PrunerSpec.model_fields["threshold"].default:
+            raise _FieldError(
+                "threshold", f"applies to pruner curve only but pruner is {self.name!r}; remove it or use pruner curve"
+            )
+        return self
 
 
 class Strategy(_Model):
@@ -716,6 +726,12 @@ class ExperimentSpec(_Model):
                 "trial.fidelity.kind",
                 f"{kind} needs a pruner (strategy.pruner.name median, asha or hyperband): without one every trial "
                 "trains every level and none is stopped; name a pruner or use kind epochs",
+            )
+        if pruner.name == "curve":
+            raise _FieldError(
+                "strategy.pruner.name",
+                f"curve extrapolates a curve of epochs and needs fidelity epochs; with fidelity {kind} a trial "
+                "reports only a few levels, too few to fit: use median, asha or hyperband, or fidelity epochs",
             )
         metric = self.objectives[0].metric
         if metric not in EPOCH_METRICS:

@@ -155,6 +155,11 @@ REJECTED = [
         "spec.trial.fidelity.kind: dataFraction needs a pruner (strategy.pruner.name median, asha or hyperband)",
     ),
     (
+        "curve-pruner",
+        {"strategy.pruner": {"name": "curve"}},
+        "spec.strategy.pruner.name: curve extrapolates a curve of epochs and needs fidelity epochs",
+    ),
+    (
         "unreported-objective",
         {"objective": {"metric": "params"}},
         "needs the objective to be val_accuracy or val_loss, the value each level reports, but the objective is "

@@ -464,6 +464,21 @@ REJECTED = [
         ["spec.strategy.pruner.name", "hyperband", "'percentile'"],
     ),
     (
+        "threshold-without-curve",
+        {"spec.strategy.pruner.threshold": 0.1},
+        ["spec.strategy.pruner.threshold", "pruner curve only", "'hyperband'"],
+    ),
+    (
+        "curve-threshold-one",
+        {"spec.strategy.pruner": {"name": "curve", "threshold": 1.0}},
+        ["spec.strategy.pruner.threshold", "less than 1", "1.0"],
+    ),
+    (
+        "curve-threshold-zero",
+        {"spec.strategy.pruner": {"name": "curve", "threshold": 0}},
+        ["spec.strategy.pruner.threshold", "greater than 0", "0"],
+    ),
+    (
         "pruner-reduction-factor",
         {"spec.strategy.pruner.reductionFactor": 1},
         ["spec.strategy.pruner.reductionFactor", "greater than or equal to 2"],
@@ -638,6 +653,7 @@ ACCEPTED = [
     ("multi-objective-nsga2", {"spec.objective": MULTI, "spec.strategy": {"sampler": {"name": "nsga2"}}}),
     ("pruner-min-resource-equals-epochs", {"spec.strategy.pruner.minResource": 10}),
     ("pruner-none-ignores-min-resource", {"spec.strategy.pruner": {"name": "none", "minResource": 50}}),
+    ("pruner-curve", {"spec.strategy.pruner": {"name": "curve", "threshold": 0.2, "minResource": 3}}),
     (
         "grid-finite",
         {
