@@ -196,20 +196,33 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.table.name}: {len(table.runs)} architectures, best mean test accuracy {table.best_test:.4f}, "
         f"a full training {table.full_seconds:.2f} s"
     )
+    runs: list[dict] = []
     with ProcessPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(functools.partial(measure, table, args), range(args.seeds)))
-    for run in runs:
-        shot, found = run["one_shot"], run["darts"]
-        print(
-            f"seed {run['seed']}: one-shot {shot['seconds']:.0f} s, tau test {shot['tau_test']:.3f} val "
-            f"{shot['tau_val']:.3f} (within frames {', '.join(f'{k} {v:.2f}' for k, v in shot['tau_test_within_frame'].items())}),"
-            f" regret top-1 {shot['top1_regret']:.4f} top-{TOP} {shot[f'top{TOP}_regret']:.4f},"
-            f" random search at {run['random_at_one_shot_seconds']['seconds']:.0f} s "
-            f"{_text(run['random_at_one_shot_seconds']['mean_regret'])};"
-            f" DARTS {found['code']} in {found['search_seconds']:.0f} s + training: regret {_text(found['regret'])},"
-            f" random search at {found['seconds']:.0f} s {_text(run['random_at_darts_seconds']['mean_regret'])}"
-        )
+        for run in pool.map(functools.partial(measure, table, args), range(args.seeds)):
+            runs.append(run)
+            _print(run)
+            _write(table, args, runs)  # after every seed: a long run that is stopped keeps what it measured
+    return 0
+
+
+def _print(run: dict) -> None:
+    shot, found = run["one_shot"], run["darts"]
+    frames_tau = ", ".join(f"{k} {v:.2f}" for k, v in shot["tau_test_within_frame"].items())
+    print(
+        f"seed {run['seed']}: one-shot {shot['seconds']:.0f} s, tau test {shot['tau_test']:.3f} val "
+        f"{shot['tau_val']:.3f} (within frames {frames_tau}),"
+        f" regret top-1 {shot['top1_regret']:.4f} top-{TOP} {shot[f'top{TOP}_regret']:.4f},"
+        f" random search at {run['random_at_one_shot_seconds']['seconds']:.0f} s "
+        f"{_text(run['random_at_one_shot_seconds']['mean_regret'])};"
+        f" DARTS {found['code']} in {found['search_seconds']:.0f} s + training: regret {_text(found['regret'])},"
+        f" random search at {found['seconds']:.0f} s {_text(run['random_at_darts_seconds']['mean_regret'])}",
+        flush=True,
+    )
+
+
+def _write(table: Table, args: argparse.Namespace, runs: list[dict]) -> None:
     summary = {
+        "seeds": len(runs),
         "tau_test": statistics.mean(r["one_shot"]["tau_test"] for r in runs),
         "tau_val": statistics.mean(r["one_shot"]["tau_val"] for r in runs),
         "top1_regret": statistics.mean(r["one_shot"]["top1_regret"] for r in runs),
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "darts_regret": _mean([r["darts"] for r in runs], "regret"),
         "random_at_darts_seconds_regret": _mean([r["random_at_darts_seconds"] for r in runs], "mean_regret"),
     }
-    print("mean over seeds: " + ", ".join(f"{k} {_text(v)}" for k, v in summary.items()))
+    print("mean over seeds so far: " + ", ".join(f"{k} {_text(v)}" for k, v in summary.items()), flush=True)
     raw = {
         "table": args.table.name,
         "table_header": table.header,
@@ -230,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     write_results("supernet_ranking", raw)
-    return 0
 
 
 def _text(value: float | None) -> str:
