@@ -21,13 +21,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from kubetune.architecture import CELL_OPERATIONS, FLAT_OPERATIONS, MAX_CELL_NODES, reduction_cells
 from kubetune.layers import BATCH_NORM, CONV, ArchitectureError, flatten, positive_int
 
-__all__ = ["FIELDS", "build", "validate"]
+__all__ = ["FIELDS", "build", "make_operation", "resolved", "stack", "validate"]
 
 FIELDS = ("type", "nodes", "edges", "cells", "width", "reductions")
 AVERAGE_POOL = {2: nn.AvgPool1d, 3: nn.AvgPool2d}
@@ -66,6 +68,23 @@ def validate(architecture: dict) -> dict:
 
 def build(architecture: dict, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """The network of a :func:`validate`-d architecture; the caller seeds the initialisation."""
+    edges = architecture["edges"]
+    return stack(
+        architecture,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        cell=lambda width, rank: Cell(edges, width, rank),
+    )
+
+
+def stack(
+    architecture: dict, *, input_shape: tuple[int, ...], num_classes: int, cell: Callable[[int, int], nn.Module]
+) -> nn.Sequential:
+    """Stem, ``architecture["cells"]`` cells from ``cell(width, rank)`` with the reductions between them, and head.
+
+    Only ``cells``, ``width`` and ``reductions`` are read: the weight-sharing supernet stacks its mixed cells
+    in the same frame, so its subnetworks are the networks :func:`build` makes.
+    """
     rank, width = len(input_shape), architecture["width"]
     layers: list[nn.Module] = [_stem(input_shape, width)]
     shape = (width, *input_shape[1:])
@@ -74,7 +93,7 @@ def build(architecture: dict, *, input_shape: tuple[int, ...], num_classes: int)
         if index in reducing:
             layers.append(_reduction(shape))
             shape = (2 * shape[0], *((size + 1) // 2 for size in shape[1:]))
-        layers.append(Cell(architecture["edges"], shape[0], rank))
+        layers.append(cell(shape[0], rank))
     if rank > 1:
         flat, shape = flatten(shape)
         layers.append(flat)
@@ -96,10 +115,10 @@ class Cell(nn.Module):
         for node, operations in enumerate(edges, start=1):
             inputs = []
             for source, operation in enumerate(operations):
-                if _resolved(operation, rank) != "zero":
+                if resolved(operation, rank) != "zero":
                     name = f"n{node}_in{source}"
                     inputs.append((source, name))
-                    self.operations[name] = _operation(operation, width, rank)
+                    self.operations[name] = make_operation(operation, width, rank)
             self.inputs.append(inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,13 +129,14 @@ class Cell(nn.Module):
         return torch.stack(states[1:]).mean(0)
 
 
-def _resolved(operation: str, rank: int) -> str:
+def resolved(operation: str, rank: int) -> str:
+    """The operation ``operation`` names on a state of ``rank`` (flat states read it as FLAT_OPERATIONS says)."""
     return FLAT_OPERATIONS[operation] if rank == 1 else operation
 
 
-def _operation(operation: str, width: int, rank: int) -> nn.Module:
-    """One edge's module for a state of ``width`` channels (features when ``rank`` is 1)."""
-    operation = _resolved(operation, rank)
+def make_operation(operation: str, width: int, rank: int) -> nn.Module:
+    """One edge's module for a state of ``width`` channels (features when ``rank`` is 1); not for ``zero``."""
+    operation = resolved(operation, rank)
     if operation == "skip":
         return nn.Identity()
     if operation == "avgpool":

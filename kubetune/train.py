@@ -34,6 +34,7 @@ __all__ = [
     "TrainResult",
     "evaluate_model",
     "load_model",
+    "make_optimizer",
     "pick_device",
     "predict_logits",
     "save_model",
@@ -198,6 +199,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     model = build_model(info["architecture"], input_shape=info["input_shape"], num_classes=info["num_classes"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), info
+
+
+def make_optimizer(hyperparameters: dict, parameters) -> tuple[torch.optim.Optimizer, dict]:
+    """The optimizer :func:`train_model` builds for ``hyperparameters``, and the checked settings with every
+    default filled in, for training loops of their own (DARTS alternates two optimizers)."""
+    settings = _settings(hyperparameters)
+    return _optimizer(settings, parameters), settings
 
 
 def _settings(hyperparameters: dict) -> dict:
