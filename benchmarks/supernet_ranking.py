@@ -18,6 +18,8 @@ the table's seconds for training the derived cell; random search gets the same s
 architectures of the table uniformly, each costing the table's seconds for the training its seed sees,
 keeping the one with the best final validation accuracy (repeated ``RANDOM_REPEATS`` times per seed).
 The one-shot ranking's cost (training, scoring, and the table's seconds for its top 5) gets the same comparison.
+Both also face TPE at the same seconds: kubetune's TPE sampler replayed on the table (nas_strategies.replay,
+``RANDOM_REPEATS`` replay seeds per seed), its incumbent's regret once those seconds are spent.
 
 Seconds: the supernet's and DARTS' are the process's CPU seconds (one thread: its wall time on a quiet
 core; this machine is shared, so wall time would charge them for other work, and both are in the raw JSON);
@@ -37,7 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from nas_strategies import Table, load
+from nas_strategies import Table, load, regret_after_seconds, replay
 from nas_table import OUTPUT
 from raw_results import write_results
 from scipy.stats import kendalltau
@@ -139,6 +141,22 @@ def random_search(table: Table, seconds: float, *, seed: int) -> dict:
     }
 
 
+def tpe_search(table: Table, seconds: float, *, seed: int) -> dict:
+    """Mean regret of kubetune's TPE replayed on the table once it has spent ``seconds`` of training."""
+    trials = int(seconds / table.full_seconds) + 1  # the replay runs on while its seconds last
+    regrets = [
+        regret_after_seconds(replay(table, "tpe", seed=seed * 1000 + r, trials=trials, seconds=seconds), seconds)
+        for r in range(RANDOM_REPEATS)
+    ]
+    found = [r for r in regrets if r is not None]
+    return {
+        "seconds": seconds,
+        "mean_regret": statistics.mean(found) if found else None,
+        "without_incumbent": len(regrets) - len(found),
+        "regrets": regrets,
+    }
+
+
 def darts(table: Table, space: CellSpace, split, *, epochs: int, seed: int) -> dict:
     net = Supernet(space, input_shape=split.input_shape, num_classes=split.num_classes, seed=seed)
     cpu = time.process_time()
@@ -164,12 +182,15 @@ def measure(table: Table, args: argparse.Namespace, seed: int) -> dict:
     split = load_split(table.header["data"])
     shot = one_shot(table, space, split, epochs=args.epochs, seed=seed)
     found = darts(table, space, split, epochs=args.darts_epochs, seed=seed)
+    one_shot_seconds = shot["seconds"] + shot[f"top{TOP}_seconds"]
     return {
         "seed": seed,
         "one_shot": shot,
-        "random_at_one_shot_seconds": random_search(table, shot["seconds"] + shot[f"top{TOP}_seconds"], seed=seed),
+        "random_at_one_shot_seconds": random_search(table, one_shot_seconds, seed=seed),
+        "tpe_at_one_shot_seconds": tpe_search(table, one_shot_seconds, seed=seed),
         "darts": found,
         "random_at_darts_seconds": random_search(table, found["seconds"], seed=seed),
+        "tpe_at_darts_seconds": tpe_search(table, found["seconds"], seed=seed),
     }
 
 
@@ -213,9 +234,11 @@ def _print(run: dict) -> None:
         f"{shot['tau_val']:.3f} (within frames {frames_tau}),"
         f" regret top-1 {shot['top1_regret']:.4f} top-{TOP} {shot[f'top{TOP}_regret']:.4f},"
         f" random search at {run['random_at_one_shot_seconds']['seconds']:.0f} s "
-        f"{_text(run['random_at_one_shot_seconds']['mean_regret'])};"
+        f"{_text(run['random_at_one_shot_seconds']['mean_regret'])}, TPE "
+        f"{_text(run['tpe_at_one_shot_seconds']['mean_regret'])};"
         f" DARTS {found['code']} in {found['search_seconds']:.0f} s + training: regret {_text(found['regret'])},"
-        f" random search at {found['seconds']:.0f} s {_text(run['random_at_darts_seconds']['mean_regret'])}",
+        f" random search at {found['seconds']:.0f} s {_text(run['random_at_darts_seconds']['mean_regret'])},"
+        f" TPE {_text(run['tpe_at_darts_seconds']['mean_regret'])}",
         flush=True,
     )
 
@@ -228,8 +251,10 @@ def _write(table: Table, args: argparse.Namespace, runs: list[dict]) -> None:
         "top1_regret": statistics.mean(r["one_shot"]["top1_regret"] for r in runs),
         f"top{TOP}_regret": statistics.mean(r["one_shot"][f"top{TOP}_regret"] for r in runs),
         "random_at_one_shot_seconds_regret": _mean([r["random_at_one_shot_seconds"] for r in runs], "mean_regret"),
+        "tpe_at_one_shot_seconds_regret": _mean([r["tpe_at_one_shot_seconds"] for r in runs], "mean_regret"),
         "darts_regret": _mean([r["darts"] for r in runs], "regret"),
         "random_at_darts_seconds_regret": _mean([r["random_at_darts_seconds"] for r in runs], "mean_regret"),
+        "tpe_at_darts_seconds_regret": _mean([r["tpe_at_darts_seconds"] for r in runs], "mean_regret"),
     }
     print("mean over seeds so far: " + ", ".join(f"{k} {_text(v)}" for k, v in summary.items()), flush=True)
     raw = {

@@ -46,3 +46,22 @@ def test_random_search_trains_only_what_the_seconds_pay_for(bench, table):
     result = bench.random_search(table, 9.0, seed=0)
     assert result["mean_trials"] == 3 and result["without_incumbent"] == 0
     assert all(0 <= regret <= 0.07 + 1e-9 for regret in result["regrets"])
+
+
+def test_tpe_at_equal_seconds_replays_kubetunes_sampler_within_the_seconds(bench, table):
+    table.header |= {
+        "data": {"source": "builtin:digits"},
+        "space": {
+            "type": "cell",
+            "nodes": 1,
+            "operations": {"choices": ["conv3", "conv1", "skip", "zero"]},
+            "cells": {"low": 1, "high": 2},
+            "width": {"choices": [16]},
+            "reductions": 1,
+        },
+    }
+    assert bench.tpe_search(table, 2.9, seed=0)["without_incumbent"] == bench.RANDOM_REPEATS
+    result = bench.tpe_search(table, 30.0, seed=0)
+    assert result["without_incumbent"] == 0
+    assert all(0 <= regret <= 0.07 + 1e-9 for regret in result["regrets"])
+    assert result["mean_regret"] < 0.07  # ten trainings of eight architectures find better than the worst
