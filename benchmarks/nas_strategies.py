@@ -221,6 +221,13 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     return path
 
 
+def replay_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options every replay script takes (budgets, seeds, jobs), or None."""
+    if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
+        return f"--budgets, --seeds and --jobs must be positive but got {args.budgets}, {args.seeds}, {args.jobs}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=OUTPUT)
@@ -230,11 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel processes")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the raw JSON and the plot")
     args = parser.parse_args(argv)
-    if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
-        print(
-            f"--budgets, --seeds and --jobs must be positive but got {args.budgets}, {args.seeds}, {args.jobs}",
-            file=sys.stderr,
-        )
+    if problem := replay_options_problem(args):
+        print(problem, file=sys.stderr)
         return 2
     table = load(args.table)
     budgets = sorted(set(args.budgets))

@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from nas_strategies import MAX_TRIAL_FACTOR, Table, load, replay, summarise
+from nas_strategies import MAX_TRIAL_FACTOR, Table, load, replay, replay_options_problem, summarise
 from nas_table import OUTPUT
 from raw_results import RESULTS, write_results
 
@@ -77,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel processes")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the raw JSON")
     args = parser.parse_args(argv)
-    if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
-        print(
-            f"--budgets, --seeds and --jobs must be positive but got {args.budgets}, {args.seeds}, {args.jobs}",
-            file=sys.stderr,
-        )
+    if problem := replay_options_problem(args):
+        print(problem, file=sys.stderr)
         return 2
     table = load(args.table)
     budgets = sorted(set(args.budgets))

@@ -149,3 +149,17 @@ def test_an_architecture_missing_from_a_partial_table_fails_at_no_cost(scripts, 
     curve = nas_strategies.replay(table, "random", seed=0, trials=40, seconds=0.0)
     completed = sum(b["seconds"] > a["seconds"] for a, b in itertools.pairwise([{"seconds": 0.0}, *curve]))
     assert curve[-1]["seconds"] == completed * EPOCHS < 40 * EPOCHS
+
+
+def test_the_pruner_replay_trains_fewer_epochs_under_a_pruner_and_refuses_bad_options(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("pruner_replay", None)
+    pruner_replay = importlib.import_module("pruner_replay")
+    table, results = _synthetic_table(tmp_path / "table.jsonl.gz"), tmp_path / "results"
+    options = ["--table", str(table), "--seeds", "2", "--budgets", "8", "--pruners", "none", "median"]
+    assert pruner_replay.main([*options, "--results", str(results)]) == 0
+    document = json.loads((results / "pruner_replay-table.json").read_text())["results"]
+    epochs = document["epochs_after_trials"]
+    assert epochs["random"]["8"]["mean"] == 8 * EPOCHS  # nothing pruned: every trial trains every epoch
+    assert epochs["random+median"]["8"]["mean"] < 8 * EPOCHS  # the made-up curves leave most trials behind
+    assert pruner_replay.main([*options, "--jobs", "0"]) == 2
