@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
@@ -184,9 +185,7 @@ class Objective(_Model):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"must be one of {', '.join(METRICS)} but got {value!r}")
-        return value
+        return _one_of(value, METRICS)
 
     @property
     def resolved_direction(self) -> str:
@@ -450,9 +449,7 @@ class SamplerSpec(_Model):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"must be one of {', '.join(SAMPLERS)} but got {value!r}")
-        return value
+        return _one_of(value, SAMPLERS)
 
 
 class PrunerSpec(_Model):
@@ -467,9 +464,7 @@ class PrunerSpec(_Model):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in PRUNERS:
-            raise ValueError(f"must be one of {', '.join(PRUNERS)} but got {value!r}")
-        return value
+        return _one_of(value, PRUNERS)
 
     @model_validator(mode="after")
     def _threshold_for_curve(self) -> PrunerSpec:
@@ -564,9 +559,7 @@ class FidelitySpec(_Model):
     @field_validator("kind")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in FIDELITIES:
-            raise ValueError(f"must be one of {', '.join(FIDELITIES)} but got {value!r}")
-        return value
+        return _one_of(value, FIDELITIES)
 
     @model_validator(mode="after")
     def _fraction_for_levels(self) -> FidelitySpec:
@@ -770,6 +763,13 @@ class ExperimentSpec(_Model):
                     "or wider choices",
                 )
         return self
+
+
+def _one_of(value: str, allowed: Collection[str]) -> str:
+    """``value`` when it is a name in ``allowed``; the field validators' one message otherwise."""
+    if value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)} but got {value!r}")
+    return value
 
 
 def _narrowest_width(space: ArchitectureSpace | CellSpace | None) -> int:
