@@ -17,7 +17,9 @@ true mean test accuracy is looked up in the table by its code. Its cost is the s
 the table's seconds for training the derived cell; random search gets the same seconds, drawing
 architectures of the table uniformly, each costing the table's seconds for the training its seed sees,
 keeping the one with the best final validation accuracy (repeated ``RANDOM_REPEATS`` times per seed).
-The one-shot ranking's cost (training, scoring, and the table's seconds for its top 5) gets the same comparison.
+The one-shot ranking's cost (training, scoring, and the table's seconds for its top 5) gets the same comparison,
+for the top 5 overall and for the top 5 that strategy.oneShot enqueues (round-robin over the frames' rankings,
+kubetune.one_shot.interleave), each at its own seconds.
 Both also face TPE at the same seconds: kubetune's TPE sampler replayed on the table (nas_strategies.replay,
 ``RANDOM_REPEATS`` replay seeds per seed), its incumbent's regret once those seconds are spent.
 
@@ -47,6 +49,7 @@ from scipy.stats import kendalltau
 from kubetune.darts import search
 from kubetune.data import load_split
 from kubetune.encoding import decode, encode
+from kubetune.one_shot import interleave
 from kubetune.spec import CellSpace
 from kubetune.supernet import Supernet, frames, train_one_shot
 
@@ -70,9 +73,7 @@ def one_shot(table: Table, space: CellSpace, split, *, epochs: int, seed: int) -
     started, cpu = time.perf_counter(), time.process_time()
     train_seconds = {}
     for cells, width in frames(space):
-        net = Supernet(
-            space, input_shape=split.input_shape, num_classes=split.num_classes, cells=cells, width=width, seed=seed
-        )
+        net = Supernet.for_split(space, split, cells=cells, width=width, seed=seed)
         begun = time.perf_counter()
         result = train_one_shot(net, split, epochs=epochs, hyperparameters=table.header["hyperparameters"], seed=seed)
         train_seconds[f"c{cells}w{width}"] = round(time.perf_counter() - begun, 2)
@@ -100,6 +101,12 @@ def ranking(table: Table, scores: dict[str, float]) -> dict:
     ranked = sorted(codes, key=lambda c: -scores[c])
     top = ranked[:TOP]
     kept = max(top, key=lambda c: true_val(table, c))
+    # What strategy.oneShot enqueues: round-robin over the frames' own rankings (kubetune.one_shot.interleave).
+    frames_ranked = [
+        [(scores[c], c) for c in ranked if c.split(":")[2] + c.split(":")[3] == frame] for frame in per_frame
+    ]
+    per_frame_top = [code for _, _, code in interleave(frames_ranked, TOP)]
+    per_frame_kept = max(per_frame_top, key=lambda c: true_val(table, c))
     return {
         "tau_test": tau_test,
         "tau_val": tau_val,
@@ -109,6 +116,9 @@ def ranking(table: Table, scores: dict[str, float]) -> dict:
         f"top{TOP}": top,
         f"top{TOP}_regret": table.best_test - table.test[kept],
         f"top{TOP}_seconds": sum(table_seconds(table, c) for c in top),
+        f"top{TOP}_per_frame": per_frame_top,
+        f"top{TOP}_per_frame_regret": table.best_test - table.test[per_frame_kept],
+        f"top{TOP}_per_frame_seconds": sum(table_seconds(table, c) for c in per_frame_top),
     }
 
 
@@ -183,11 +193,14 @@ def measure(table: Table, args: argparse.Namespace, seed: int) -> dict:
     shot = one_shot(table, space, split, epochs=args.epochs, seed=seed)
     found = darts(table, space, split, epochs=args.darts_epochs, seed=seed)
     one_shot_seconds = shot["seconds"] + shot[f"top{TOP}_seconds"]
+    round_robin_seconds = shot["seconds"] + shot[f"top{TOP}_per_frame_seconds"]
     return {
         "seed": seed,
         "one_shot": shot,
         "random_at_one_shot_seconds": random_search(table, one_shot_seconds, seed=seed),
         "tpe_at_one_shot_seconds": tpe_search(table, one_shot_seconds, seed=seed),
+        "random_at_round_robin_seconds": random_search(table, round_robin_seconds, seed=seed),
+        "tpe_at_round_robin_seconds": tpe_search(table, round_robin_seconds, seed=seed),
         "darts": found,
         "random_at_darts_seconds": random_search(table, found["seconds"], seed=seed),
         "tpe_at_darts_seconds": tpe_search(table, found["seconds"], seed=seed),
@@ -236,6 +249,10 @@ def _print(run: dict) -> None:
         f" random search at {run['random_at_one_shot_seconds']['seconds']:.0f} s "
         f"{_text(run['random_at_one_shot_seconds']['mean_regret'])}, TPE "
         f"{_text(run['tpe_at_one_shot_seconds']['mean_regret'])};"
+        f" round-robin top-{TOP} over frames {shot[f'top{TOP}_per_frame_regret']:.4f},"
+        f" random search at {run['random_at_round_robin_seconds']['seconds']:.0f} s "
+        f"{_text(run['random_at_round_robin_seconds']['mean_regret'])}, TPE "
+        f"{_text(run['tpe_at_round_robin_seconds']['mean_regret'])};"
         f" DARTS {found['code']} in {found['search_seconds']:.0f} s + training: regret {_text(found['regret'])},"
         f" random search at {found['seconds']:.0f} s {_text(run['random_at_darts_seconds']['mean_regret'])},"
         f" TPE {_text(run['tpe_at_darts_seconds']['mean_regret'])}",
@@ -250,8 +267,13 @@ def _write(table: Table, args: argparse.Namespace, runs: list[dict]) -> None:
         "tau_val": statistics.mean(r["one_shot"]["tau_val"] for r in runs),
         "top1_regret": statistics.mean(r["one_shot"]["top1_regret"] for r in runs),
         f"top{TOP}_regret": statistics.mean(r["one_shot"][f"top{TOP}_regret"] for r in runs),
+        f"top{TOP}_per_frame_regret": statistics.mean(r["one_shot"][f"top{TOP}_per_frame_regret"] for r in runs),
         "random_at_one_shot_seconds_regret": _mean([r["random_at_one_shot_seconds"] for r in runs], "mean_regret"),
         "tpe_at_one_shot_seconds_regret": _mean([r["tpe_at_one_shot_seconds"] for r in runs], "mean_regret"),
+        "random_at_round_robin_seconds_regret": _mean(
+            [r["random_at_round_robin_seconds"] for r in runs], "mean_regret"
+        ),
+        "tpe_at_round_robin_seconds_regret": _mean([r["tpe_at_round_robin_seconds"] for r in runs], "mean_regret"),
         "darts_regret": _mean([r["darts"] for r in runs], "regret"),
         "random_at_darts_seconds_regret": _mean([r["random_at_darts_seconds"] for r in runs], "mean_regret"),
         "tpe_at_darts_seconds_regret": _mean([r["tpe_at_darts_seconds"] for r in runs], "mean_regret"),

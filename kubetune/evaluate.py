@@ -91,6 +91,7 @@ def evaluate_trial(
         ended_at=result.get("ended_at"),
         inheritance=frozen.user_attrs.get("inheritance"),
         fidelity=frozen.user_attrs.get("fidelity"),
+        suggested_by=frozen.user_attrs.get("suggested_by"),
     )
     architecture = frozen.user_attrs.get("architecture")
     if architecture:

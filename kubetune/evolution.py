@@ -61,6 +61,11 @@ class RegularizedEvolutionSampler(IndependentSampler):
         plan = self._plans.get(trial_number)
         return None if plan is None or plan.parent is None else plan.parent.number
 
+    def trial_attrs(self, trial_number: int) -> dict:
+        """``parent_trial`` for a child, so the train step can inherit its parent's weights; else nothing."""
+        parent = self.parent_of(trial_number)
+        return {} if parent is None else {"parent_trial": parent}
+
     def _plan(self, study: optuna.Study, trial: FrozenTrial) -> _Plan:
         """Chosen at the trial's first sampled parameter, from the trials completed by then."""
         if trial.number not in self._plans:

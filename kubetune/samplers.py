@@ -6,6 +6,7 @@ import optuna
 
 from kubetune import optuna_messages
 from kubetune.curve_pruner import CurvePruner
+from kubetune.darts_sampler import DartsSampler
 from kubetune.evolution import RegularizedEvolutionSampler
 from kubetune.reinforce import ReinforceSampler
 from kubetune.spec import Experiment
@@ -43,6 +44,8 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
         return RegularizedEvolutionSampler(population=sampler.population, tournament=sampler.tournament, seed=seed)
     if name == "rl":
         return ReinforceSampler(seed=seed)
+    if name == "darts":
+        return DartsSampler(seed=seed)
     raise ValueError(f"no sampler is built for strategy.sampler.name {name!r}")  # the spec admitted a name we lack
 
 

@@ -53,11 +53,11 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     trial.set_user_attr("segment", segment)
     trial.set_user_attr("run", run_name(experiment, segment))  # the segment's end fails it if its lane dies
     trial.set_user_attr("slot", slot)
-    # A sampler that mutates a parent (evolution) names it, so the train step can inherit its weights.
-    parent_of = getattr(study.sampler, "parent_of", None)
-    parent = parent_of(trial.number) if callable(parent_of) else None
-    if parent is not None:
-        trial.set_user_attr("parent_trial", int(parent))
+    # What kubetune's own samplers know of the trial: evolution's parent, whose weights the train step may
+    # inherit; the DARTS search whose cell it trains.
+    trial_attrs = getattr(study.sampler, "trial_attrs", None)
+    for key, value in (trial_attrs(trial.number) if callable(trial_attrs) else {}).items():
+        trial.set_user_attr(key, value)
     return trial.number
 
 

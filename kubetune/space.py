@@ -25,7 +25,7 @@ from kubetune.spec import (
     sampling_order,
 )
 
-__all__ = ["sample", "trainer_hyperparameters"]
+__all__ = ["cell_params", "sample", "trainer_hyperparameters"]
 
 
 def _enabled(param: Any, chosen: dict[str, Any]) -> bool:
@@ -66,6 +66,20 @@ def _sample_cell(trial: optuna.Trial, space: CellSpace) -> dict:
         "width": _suggest_dimension(trial, "arch.width", space.width),
         "reductions": space.reductions,
     }
+
+
+def cell_params(architecture: dict, space: CellSpace) -> dict[str, Any]:
+    """The Optuna parameters that make :func:`sample` pick the cell ``architecture`` of ``space`` (to enqueue
+    it): its dimensions of more than one value, named as :func:`_sample_cell` names them."""
+    params: dict[str, Any] = {}
+    if len(space.operations.choices) > 1:
+        for node, source in space.edges:
+            params[f"arch.cell.n{node}.in{source}"] = architecture["edges"][node - 1][source]
+    if space.cells.low != space.cells.high:
+        params["arch.cells"] = int(architecture["cells"])
+    if len(space.width.choices) > 1:  # the choice as the spec writes it, which the distribution holds
+        params["arch.width"] = next(c for c in space.width.choices if int(c) == int(architecture["width"]))
+    return params
 
 
 def _sample_architecture(trial: optuna.Trial, space: ArchitectureSpace | CellSpace) -> dict:

@@ -76,7 +76,9 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
-SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl")
+SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl", "darts")
+# The sampler each sampler-specific setting belongs to.
+SAMPLER_SETTINGS = {"population": "evolution", "tournament": "evolution", "epochs": "darts", "searches": "darts"}
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband", "curve")
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
@@ -445,6 +447,10 @@ class SamplerSpec(_Model):
     # population, a tournament of ``tournament`` of them picks the parent.
     population: int = Field(default=20, ge=2, le=10_000)
     tournament: int = Field(default=5, ge=2, le=10_000)
+    # DARTS (sampler darts): each search trains the supernet's weights and operation weights for ``epochs``;
+    # ``searches`` of them (by default one per frame of cells and width) each derive a cell that trials train.
+    epochs: int = Field(default=10, ge=1, le=1_000)
+    searches: int | None = Field(default=None, ge=1, le=100)
 
     @field_validator("name")
     @classmethod
@@ -475,20 +481,29 @@ class PrunerSpec(_Model):
         return self
 
 
+class OneShotSpec(_Model):
+    """Rank candidates with a weight-sharing supernet before the search (:mod:`kubetune.one_shot`)."""
+
+    top_k: int = Field(default=4, ge=1, le=1_000)  # enqueued as the first trials
+    candidates: int = Field(default=200, ge=1, le=100_000)  # scored per supernet (frame of cells and width)
+    epochs: int = Field(default=10, ge=1, le=1_000)  # each supernet's training
+
+
 class Strategy(_Model):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     # A mutated child starts from its parent's trained weights (sampler evolution only).
     inherit_weights: bool = False
+    one_shot: OneShotSpec | None = None
 
     @model_validator(mode="after")
-    def _evolution_settings(self) -> Strategy:
+    def _sampler_settings(self) -> Strategy:
         sampler = self.sampler
-        given = [f for f in ("population", "tournament") if getattr(sampler, f) != SamplerSpec.model_fields[f].default]
-        if sampler.name != "evolution" and given:
-            raise _FieldError(
-                f"sampler.{given[0]}", f"applies to sampler evolution only but sampler is {sampler.name!r}"
-            )
+        for setting, owner in SAMPLER_SETTINGS.items():
+            if sampler.name != owner and getattr(sampler, setting) != SamplerSpec.model_fields[setting].default:
+                raise _FieldError(
+                    f"sampler.{setting}", f"applies to sampler {owner} only but sampler is {sampler.name!r}"
+                )
         if sampler.tournament > sampler.population:
             raise _FieldError(
                 "sampler.tournament",
@@ -700,6 +715,33 @@ class ExperimentSpec(_Model):
         if self.strategy.inherit_weights and self.architecture is None:
             raise _FieldError(
                 "strategy.inheritWeights", "needs an architecture space: only a trained network has weights to inherit"
+            )
+        return self
+
+    @property
+    def uses_supernet(self) -> bool:
+        """Whether a supernet step runs before the lanes: for strategy.oneShot or sampler darts."""
+        return self.strategy.one_shot is not None or self.strategy.sampler.name == "darts"
+
+    @model_validator(mode="after")
+    def _supernet_fits(self) -> ExperimentSpec:
+        """A supernet holds every operation of a cell space's edges: a macro space has none to share."""
+        one_shot, darts = self.strategy.one_shot, self.strategy.sampler.name == "darts"
+        where = "strategy.oneShot" if one_shot is not None else "strategy.sampler.name"
+        if self.uses_supernet and not isinstance(self.architecture, CellSpace):
+            raise _FieldError(
+                where,
+                "needs architecture.type cell: the weight-sharing supernet holds every operation of a cell's edges; "
+                "use another sampler, or drop oneShot, for a macro space or none",
+            )
+        if one_shot is not None and darts:
+            raise _FieldError(
+                "strategy.oneShot", "does not combine with sampler darts, whose trials are DARTS's cells; drop one"
+            )
+        if one_shot is not None and one_shot.top_k > self.budget.max_trials:
+            raise _FieldError(
+                "strategy.oneShot.topK",
+                f"must not exceed budget.maxTrials ({self.budget.max_trials}) but got {one_shot.top_k}",
             )
         return self
 

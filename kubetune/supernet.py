@@ -134,6 +134,13 @@ class Supernet(nn.Module):
             )
         self.generator = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def for_split(cls, space: CellSpace, split: SplitData, *, cells: int, width: int, seed: int) -> Supernet:
+        """The supernet of frame ``(cells, width)`` for ``split``'s input shape and classes."""
+        return cls(
+            space, input_shape=split.input_shape, num_classes=split.num_classes, cells=cells, width=width, seed=seed
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = torch.randint(len(self.operations), (len(self.edges),), generator=self.generator).tolist()
         return self.run(x, path=path)

@@ -364,13 +364,15 @@ def log_trial(
     ended_at: int | None = None,
     inheritance: dict | None = None,
     fidelity: dict | None = None,
+    suggested_by: dict | None = None,
 ) -> str:
     """Log one trial as a child run (params, per-epoch metrics, final metrics) once; its weights were
     uploaded by the train step (:func:`log_trial_weights`). ``inheritance`` (the trial's attribute of
     that name: its parent, and the copy summary or why nothing was copied) becomes the run's tags.
     ``fidelity`` (the trial's attribute: its kind and, per value reported, the step and the fidelity it was
     measured at) becomes the tag ``kubetune.fidelity`` and, but for fidelity epochs, metrics ``fidelity.<key>``
-    at each reported step.
+    at each reported step. ``suggested_by`` (the trial's attribute: the oneShot ranking or the DARTS search that
+    proposed it) becomes tags ``kubetune.suggestedBy.<key>``.
 
     The run spans the trial's training (``started_at`` to ``ended_at``, wall-clock ms) and each epoch's
     metrics carry the time that epoch ended, so MLflow shows real durations and curves over time. Its
@@ -398,7 +400,8 @@ def log_trial(
                 TAG_ROLE: "trial",
                 "kubetune.state": state,
                 "mlflow.parentRunId": parent_run_id,
-                **_inheritance_tags(inheritance),
+                **_attr_tags("kubetune.inheritance", inheritance),
+                **_attr_tags("kubetune.suggestedBy", suggested_by),
                 **({"kubetune.fidelity": fidelity["kind"]} if fidelity else {}),
             },
         )
@@ -417,9 +420,9 @@ def log_trial(
     return with_retries(log, what=f"logging trial {number}")
 
 
-def _inheritance_tags(inheritance: dict | None) -> dict[str, str]:
-    """``kubetune.inheritance.parent``, ``.copied``, ... (or ``.reason``): what a child took from its parent."""
-    return {f"kubetune.inheritance.{key}": str(value)[:SUMMARY_TAG_LIMIT] for key, value in (inheritance or {}).items()}
+def _attr_tags(prefix: str, attrs: dict | None) -> dict[str, str]:
+    """``<prefix>.<key>`` per key of a trial attribute (``kubetune.inheritance.parent``, ``.copied``, ...)."""
+    return {f"{prefix}.{key}": str(value)[:SUMMARY_TAG_LIMIT] for key, value in (attrs or {}).items()}
 
 
 def _metric_entities(history: list[dict], final: dict[str, float]) -> list:
@@ -526,6 +529,18 @@ def log_summary(parent_run_id: str, summary: dict, plots: dict[str, str]) -> Non
         mlflow_client.set_terminated(parent_run_id, status="FINISHED")  # the experiment stopped; a resume reopens it
 
     with_retries(log, what="attaching the summary to the parent run")
+
+
+def log_supernet(parent_run_id: str, summary: dict) -> None:
+    """The search-supernet step's summary as the parent run's artifact ``supernet.json``; its strategy as the tag
+    ``kubetune.supernet``."""
+    mlflow_client = client()
+
+    def log() -> None:
+        mlflow_client.log_dict(parent_run_id, summary, "supernet.json")
+        mlflow_client.set_tag(parent_run_id, "kubetune.supernet", summary["strategy"])
+
+    with_retries(log, what="attaching the supernet summary to the parent run")
 
 
 def summary_tag(summary: dict) -> str:

@@ -16,6 +16,7 @@ from kubetune.components.evaluate_trial import evaluate_trial
 from kubetune.components.next_segment import next_segment
 from kubetune.components.register_best import register_best
 from kubetune.components.retrieve_data import retrieve_data
+from kubetune.components.search_supernet import search_supernet
 from kubetune.components.suggest_trial import suggest_trial
 from kubetune.components.train_trial import train_trial
 
@@ -24,6 +25,7 @@ __all__ = ["FUNCTIONS", "build"]
 FUNCTIONS: dict[str, Callable] = {
     "retrieve-data": retrieve_data,
     "ensure-study": ensure_study,
+    "search-supernet": search_supernet,
     "suggest-trial": suggest_trial,
     "train-trial": train_trial,
     "evaluate-trial": evaluate_trial,

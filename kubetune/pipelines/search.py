@@ -1,7 +1,9 @@
 """The search pipeline: one segment of the cyclic search.
 
-    ExitHandler[ retrieve data -> ensure study -> ParallelFor[ suggest -> train -> evaluate ] -> register best ]
-      -> next segment
+    ExitHandler[ retrieve data -> ensure study [-> search supernet] -> ParallelFor[ suggest -> train -> evaluate ]
+                 -> register best ] -> next segment
+
+The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod.
 
 A segment holds at most ``trialsPerSegment`` trials, so no single Argo workflow grows past etcd's
 object-size limit; ``next-segment`` decides whether another run follows. A lane that fails for good
@@ -81,8 +83,18 @@ def build_pipeline(experiment: Experiment, target: Target):
             # Cached only for a source that cannot change under the same spec (a builtin or a pinned sha256).
             data = settle(steps["retrieve-data"](experiment_spec=experiment_spec), cache=_data_is_pinned(experiment))
             plan = settle(steps["ensure-study"](experiment_spec=experiment_spec, segment=segment))
+            if experiment.spec.uses_supernet:  # once per study; later segments' steps return at once
+                supernet = settle(
+                    build("search-supernet", image=target.trainer_image(experiment))(
+                        experiment_spec=experiment_spec, dataset=data.outputs["dataset"]
+                    ).after(plan),
+                    step=False,
+                )
+                target.trial_pod(supernet, experiment)
             with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
                 suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
+                if experiment.spec.uses_supernet:
+                    suggested.after(supernet)
                 # suggest-trial returns -1 (no trial) once a stop rule holds: the lane then trains nothing.
                 with dsl.If(suggested.output >= 0, name="trial-suggested"):
                     trained = settle(

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
-from repo_paths import DIGITS
+from repo_paths import CELL_EXAMPLE, DIGITS
 
 from kubetune.cli import cli
 from kubetune.cluster import finish_segment, run_name
@@ -133,3 +133,29 @@ def test_pipeline_carries_no_credentials(kfp_api, monkeypatch):
     assert b"Pw-9f8e7d" not in sent and b"Secret-abc123xyz" not in sent
     assert "Pw-9f8e7d" not in redact_url("postgresql+psycopg://kt:Pw-9f8e7d@db:5432/optuna")
     assert ClusterSettings().secret == "kubetune-credentials"
+
+
+@pytest.mark.parametrize(
+    "strategy, trial",
+    [
+        ({"oneShot": {"topK": 2}}, {}),
+        ({"sampler": {"name": "darts", "seed": 0, "epochs": 2}}, {}),
+        ({"pruner": {"name": "asha"}}, {"fidelity": {"kind": "dataFraction", "minFraction": 0.1}}),
+        ({"pruner": {"name": "curve", "threshold": 0.1}}, {}),
+    ],
+    ids=["one-shot", "darts", "data-fraction", "curve"],
+)
+def test_each_cheaper_estimate_compiles_and_passes_the_strict_double(kfp_api, tmp_path, strategy, trial):
+    """Every strategy of issue 12 reaches the server as a pipeline the minimum backend's protos parse; the
+    supernet strategies add the search-supernet step."""
+    data = yaml.safe_load(CELL_EXAMPLE.read_text())
+    data["spec"]["strategy"].update(strategy)
+    data["spec"]["trial"].update(trial)
+    path = tmp_path / "cell.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["submit", str(path), "--host", kfp_api.host, "--image", "img:1"])
+    assert result.exit_code == 0, result.output
+    (run,) = _posted_runs(kfp_api)
+    assert json.loads(run["runtime_config"]["parameters"]["experiment_spec"])["spec"]["strategy"]["sampler"]
+    components = run["pipeline_spec"]["pipeline_spec"]["components"]
+    assert ("comp-search-supernet" in components) == ("oneShot" in strategy or "sampler" in strategy)

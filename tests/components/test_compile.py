@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 from kfp import compiler
-from repo_paths import DIGITS
+from repo_paths import CELL_EXAMPLE, DIGITS
 
 from kubetune.cluster_settings import ClusterSettings
 from kubetune.components import FUNCTIONS, build
@@ -284,3 +284,34 @@ def test_the_target_the_pipeline_is_built_for_names_how_the_next_segment_starts(
         finish = documents[0]["root"]["dag"]["tasks"]["next-segment"]["inputs"]["parameters"]
         built[name] = (finish["finish"]["runtimeValue"]["constant"], len(documents))
     assert built == {"embedded": ("local.finish_segment", 1), "cluster": ("cluster.finish_segment", 2)}
+
+
+@pytest.fixture
+def supernet_compiled(tmp_path, gpu_experiment):
+    """The GPU experiment's cell example with strategy.oneShot, compiled for the cluster."""
+    data = yaml.safe_load(CELL_EXAMPLE.read_text())
+    data["spec"]["trial"]["resources"] = gpu_experiment.spec.trial.resources.model_dump(by_alias=True)
+    data["spec"]["strategy"]["oneShot"] = {"topK": 3}
+    settings = ClusterSettings(image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda")
+    path = compile_pipeline(parse_experiment(data), tmp_path / "pipeline.yaml", settings)
+    pipeline, platform = _documents(path)
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_the_supernet_step_runs_in_a_trial_pod_before_every_lane(supernet_compiled):
+    pipeline, platform = supernet_compiled
+    step = _executor(pipeline, "search-supernet")
+    assert step["image"] == "registry.example/kubetune/trainer:cuda"
+    assert step["resources"]["accelerator"]["resourceCount"] == "2"
+    assert "activeDeadlineSeconds" in platform["exec-search-supernet"]  # the trial pod's timeout
+    tasks = _tasks(pipeline)
+    assert set(tasks["search-supernet"]["dependentTasks"]) == {"ensure-study", "retrieve-data"}
+    loop = next(task for task in tasks.values() if "parameterIterator" in task)
+    assert "search-supernet" in loop["dependentTasks"], "no lane asks for a trial before the supernet work is done"
+    assert "search-supernet" not in _cached(pipeline)
+
+
+def test_only_one_shot_and_darts_add_the_supernet_step(compiled):
+    pipeline, _ = compiled
+    assert "search-supernet" not in _tasks(pipeline)
+    assert "exec-search-supernet" not in pipeline["deploymentSpec"]["executors"]

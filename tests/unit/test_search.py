@@ -311,8 +311,8 @@ def test_a_local_mlflow_store_error_says_how_to_recover_not_to_start_a_server(ho
 class _ParentNaming(optuna.samplers.RandomSampler):
     """Stands in for the evolution sampler: every trial after the first is a child of trial 0."""
 
-    def parent_of(self, number: int) -> int | None:
-        return 0 if number else None
+    def trial_attrs(self, number: int) -> dict:
+        return {"parent_trial": 0} if number else {}
 
 
 @pytest.fixture

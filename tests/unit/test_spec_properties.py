@@ -38,6 +38,7 @@ from kubetune.spec import (
     IntRange,
     Metadata,
     Objective,
+    OneShotSpec,
     PrunerSpec,
     Range,
     RegistrySpec,
@@ -405,6 +406,7 @@ MODELS = {
     "spec.strategy": Strategy,
     "spec.strategy.sampler": SamplerSpec,
     "spec.strategy.pruner": PrunerSpec,
+    "spec.strategy.oneShot": OneShotSpec,
     "spec.budget": Budget,
     "spec.trial": TrialSpec,
     "spec.trial.resources": Resources,
@@ -765,6 +767,19 @@ def valid_documents(draw):
         document["spec"]["architecture"] = draw(
             st.one_of(architectures(finite_only=finite_only), cell_spaces()) if not finite_only else cell_spaces()
         )
+    if document["spec"].get("architecture", {}).get("type") == "cell" and not finite_only:
+        strategy = document["spec"]["strategy"]
+        supernet = draw(st.sampled_from([None, "oneShot", "darts"]))
+        if supernet == "oneShot":
+            strategy["oneShot"] = {
+                "topK": draw(st.integers(1, min(budget["maxTrials"], 1_000))),
+                "candidates": draw(st.integers(1, 100_000)),
+                "epochs": draw(st.integers(1, 1_000)),
+            }
+        elif supernet == "darts":
+            strategy["sampler"].update(name="darts", epochs=draw(st.integers(1, 1_000)))
+            if draw(st.booleans()):
+                strategy["sampler"]["searches"] = draw(st.integers(1, 100))
     if finite_only:
         unsampled = copy.deepcopy(document)
         unsampled["spec"]["strategy"]["sampler"]["name"] = "random"
@@ -829,4 +844,7 @@ def test_budget_never_changes_the_fingerprint(document, max_trials, per_segment,
     before = parse_experiment(copy.deepcopy(document)).search_space_fingerprint()
     budget = document["spec"]["budget"]
     budget.update(maxTrials=max_trials, trialsPerSegment=per_segment, maxDuration=duration)
+    if "oneShot" in document["spec"]["strategy"]:  # topK may not exceed maxTrials
+        one_shot = document["spec"]["strategy"]["oneShot"]
+        one_shot["topK"] = min(one_shot["topK"], max_trials)
     assert parse_experiment(document).search_space_fingerprint() == before

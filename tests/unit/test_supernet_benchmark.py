@@ -38,6 +38,11 @@ def test_a_perfect_ranking_has_tau_one_and_no_regret_and_a_reversed_one_the_oppo
     reversed_ = bench.ranking(table, {code: i for i, code in enumerate(CODES)})
     assert reversed_["tau_test"] == pytest.approx(-1.0)
     assert reversed_["top1_regret"] == pytest.approx(0.07)
+    # strategy.oneShot's pick: round-robin over each frame's own ranking, so the 1-cell frame's best comes second
+    assert perfect["top5_per_frame"] == [CODES[0], CODES[4], CODES[1], CODES[5], CODES[2]]
+    assert perfect["top5_per_frame_regret"] == 0
+    assert reversed_["top5_per_frame"] == [CODES[7], CODES[3], CODES[6], CODES[2], CODES[5]]
+    assert reversed_["top5_per_frame_regret"] == pytest.approx(0.02)
     assert reversed_["top5_regret"] == pytest.approx(0.03)  # of the worst five, the best by validation
 
 
