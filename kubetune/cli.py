@@ -217,10 +217,17 @@ namespace_option = click.option(
 def compile(experiment_file: str, output: str | None, **cluster) -> None:
     """Write the KFP pipeline YAML to upload in the Kubeflow UI."""
     from kubetune.pipelines import compile_pipeline
+    from kubetune.siblings import studies
 
     experiment = _load(experiment_file)
-    path = compile_pipeline(experiment, output or f"{experiment.name}.pipeline.yaml", _cluster(**cluster))
+    settings = _cluster(**cluster)
+    path = compile_pipeline(experiment, output or f"{experiment.name}.pipeline.yaml", settings)
     click.echo(f"wrote {path}: upload it in the Kubeflow UI (Pipelines > Upload pipeline), then Create run.")
+    for sibling in studies(experiment)[1:]:  # strategy.seeds and baseline: a pipeline per study, run each
+        other = compile_pipeline(
+            sibling.experiment, path.with_name(f"{sibling.experiment.name}.pipeline.yaml"), settings
+        )
+        click.echo(f"wrote {other}: the {sibling.role} study of seed repeat {sibling.repeat}; create a run of it too.")
 
 
 @cli.command()
@@ -231,11 +238,14 @@ def compile(experiment_file: str, output: str | None, **cluster) -> None:
 def submit(experiment_file: str, host: str | None, namespace: str | None, **cluster) -> None:
     """Start the experiment's first segment as a KFP run (the same spec again starts nothing)."""
     from kubetune.cluster import submit_segment
+    from kubetune.siblings import studies
 
-    experiment = _load(experiment_file)
-    submission = submit_segment(experiment, segment=0, cluster=_cluster(**cluster), host=host, namespace=namespace)
-    state = "submitted" if submission.created else "already submitted, nothing new started:"
-    click.echo(f"{state} run {submission.run_name} (id {submission.run_id}) in KFP experiment {experiment.name}")
+    settings = _cluster(**cluster)
+    for sibling in studies(_load(experiment_file)):  # strategy.seeds and baseline: each study its own chain of runs
+        experiment = sibling.experiment
+        submission = submit_segment(experiment, segment=0, cluster=settings, host=host, namespace=namespace)
+        state = "submitted" if submission.created else "already submitted, nothing new started:"
+        click.echo(f"{state} run {submission.run_name} (id {submission.run_id}) in KFP experiment {experiment.name}")
 
 
 @cli.command()
@@ -246,9 +256,11 @@ def submit(experiment_file: str, host: str | None, namespace: str | None, **clus
 def resume(experiment_file: str, host: str | None, namespace: str | None, **cluster) -> None:
     """Continue an experiment whose chain of runs stopped without a stop rule (reads the study: KUBETUNE_STORAGE)."""
     from kubetune.cluster import resume_experiment
+    from kubetune.siblings import studies
 
-    experiment = _load(experiment_file)
-    click.echo(resume_experiment(experiment, cluster=_cluster(**cluster), host=host, namespace=namespace))
+    settings = _cluster(**cluster)
+    for sibling in studies(_load(experiment_file)):
+        click.echo(resume_experiment(sibling.experiment, cluster=settings, host=host, namespace=namespace))
 
 
 @cli.command("register-pipeline")
@@ -325,11 +337,18 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     experiment = _load(experiment_file)
     from kubetune.console import run_with_progress
     from kubetune.local import StepFailed
+    from kubetune.siblings import studies
 
-    try:
-        run_with_progress(experiment, verbose=verbose)
-    except StepFailed as error:  # not the user's input: exit 1, with the step's log to read
-        raise click.ClickException(str(error)) from None
+    searches = studies(experiment)
+    for sibling in searches:  # strategy.seeds and baseline: one study after another
+        if len(searches) > 1:
+            click.echo(f"kubetune: study {sibling.experiment.name} ({sibling.role}, seed repeat {sibling.repeat})")
+        try:
+            run_with_progress(sibling.experiment, verbose=verbose)
+        except StepFailed as error:  # not the user's input: exit 1, with the step's log to read
+            raise click.ClickException(str(error)) from None
+    if len(searches) > 1:
+        click.echo(f"kubetune: ran {len(searches)} studies; compare them with `kubetune report {experiment.name}`")
 
 
 @cli.command("dev-stack")

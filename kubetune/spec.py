@@ -81,6 +81,7 @@ SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution",
 SAMPLER_SETTINGS = {"population": "evolution", "tournament": "evolution", "epochs": "darts", "searches": "darts"}
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband", "curve")
+MAX_REPEATS = 20  # strategy.seeds: whole searches, each a study of its own
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
 MAX_GRID_POINTS = (
     100_000  # distinct configurations of a grid search; each ask walks the tree of those tried (BruteForceSampler)
@@ -495,6 +496,10 @@ class Strategy(_Model):
     # A mutated child starts from its parent's trained weights (sampler evolution only).
     inherit_weights: bool = False
     one_shot: OneShotSpec | None = None
+    # Repeat the whole search this many times (sampler seed, seed + 1, ...), each a study of its own.
+    seeds: int = Field(default=1, ge=1, le=MAX_REPEATS)
+    # Also spend the same budget on random search, in sibling studies (see kubetune.siblings).
+    baseline: Literal["none", "random"] = "none"
 
     @model_validator(mode="after")
     def _sampler_settings(self) -> Strategy:
@@ -934,6 +939,22 @@ class Experiment(_Model):
     kind: Literal["Experiment"]
     metadata: Metadata
     spec: ExperimentSpec
+
+    @model_validator(mode="after")
+    def _sibling_names_fit(self) -> Experiment:
+        """A sibling study's name (kubetune.siblings) is the experiment's with a suffix, and must fit too."""
+        strategy = self.spec.strategy
+        suffix = ("-baseline-random" if strategy.baseline == "random" else "") + (
+            f"-seed-{strategy.seeds}" if strategy.seeds > 1 else ""
+        )
+        limit = Metadata.model_fields["name"].metadata[-1].max_length
+        if suffix and len(self.name) + len(suffix) > limit:
+            raise _FieldError(
+                "metadata.name",
+                f"must be at most {limit - len(suffix)} characters with this strategy's sibling studies (the longest "
+                f"is the name with {suffix!r}, at most {limit}) but has {len(self.name)}; shorten it",
+            )
+        return self
 
     @property
     def name(self) -> str:

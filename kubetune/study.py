@@ -23,6 +23,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune import siblings
 from kubetune.periodic import every
 from kubetune.samplers import make_pruner, make_sampler
 from kubetune.spec import Experiment
@@ -118,6 +119,8 @@ def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -
         study.set_user_attr("metrics", [o.metric for o in experiment.spec.objectives])
     name_metrics(study, experiment)
     study.set_user_attr("spec", experiment.to_dict())
+    if experiment.spec.strategy.seeds > 1 or experiment.spec.strategy.baseline != "none":
+        study.set_user_attr("siblings", siblings.names(experiment))
     optuna.storages.fail_stale_trials(study)
     return study
 

@@ -123,5 +123,6 @@ def build_pipeline(experiment: Experiment, target: Target):
 def compile_pipeline(experiment: Experiment, output: str | Path, cluster: ClusterSettings) -> Path:
     """Write the pipeline YAML, built for a cluster with ``cluster`` settings, that a user uploads in the Kubeflow UI."""
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(experiment, InCluster(cluster)), str(output))
     return output

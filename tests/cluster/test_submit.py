@@ -159,3 +159,25 @@ def test_each_cheaper_estimate_compiles_and_passes_the_strict_double(kfp_api, tm
     assert json.loads(run["runtime_config"]["parameters"]["experiment_spec"])["spec"]["strategy"]["sampler"]
     components = run["pipeline_spec"]["pipeline_spec"]["components"]
     assert ("comp-search-supernet" in components) == ("oneShot" in strategy or "sampler" in strategy)
+
+
+def test_seeds_and_a_baseline_submit_a_chain_of_runs_per_study(kfp_api, tmp_path):
+    data = yaml.safe_load(DIGITS.read_text())
+    data["spec"]["strategy"].update(seeds=2, baseline="random")
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["submit", str(path), "--host", kfp_api.host, "--image", "img:1"])
+    assert result.exit_code == 0, result.output
+    runs = _posted_runs(kfp_api)
+    specs = [json.loads(run["runtime_config"]["parameters"]["experiment_spec"]) for run in runs]
+    assert [s["metadata"]["name"] for s in specs] == [
+        "digits-cnn",
+        "digits-cnn-seed-2",
+        "digits-cnn-baseline-random",
+        "digits-cnn-baseline-random-seed-2",
+    ]
+    assert [s["spec"]["strategy"]["sampler"]["name"] for s in specs] == ["tpe", "tpe", "random", "random"]
+    assert all(run["runtime_config"]["parameters"]["segment"] == 0 for run in runs)
+    again = CliRunner().invoke(cli, ["submit", str(path), "--host", kfp_api.host, "--image", "img:1"])
+    assert again.exit_code == 0 and again.output.count("already submitted") == 4
+    assert len(_posted_runs(kfp_api)) == 4

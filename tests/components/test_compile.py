@@ -315,3 +315,27 @@ def test_only_one_shot_and_darts_add_the_supernet_step(compiled):
     pipeline, _ = compiled
     assert "search-supernet" not in _tasks(pipeline)
     assert "exec-search-supernet" not in pipeline["deploymentSpec"]["executors"]
+
+
+def test_compile_writes_a_pipeline_per_sibling_study(tmp_path):
+    from click.testing import CliRunner
+
+    from kubetune.cli import cli
+
+    data = yaml.safe_load(DIGITS.read_text())
+    data["spec"]["strategy"].update(seeds=2, baseline="random")
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["compile", str(path), "-o", str(tmp_path / "out" / "main.yaml")])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == [
+        "digits-cnn-baseline-random-seed-2.pipeline.yaml",
+        "digits-cnn-baseline-random.pipeline.yaml",
+        "digits-cnn-seed-2.pipeline.yaml",
+        "main.yaml",
+    ]
+    baseline, _ = _documents(tmp_path / "out" / "digits-cnn-baseline-random.pipeline.yaml")
+    default = json.loads(baseline["root"]["inputDefinitions"]["parameters"]["experiment_spec"]["defaultValue"])
+    assert default["metadata"]["name"] == "digits-cnn-baseline-random"
+    assert default["spec"]["strategy"]["sampler"]["name"] == "random"

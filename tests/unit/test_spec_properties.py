@@ -38,7 +38,6 @@ from kubetune.spec import (
     IntRange,
     Metadata,
     Objective,
-    OneShotSpec,
     PrunerSpec,
     Range,
     RegistrySpec,
@@ -406,7 +405,6 @@ MODELS = {
     "spec.strategy": Strategy,
     "spec.strategy.sampler": SamplerSpec,
     "spec.strategy.pruner": PrunerSpec,
-    "spec.strategy.oneShot": OneShotSpec,
     "spec.budget": Budget,
     "spec.trial": TrialSpec,
     "spec.trial.resources": Resources,
@@ -769,7 +767,7 @@ def valid_documents(draw):
         )
     if document["spec"].get("architecture", {}).get("type") == "cell" and not finite_only:
         strategy = document["spec"]["strategy"]
-        supernet = draw(st.sampled_from([None, "oneShot", "darts"]))
+        supernet = draw(st.sampled_from([None, "oneShot"] if multi else [None, "oneShot", "darts"]))
         if supernet == "oneShot":
             strategy["oneShot"] = {
                 "topK": draw(st.integers(1, min(budget["maxTrials"], 1_000))),
@@ -780,6 +778,10 @@ def valid_documents(draw):
             strategy["sampler"].update(name="darts", epochs=draw(st.integers(1, 1_000)))
             if draw(st.booleans()):
                 strategy["sampler"]["searches"] = draw(st.integers(1, 100))
+    seeds, baseline = draw(st.integers(1, 20)), draw(st.sampled_from(["none", "random"]))
+    suffix = ("-baseline-random" if baseline == "random" else "") + (f"-seed-{seeds}" if seeds > 1 else "")
+    if len(document["metadata"]["name"]) + len(suffix) <= 63:  # sibling study names must fit too
+        document["spec"]["strategy"].update(seeds=seeds, baseline=baseline)
     if finite_only:
         unsampled = copy.deepcopy(document)
         unsampled["spec"]["strategy"]["sampler"]["name"] = "random"
