@@ -38,7 +38,7 @@ border-radius:8px;padding:8px 14px}.fact b{display:block;font-size:20px}
 .plots{display:flex;gap:12px;flex-wrap:wrap}.plots img{max-width:100%;width:500px;height:auto}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:16px;margin:16px 0}.pair>section{margin:0}
 @media (max-width:800px){.pair{grid-template-columns:1fr}}
-.missing{color:#9a5b00}.warn{color:#b42318;font-weight:600}
+.runs td,.runs th{white-space:nowrap}.missing{color:#9a5b00}.warn{color:#b42318;font-weight:600}
 """
 
 
@@ -269,15 +269,32 @@ def _baseline(facts: dict) -> str:
         for run in group["runs"]
     )
     missing = [name for group in groups.values() for name in group["missing"]]
-    parts = ["<table><tr><th>method</th><th>study</th><th>completed trials</th><th>best</th></tr>" + rows + "</table>"]
+    parts = [
+        '<table class="runs"><tr><th>method</th><th>study</th><th>completed trials</th><th>best</th></tr>'
+        + rows
+        + "</table>"
+    ]
     if missing:
         parts.append(f'<p class="missing">Named but not in the study database: {_e(", ".join(missing))}.</p>')
     if comparison["baseline_hint"]:
         parts.append(f'<p class="missing">{_e(comparison["baseline_hint"])}.</p>')
+    parts += [_final_spread(label, group) for label, group in groups.items() if len(group["runs"]) > 1]
     metric = facts["objectives"][0]["metric"]
     png = _plot(lambda axes: _draw_spread(axes, groups, metric), "completed trials")
-    parts.append(f'<div class="plots">{_img(png, "best so far: search and random search")}</div>')
-    return "".join(parts)
+    return f'<div class="plots"><div>{"".join(parts)}</div>{_img(png, "best so far: search and random")}</div>'
+
+
+def _final_spread(label: str, group: dict) -> str:
+    """The spread at the last trial index that every run reached."""
+    runs = len(group["runs"])
+    row = [r for r in group["spread"] if r["runs"] == runs][-1:]
+    if not row:
+        return ""
+    at = row[0]
+    return (
+        f"<p>{_e(label.capitalize())} over {runs} runs, best after {at['index']} completed trials: median {_e(at['median'])}, "
+        f"min {_e(at['min'])}, max {_e(at['max'])}.</p>"
+    )
 
 
 def _img(png: bytes, alt: str) -> str:

@@ -127,13 +127,17 @@ def test_siblings_named_by_the_study_give_the_spread_over_seeds(home, experiment
         "siblings",
         {"seeds": [NAME, f"{NAME}-seed-2", f"{NAME}-seed-3"], "baseline": [f"{NAME}-baseline-random", "gone"]},
     )
-    comparison = report_facts.gather(NAME)["comparison"]
+    facts = report_facts.gather(NAME)
+    comparison = facts["comparison"]
     assert comparison["baseline_hint"] is None
     assert comparison["baseline"]["missing"] == ["gone"]  # listed, never filled in
     assert [r["best"] for r in comparison["baseline"]["runs"]] == [0.5]
     spread = comparison["seeds"]["spread"]
     assert spread[0] == {"index": 1, "min": 0.1, "median": 0.5, "max": 0.7, "runs": 3}
     assert spread[2] == {"index": 3, "min": 0.8, "median": pytest.approx(0.85), "max": 0.9, "runs": 2}
+    _, text = _parse(render(facts))
+    assert "Search over 3 runs, best after 2 completed trials: median 0.6, min 0.2, max 0.7." in text
+    assert "strategy.baseline: random" not in text and "Named but not in the study database: gone." in text
 
 
 def test_without_the_attribute_siblings_are_found_by_their_names(home, experiment):
