@@ -1,28 +1,24 @@
 """The reproducibility report as one self-contained HTML page: inline CSS, plots as inline PNG.
 
 One file that opens anywhere (a mail, an MLflow artifact view, an air-gapped cluster): no script, no
-stylesheet or image to fetch. Plots are drawn on bare matplotlib Figures (as kubetune.diagram does),
-never pyplot.
+stylesheet or image to fetch; the plots (:mod:`kubetune.report_plots`) are inline PNG.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from kubetune import tracking
+from kubetune import report_plots, tracking
 from kubetune.report_facts import gather
 
 __all__ = ["publish", "render"]
 
 ARTIFACT_FOLDER = "report"
 NOT_RECORDED = "not recorded"
-MINUTES = "minutes since the study was created"
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2330;background:#f5f6f8;margin:0}
 main{max-width:1080px;margin:0 auto;padding:24px 32px 48px}
@@ -235,9 +231,9 @@ def _over_time(facts: dict) -> str:
     if not curve:
         return "<p>No trial has completed yet.</p>"
     metric = facts["objectives"][0]["metric"]
-    trials = _plot(lambda axes: _draw_history(axes, curve, "trial", metric), "trial number")
+    trials = report_plots.history(curve, "trial", metric)
     timed = [p for p in curve if p["minutes"] is not None]
-    minutes = _plot(lambda axes: _draw_history(axes, timed, "minutes", metric), MINUTES)
+    minutes = report_plots.history(timed, "minutes", metric)
     note = "" if len(facts["objectives"]) == 1 else f"<p>Plotted: the first objective, {_e(metric)}.</p>"
     return f'{note}<div class="plots">{_img(trials, "over trials")}{_img(minutes, "over wall time")}</div>'
 
@@ -280,7 +276,9 @@ def _baseline(facts: dict) -> str:
         parts.append(f'<p class="missing">{_e(comparison["baseline_hint"])}.</p>')
     parts += [_final_spread(label, group) for label, group in groups.items() if len(group["runs"]) > 1]
     metric = facts["objectives"][0]["metric"]
-    png = _plot(lambda axes: _draw_spread(axes, groups, metric), "completed trials")
+    if not any(group["spread"] for group in groups.values()):
+        return "".join(parts) + "<p>No trial has completed yet.</p>"
+    png = report_plots.spread(groups, metric)
     return f'<div class="plots"><div>{"".join(parts)}</div>{_img(png, "best so far: search and random")}</div>'
 
 
@@ -299,61 +297,6 @@ def _final_spread(label: str, group: dict) -> str:
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-def _plot(draw: Callable, xlabel: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(5.4, 3.4), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    draw(axes)
-    axes.set_xlabel(xlabel)
-    axes.set_xlim(left=0)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=xlabel != MINUTES))
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _draw_history(axes, points: list[dict], x: str, metric: str) -> None:
-    xs = [p[x] for p in points]
-    axes.scatter(xs, [p["value"] for p in points], s=14, color="tab:gray", label="trial")
-    axes.step(xs, [p["best"] for p in points], where="post", color="tab:blue", label="best so far")
-    axes.set_ylabel(metric)
-
-
-def _draw_spread(axes, groups: dict[str, dict], metric: str) -> None:
-    for (label, group), colour in zip(groups.items(), ("tab:blue", "tab:orange"), strict=True):
-        spread = group["spread"]
-        if not spread:
-            continue
-        index = [row["index"] for row in spread]
-        runs = len(group["runs"])
-        axes.plot(
-            index,
-            [row["median"] for row in spread],
-            color=colour,
-            drawstyle="steps-post",
-            marker=".",
-            label=f"{label} (median of {runs})" if runs > 1 else label,
-        )
-        if runs > 1:
-            axes.fill_between(
-                index,
-                [r["min"] for r in spread],
-                [r["max"] for r in spread],
-                step="post",
-                color=colour,
-                alpha=0.2,
-                label=f"{label}: min to max",
-            )
-    axes.set_ylabel(f"best {metric} so far")
 
 
 # The checklist items in page order, each with its section; short ones in pairs side by side.

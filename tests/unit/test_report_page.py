@@ -230,3 +230,13 @@ def test_cli_unknown_experiment_exits_2_with_one_line(home, experiment, tmp_path
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "no experiment 'no-such'" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "no-such.html").exists()
+
+
+def test_a_study_without_completed_trials_gets_a_page_without_plots(home, minimal_spec, recwarn):
+    minimal_spec["spec"]["objective"] = [{"metric": "val_accuracy"}, {"metric": "params"}]
+    study = ensure_study(parse_experiment({**minimal_spec, "metadata": {"name": NAME}}))
+    study.tell(study.ask(), state=TrialState.FAIL)
+    parser, text = _parse(render(report_facts.gather(NAME)))
+    assert parser.images == []
+    assert text.count("No trial has completed yet.") == 2 and "No champion yet." in text
+    assert not [w for w in recwarn if "matplotlib" in str(w.filename)]
