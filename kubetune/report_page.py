@@ -65,7 +65,7 @@ def render(facts: dict) -> str:
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>kubetune report: {name}</title>'
         f"<style>{CSS}</style></head><body><main><h1>Reproducibility report: {name}</h1>"
         f'<p class="meta">Generated {_e(_when(facts["generated_at"]))} by kubetune {_e(facts["kubetune_version"])}, '
-        "from the study database and MLflow. Lindauer &amp; Hutter's NAS best-practice checklist, "
+        "from the study database. Lindauer &amp; Hutter's NAS best-practice checklist, "
         f"answered with recorded facts.</p>{_headline(facts)}{sections}</main></body></html>"
     )
 
