@@ -307,6 +307,32 @@ def status(name: str, home: str | None, namespace: str | None) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@home_option
+@click.option(
+    "-o",
+    "--output-dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Folder for NAME.html.",
+)
+def report(name: str, home: str | None, directory: str) -> None:
+    """Write the reproducibility report NAME.html (NAS checklist answered from the study) and log it to MLflow."""
+    _set_home(home)
+    from kubetune.report_page import ARTIFACT_FOLDER, publish
+
+    path, run_id = publish(name, directory)
+    logged = (
+        f"; logged as {ARTIFACT_FOLDER}/{path.name} on MLflow run {run_id}"
+        if run_id
+        else "; not logged to MLflow: the study has no parent run yet"
+    )
+    click.echo(f"wrote {path}{logged}")
+
+
+@cli.command()
 @click.argument("experiment_file", metavar="[EXPERIMENT.yaml]", required=False, type=click.Path(dir_okay=False))
 @host_option
 @namespace_option

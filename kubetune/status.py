@@ -15,19 +15,12 @@ from kubetune.stop_rules import count_trials
 from kubetune.storage import StudyError
 from kubetune.study import best_trial
 
-__all__ = ["experiment_status", "print_status"]
+__all__ = ["experiment_status", "open_study", "print_status"]
 
 
 def experiment_status(name: str) -> dict:
     """Trials done, best value, champion version, current segment and stop reason of study ``name``."""
-    _require_embedded_study()
-    url = settings.storage_url()
-    try:
-        study = optuna.load_study(study_name=name, storage=url)
-    except KeyError:
-        raise StudyError(
-            f"no experiment {name!r} in the study database {redact_url(url)}; check the name and KUBETUNE_STORAGE"
-        ) from None
+    study = open_study(name)
     experiment = parse_experiment(study.user_attrs["spec"])
     counts = count_trials(study)
     best = best_trial(study, experiment)
@@ -55,6 +48,18 @@ def experiment_status(name: str) -> dict:
             k.removeprefix(SUBMITTED_PREFIX): v for k, v in attrs.items() if k.startswith(SUBMITTED_PREFIX)
         },
     }
+
+
+def open_study(name: str) -> optuna.Study:
+    """The study of experiment ``name``, read-only use; a StudyError naming the database when it is not there."""
+    _require_embedded_study()
+    url = settings.storage_url()
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise StudyError(
+            f"no experiment {name!r} in the study database {redact_url(url)}; check the name and KUBETUNE_STORAGE"
+        ) from None
 
 
 def _require_embedded_study() -> None:

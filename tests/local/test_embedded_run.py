@@ -166,6 +166,18 @@ def test_status_reports_trials_champion_segment_and_stop_reason(searched):
     assert unknown.returncode == 2 and "no experiment 'no-such-experiment'" in unknown.stderr
 
 
+def test_report_writes_the_page_of_the_run_and_attaches_it_to_the_parent_run(searched, tmp_path):
+    _, home, _ = searched
+    shown = _cli(home, "report", "tiny-digits", "-o", str(tmp_path), timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    page = (tmp_path / "tiny-digits.html").read_text()
+    study = _study(home)
+    assert study.user_attrs["fingerprint"] in page and study.user_attrs["versions"]["torch"] in page
+    assert page.count("data:image/png;base64,") == 3 and "strategy.baseline: random" in page
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert [a.path for a in _mlflow(home).list_artifacts(parent, "report")] == ["report/tiny-digits.html"]
+
+
 def test_changed_search_space_is_refused_with_exit_code_2(searched, tmp_path):
     _, home, _ = searched
     changed = yaml.safe_load(yaml.safe_dump(TINY))
