@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from kubetune.study import best_trial, ensure_study, live_trial, load_study, tel
 __all__ = [
     "FINISHED_PREFIX",
     "LOST_LANE_REASON",
+    "PLANNED_SLOTS",
     "SUBMITTED_PREFIX",
     "SubmitNext",
     "chain_finished",
@@ -39,6 +41,7 @@ __all__ = [
     "start_segment",
 ]
 
+PLANNED_SLOTS = "planned_slots"  # with trialsPerPod > 1: {segment, slots} of the segment under way
 FINISHED_PREFIX = "finished:"  # + run name -> when the segment's last step ran
 SUBMITTED_PREFIX = "submitted:"  # + run name of the following segment -> its KFP run id
 # How the next segment starts, given its experiment and index: a KFP run in a cluster (kubetune.cluster),
@@ -76,7 +79,8 @@ def chain_finished(study: optuna.Study, experiment: Experiment) -> list[int]:
 
 
 def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
-    """Create or load the study and its MLflow parent run; return this segment's slot indices.
+    """Create or load the study and its MLflow parent run; return this segment's slot indices, or with
+    ``trial.trialsPerPod`` k > 1 the indices of its pods, each running k of the slots (:mod:`kubetune.trial_batch`).
 
     The parent run is checked before any slot is planned, so a lost MLflow store is repaired (a new parent
     run) before a trial starts, instead of failing every trial's evaluate step and spending the budget.
@@ -95,7 +99,12 @@ def start_segment(experiment: Experiment, *, segment: int) -> list[int]:
                 file=sys.stderr,
             )
         study.set_user_attr("mlflow_parent_run_id", parent)
-    return plan_slots(study, experiment)
+    slots = plan_slots(study, experiment)
+    per_pod = experiment.spec.trial.trials_per_pod
+    if per_pod == 1:
+        return slots
+    study.set_user_attr(PLANNED_SLOTS, {"segment": segment, "slots": len(slots)})  # what each pod's share is of
+    return list(range(math.ceil(len(slots) / per_pod)))
 
 
 def close_lanes(study: optuna.Study, experiment: Experiment, *, segment: int) -> list[int]:

@@ -597,6 +597,8 @@ class FidelitySpec(_Model):
 
 class TrialSpec(_Model):
     epochs: int = Field(default=10, ge=1, le=10_000)
+    # Trials one pod runs in turn (suggest, train, evaluate each), so short trials pay the pods' start-up once.
+    trials_per_pod: int = Field(default=1, ge=1, le=100)
     fidelity: FidelitySpec = FidelitySpec()
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     retries: int = Field(default=1, ge=0, le=10)

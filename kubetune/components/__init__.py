@@ -16,6 +16,7 @@ from kubetune.components.evaluate_trial import evaluate_trial
 from kubetune.components.next_segment import next_segment
 from kubetune.components.register_best import register_best
 from kubetune.components.retrieve_data import retrieve_data
+from kubetune.components.run_trials import run_trials
 from kubetune.components.search_supernet import search_supernet
 from kubetune.components.suggest_trial import suggest_trial
 from kubetune.components.train_trial import train_trial
@@ -28,6 +29,7 @@ FUNCTIONS: dict[str, Callable] = {
     "search-supernet": search_supernet,
     "suggest-trial": suggest_trial,
     "train-trial": train_trial,
+    "run-trials": run_trials,
     "evaluate-trial": evaluate_trial,
     "register-best": register_best,
     "next-segment": next_segment,

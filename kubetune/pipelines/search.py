@@ -4,6 +4,8 @@
                  -> register best ] -> next segment
 
 The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod.
+With trial.trialsPerPod > 1 each ParallelFor item is one run-trials step (a trial pod) that runs the
+suggest, train and evaluate work of several trials in turn.
 
 A segment holds at most ``trialsPerSegment`` trials, so no single Argo workflow grows past etcd's
 object-size limit; ``next-segment`` decides whether another run follows. A lane that fails for good
@@ -58,6 +60,25 @@ def build_pipeline(experiment: Experiment, target: Target):
         target.step(task, resources=step)
         return task
 
+    def lane(experiment_spec, suggested: dsl.PipelineTask, data: dsl.PipelineTask) -> dsl.PipelineTask:
+        """Train and evaluate the suggested trial; suggest-trial returns -1 (no trial) once a stop rule holds,
+        and the lane then trains nothing."""
+        with dsl.If(suggested.output >= 0, name="trial-suggested"):
+            trained = settle(
+                train(experiment_spec=experiment_spec, trial_number=suggested.output, dataset=data.outputs["dataset"]),
+                step=False,
+            )
+            target.trial_pod(trained, experiment)
+            return settle(
+                steps["evaluate-trial"](
+                    experiment_spec=experiment_spec,
+                    trial_number=suggested.output,
+                    train_result=trained.outputs["Output"],
+                    predictions=trained.outputs["predictions"],
+                    dataset=data.outputs["dataset"],
+                )
+            )
+
     @dsl.pipeline(
         name=f"kubetune-{experiment.name}",
         description=f"kubetune search segment for experiment {experiment.name}: suggest, train and evaluate "
@@ -92,30 +113,21 @@ def build_pipeline(experiment: Experiment, target: Target):
                 )
                 target.trial_pod(supernet, experiment)
             with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
-                suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
-                if experiment.spec.uses_supernet:
-                    suggested.after(supernet)
-                # suggest-trial returns -1 (no trial) once a stop rule holds: the lane then trains nothing.
-                with dsl.If(suggested.output >= 0, name="trial-suggested"):
-                    trained = settle(
-                        train(
-                            experiment_spec=experiment_spec,
-                            trial_number=suggested.output,
-                            dataset=data.outputs["dataset"],
+                if experiment.spec.trial.trials_per_pod > 1:  # the slot is a pod that runs several trials in turn
+                    last = settle(
+                        build("run-trials", image=target.trainer_image(experiment))(
+                            experiment_spec=experiment_spec, segment=segment, pod=slot, dataset=data.outputs["dataset"]
                         ),
                         step=False,
                     )
-                    target.trial_pod(trained, experiment)
-                    evaluated = settle(
-                        steps["evaluate-trial"](
-                            experiment_spec=experiment_spec,
-                            trial_number=suggested.output,
-                            train_result=trained.outputs["Output"],
-                            predictions=trained.outputs["predictions"],
-                            dataset=data.outputs["dataset"],
-                        )
-                    )
-            settle(steps["register-best"](experiment_spec=experiment_spec).after(evaluated))
+                    target.trial_pod(last, experiment)
+                    first = last
+                else:
+                    first = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
+                    last = lane(experiment_spec, first, data)
+                if experiment.spec.uses_supernet:
+                    first.after(supernet)
+            settle(steps["register-best"](experiment_spec=experiment_spec).after(last))
 
     return search_segment
 

@@ -339,3 +339,20 @@ def test_compile_writes_a_pipeline_per_sibling_study(tmp_path):
     default = json.loads(baseline["root"]["inputDefinitions"]["parameters"]["experiment_spec"]["defaultValue"])
     assert default["metadata"]["name"] == "digits-cnn-baseline-random"
     assert default["spec"]["strategy"]["sampler"]["name"] == "random"
+
+
+def test_with_trials_per_pod_one_trial_pod_per_slot_runs_every_step_of_its_trials(tmp_path, gpu_experiment):
+    data = gpu_experiment.to_dict()
+    data["spec"]["trial"]["trialsPerPod"] = 4
+    settings = ClusterSettings(image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda")
+    pipeline, platform = _documents(compile_pipeline(parse_experiment(data), tmp_path / "p.yaml", settings))
+    tasks = _tasks(pipeline)
+    assert {"suggest-trial", "train-trial", "evaluate-trial"}.isdisjoint(tasks)
+    pod = _executor(pipeline, "run-trials")
+    assert pod["image"] == "registry.example/kubetune/trainer:cuda"
+    assert pod["resources"]["accelerator"]["resourceCount"] == "2"
+    assert (
+        "activeDeadlineSeconds" in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-run-trials"]
+    )
+    loop = next(name for name, task in tasks.items() if "parameterIterator" in task)
+    assert tasks["register-best"]["dependentTasks"] == [loop]

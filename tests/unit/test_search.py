@@ -22,6 +22,7 @@ from kubetune.segments import finish_segment, register_new_best, start_segment
 from kubetune.spec import parse_experiment
 from kubetune.study import get_trial, load_study, set_trial_attrs
 from kubetune.tracking import describe, log_summary
+from kubetune.trial_batch import pod_slots, run_trials
 
 
 def _experiment(name="lane", **strategy):
@@ -408,3 +409,27 @@ def test_a_childs_run_is_tagged_with_what_it_inherited(inheriting, home):
     tags = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["kubetune.inheritance.parent"] == "2"
     assert tags["kubetune.inheritance.reason"] == "parent trial 2 is PRUNED"
+
+
+def _batched(name: str, per_pod: int):
+    data = _experiment(name).to_dict()
+    data["spec"]["trial"]["trialsPerPod"] = per_pod
+    data["spec"]["budget"].update(maxTrials=7, trialsPerSegment=5)
+    return parse_experiment(data)
+
+
+def test_with_trials_per_pod_a_segment_plans_pods_and_each_runs_its_share_of_the_slots(home):
+    experiment = _batched("batched", 3)
+    assert start_segment(experiment, segment=0) == [0, 1]  # 5 slots, 3 per pod
+    assert [list(pod_slots(experiment, segment=0, pod=pod)) for pod in (0, 1)] == [[0, 1, 2], [3, 4]]
+    outcomes = run_trials(experiment, segment=0, pod=1, split_path=str(home / "split.npz"))
+    assert [o["state"] for o in outcomes] == ["COMPLETE", "COMPLETE"]
+    trials = load_study(experiment).trials
+    assert sorted(t.user_attrs["slot"] for t in trials) == [3, 4]
+    assert all(t.user_attrs["mlflow_run_id"] == o["mlflow_run_id"] for t, o in zip(trials, outcomes, strict=True))
+    with pytest.raises(RuntimeError, match="not of segment 1"):
+        pod_slots(experiment, segment=1, pod=0)
+
+
+def test_one_trial_per_pod_keeps_the_plan_of_slots(home):
+    assert start_segment(_batched("single", 1), segment=0) == [0, 1, 2, 3, 4]
