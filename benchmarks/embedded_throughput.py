@@ -1,12 +1,13 @@
 """Embedded throughput: `kubetune run` (kfp.local, one subprocess per step) against plain Optuna in-process.
 
-    python benchmarks/embedded_throughput.py [--example examples/mnist1d.yaml] [--trials 12]
+    python benchmarks/embedded_throughput.py [--example examples/mnist1d.yaml] [--trials 12] [--trials-per-pod 1]
 
 Prints trials per minute of each, their ratio (target >= 0.5 on mnist1d), and the per-trial
 orchestration overhead: lane time not spent inside training, per trial. Plain Optuna runs twice:
 with the same sampler choosing its own trials (what a user would write), and replaying kubetune's
 trials (the same parameters and architectures, the same pruner), which trains the same models and
 so measures orchestration alone rather than which trials each search happened to pick.
+``--trials-per-pod`` sets the spec's trial.trialsPerPod: one kfp.local step runs that many trials in turn.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from raw_results import write_results
 from kubetune.spec import parse_experiment
 
 
-def _spec(example: str, trials: int) -> dict:
+def _spec(example: str, trials: int, per_pod: int = 1) -> dict:
     data = yaml.safe_load(Path(example).read_text())
     data["metadata"]["name"] = f"bench-{data['metadata']['name']}"
+    data["spec"].setdefault("trial", {})["trialsPerPod"] = per_pod
     budget = data["spec"]["budget"]
     budget.update(maxTrials=trials, trialsPerSegment=min(trials, budget.get("trialsPerSegment", trials)))
     data["spec"]["budget"].pop("maxDuration", None)
@@ -59,8 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default="examples/mnist1d.yaml")
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials-per-pod", type=int, default=1, help="the spec's trial.trialsPerPod")
     args = parser.parse_args()
-    data = _spec(args.example, args.trials)
+    data = _spec(args.example, args.trials, args.trials_per_pod)
     experiment = parse_experiment(data)
     lanes = min(experiment.spec.budget.parallel_trials, 2)
 
@@ -83,7 +86,10 @@ def main() -> None:
         }
         for name, wall, trained, trials, best in rows
     ]
-    print(f"example {args.example}: {args.trials} trials, {lanes} lanes, {os.cpu_count()} CPUs")
+    print(
+        f"example {args.example}: {args.trials} trials, {lanes} lanes, {args.trials_per_pod} trial(s) per step, "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"{'':26}{'wall s':>9}{'train s':>9}{'trials/min':>12}{'overhead s/trial':>18}{'best':>8}")
     for run in runs:
         print(
@@ -93,9 +99,17 @@ def main() -> None:
     ratios = {run["run"]: runs[0]["trials_per_minute"] / run["trials_per_minute"] for run in runs[1:]}
     for name, ratio in ratios.items():
         print(f"throughput ratio kubetune / {name} = {ratio:.2f}")
+    suffix = "" if args.trials_per_pod == 1 else f"-per-pod-{args.trials_per_pod}"
     write_results(
-        f"embedded_throughput-{Path(args.example).stem}",
-        {"example": args.example, "trials": args.trials, "lanes": lanes, "runs": runs, "throughput_ratios": ratios},
+        f"embedded_throughput-{Path(args.example).stem}{suffix}",
+        {
+            "example": args.example,
+            "trials": args.trials,
+            "trials_per_pod": args.trials_per_pod,
+            "lanes": lanes,
+            "runs": runs,
+            "throughput_ratios": ratios,
+        },
     )
 
 
