@@ -1,9 +1,10 @@
 """The search pipeline: one segment of the cyclic search.
 
-    ExitHandler[ retrieve data -> ensure study [-> search supernet] -> ParallelFor[ suggest -> train -> evaluate ]
-                 -> register best ] -> next segment
+    ExitHandler[ retrieve data -> ensure study [-> search supernet] [-> warm start]
+                 -> ParallelFor[ suggest -> train -> evaluate ] -> register best ] -> next segment
 
-The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod.
+The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod. The
+warm-start step is there only for strategy.warmStart; a CPU step, it enqueues the meta model's picks.
 
 A segment holds at most ``trialsPerSegment`` trials, so no single Argo workflow grows past etcd's
 object-size limit; ``next-segment`` decides whether another run follows. A lane that fails for good
@@ -43,6 +44,7 @@ def build_pipeline(experiment: Experiment, target: Target):
         for name in (
             "retrieve-data",
             "ensure-study",
+            "warm-start",
             "suggest-trial",
             "evaluate-trial",
             "register-best",
@@ -91,10 +93,16 @@ def build_pipeline(experiment: Experiment, target: Target):
                     step=False,
                 )
                 target.trial_pod(supernet, experiment)
+            if experiment.spec.strategy.warm_start is not None:  # once per study, like the supernet step
+                warm = settle(
+                    steps["warm-start"](experiment_spec=experiment_spec, dataset=data.outputs["dataset"]).after(plan)
+                )
             with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
                 suggested = settle(steps["suggest-trial"](experiment_spec=experiment_spec, segment=segment, slot=slot))
                 if experiment.spec.uses_supernet:
                     suggested.after(supernet)
+                if experiment.spec.strategy.warm_start is not None:
+                    suggested.after(warm)
                 # suggest-trial returns -1 (no trial) once a stop rule holds: the lane then trains nothing.
                 with dsl.If(suggested.output >= 0, name="trial-suggested"):
                     trained = settle(

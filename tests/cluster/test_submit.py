@@ -142,12 +142,13 @@ def test_pipeline_carries_no_credentials(kfp_api, monkeypatch):
         ({"sampler": {"name": "darts", "seed": 0, "epochs": 2}}, {}),
         ({"pruner": {"name": "asha"}}, {"fidelity": {"kind": "dataFraction", "minFraction": 0.1}}),
         ({"pruner": {"name": "curve", "threshold": 0.1}}, {}),
+        ({"warmStart": {"source": "meta", "trials": 2}}, {}),
     ],
-    ids=["one-shot", "darts", "data-fraction", "curve"],
+    ids=["one-shot", "darts", "data-fraction", "curve", "warm-start"],
 )
 def test_each_cheaper_estimate_compiles_and_passes_the_strict_double(kfp_api, tmp_path, strategy, trial):
-    """Every strategy of issue 12 reaches the server as a pipeline the minimum backend's protos parse; the
-    supernet strategies add the search-supernet step."""
+    """Every strategy of issues 12 and 13 reaches the server as a pipeline the minimum backend's protos parse;
+    the supernet strategies add the search-supernet step, warmStart the warm-start step."""
     data = yaml.safe_load(CELL_EXAMPLE.read_text())
     data["spec"]["strategy"].update(strategy)
     data["spec"]["trial"].update(trial)
@@ -159,3 +160,4 @@ def test_each_cheaper_estimate_compiles_and_passes_the_strict_double(kfp_api, tm
     assert json.loads(run["runtime_config"]["parameters"]["experiment_spec"])["spec"]["strategy"]["sampler"]
     components = run["pipeline_spec"]["pipeline_spec"]["components"]
     assert ("comp-search-supernet" in components) == ("oneShot" in strategy or "sampler" in strategy)
+    assert ("comp-warm-start" in components) == ("warmStart" in strategy)
