@@ -124,9 +124,11 @@ def _pairs(data: MetaData, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.
     x, y = [], []
     for name in dict.fromkeys(studies):
         members = rows[studies == name]
-        ordered = list(itertools.permutations(members, 2))
-        if len(ordered) > PAIRS_PER_STUDY:
-            ordered = [ordered[i] for i in rng.choice(len(ordered), PAIRS_PER_STUDY, replace=False)]
+        if len(members) * (len(members) - 1) <= PAIRS_PER_STUDY:
+            ordered = list(itertools.permutations(members, 2))
+        else:  # drawn, never enumerated: a study of 10,000 trials has 10^8 ordered pairs
+            first, second = rng.choice(members, size=(2, PAIRS_PER_STUDY))
+            ordered = [(i, j) for i, j in zip(first, second, strict=True) if i != j]
         x += [data.x[i] - data.x[j] for i, j in ordered]
         y += [data.y[i] - data.y[j] for i, j in ordered]
     return np.array(x).reshape(-1, len(FEATURES)), np.array(y)

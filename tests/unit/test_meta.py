@@ -148,3 +148,12 @@ def test_meta_fit_refuses_too_few_trials_with_exit_2_and_registers_once_there_ar
     assert "learned from 24 completed trials of 2 experiments" in fitted.output
     assert "skipped experiment old: no spec or data profile recorded" in fitted.output
     assert "kubetune: registered kubetune-meta version 1" in fitted.output
+
+
+def test_a_large_study_gives_a_bounded_number_of_pairs_drawn_within_it():
+    x = np.arange(2 * 300 * len(FEATURES), dtype=float).reshape(600, len(FEATURES))
+    data = meta.MetaData(x=x, y=np.arange(600.0), studies=["a"] * 300 + ["b"] * 300)
+    pair_x, pair_y = meta._pairs(data, np.arange(600), seed=0)
+    assert 2 * meta.PAIRS_PER_STUDY * 0.9 < len(pair_y) <= 2 * meta.PAIRS_PER_STUDY
+    assert np.all(np.abs(pair_y) < 300) and np.all(pair_y != 0)  # never across studies, never a trial with itself
+    assert np.allclose(pair_x[:, 0], pair_y * len(FEATURES))
