@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kubetune.errors import UserError
 from kubetune.meta_features import FEATURES, features, parameter_count
-from kubetune.spec import Experiment, parse_experiment
+from kubetune.spec import Experiment, SpecError, parse_experiment
 
 __all__ = ["MIN_STUDIES", "MIN_TRIALS", "MetaData", "MetaModel", "NotEnoughTrials", "collect", "fit", "trial_features"]
 
@@ -76,7 +76,10 @@ def _study_rows(study: optuna.Study) -> tuple[list[list[float]], list[float]] | 
     """The study's feature rows and signed targets, or why it has none."""
     if "spec" not in study.user_attrs or "data_profile" not in study.user_attrs:
         return "no spec or data profile recorded (created before kubetune recorded them)"
-    experiment = parse_experiment(study.user_attrs["spec"])
+    try:
+        experiment = parse_experiment(study.user_attrs["spec"])
+    except SpecError as error:  # written by another kubetune version
+        return f"its recorded spec does not parse here: {str(error).splitlines()[-1].strip()}"
     sign = 1.0 if experiment.spec.directions[0] == "maximize" else -1.0
     profile = study.user_attrs["data_profile"]
     x, y = [], []

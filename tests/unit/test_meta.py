@@ -87,9 +87,14 @@ def test_collect_takes_completed_trials_signed_so_higher_is_better_and_says_what
     _fill(storage, "up", trials=4, seed=0)
     _fill(storage, "down", trials=3, seed=1, direction="minimize")
     _fill(storage, "old", trials=3, seed=2, profile=None)
+    _fill(storage, "other-version", trials=3, seed=3)
+    spec = optuna.load_study(study_name="other-version", storage=storage).user_attrs["spec"]
+    spec["spec"]["strategy"]["sampler"]["name"] = "future"
+    optuna.load_study(study_name="other-version", storage=storage).set_user_attr("spec", spec)
     data = meta.collect(storage)
     assert data.x.shape == (7, len(FEATURES)) and data.studies.count("up") == 4
-    assert data.skipped == {"old": "no spec or data profile recorded (created before kubetune recorded them)"}
+    assert data.skipped["old"] == "no spec or data profile recorded (created before kubetune recorded them)"
+    assert data.skipped["other-version"].startswith("its recorded spec does not parse here: spec.strategy.sampler")
     down = [value for name, value in zip(data.studies, data.y, strict=True) if name == "down"]
     assert all(-1.0 < value < 0.0 for value in down)  # 1 - quality, negated
     assert data.versions["up"] == {"torch": "2.5.0", "optuna": "5.0.0"}
