@@ -119,7 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     pool = _configurations(args.pool, seed=0)
     tables = {name: table(name, _split(x, y), pool, args.epochs) for name, (x, y) in _sets().items()}
-    results = {"args": vars(args), "features": FEATURES, "tables": tables, "held_out": {}}
+    # Every configuration's accuracy per data set; the features are recomputed from the pool by the script.
+    results = {
+        "args": vars(args),
+        "features": FEATURES,
+        "pool": pool,
+        "tables": {name: {"profile": t["profile"], "y": t["y"]} for name, t in tables.items()},
+        "held_out": {},
+    }
     print(f"\n{'held out':18} {'rho':>6} " + " ".join(f"{'cold@' + str(n):>9} {'warm@' + str(n):>9}" for n in BUDGETS))
     for held in tables:
         others = [name for name in tables if name != held]
