@@ -377,6 +377,30 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
         click.echo(f"kubetune: ran {len(searches)} studies; compare them with `kubetune report {experiment.name}`")
 
 
+@cli.group()
+def meta() -> None:
+    """Meta-learning from every experiment in the study database."""
+
+
+@meta.command("fit")
+@home_option
+def meta_fit(home: str | None) -> None:
+    """Fit the meta model on every completed trial of every experiment; register it as kubetune-meta."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    _set_home(home)
+    from kubetune.meta_store import META_MODEL, fit_database
+
+    summary = fit_database()
+    click.echo(
+        f"kubetune: learned from {summary['trials']} completed trials of {summary['studies']} experiments "
+        f"({summary['pairs']} pairs); leave-one-experiment-out: mean absolute error {summary['loso_mae']:.4g}, "
+        f"rank correlation within an experiment {summary['loso_spearman']}"
+    )
+    for name, reason in summary["skipped"].items():
+        click.echo(f"kubetune: skipped experiment {name}: {reason}")
+    click.echo(f"kubetune: registered {META_MODEL} version {summary['version']}")
+
+
 @cli.command("dev-stack")
 @click.option(
     "--dir",

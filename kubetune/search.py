@@ -90,6 +90,7 @@ def train_trial(
 
     from kubetune import nas, train
     from kubetune.data import read_split
+    from kubetune.meta_record import data_profile, hardware
 
     torch.set_num_threads(train_threads(experiment))
     study = load_study(experiment)
@@ -104,6 +105,9 @@ def train_trial(
             "history": [],
         }
     split = read_split(split_path)
+    if "data_profile" not in study.user_attrs:  # for meta-learning across experiments (kubetune.meta)
+        study.set_user_attr("data_profile", data_profile(split, experiment.spec.data.source))
+    set_trial_attrs(study, number, {"hardware": hardware(train.pick_device())})
     architecture = frozen.user_attrs.get("architecture") or nas.default_architecture(split.input_shape)
     seed = (experiment.spec.strategy.sampler.seed or 0) + number
     metric = experiment.spec.objectives[0].metric

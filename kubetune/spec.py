@@ -490,6 +490,22 @@ class OneShotSpec(_Model):
     epochs: int = Field(default=10, ge=1, le=1_000)  # each supernet's training
 
 
+class WarmStartSpec(_Model):
+    """Start with the configurations the meta model of earlier experiments scores best (:mod:`kubetune.warm_start`).
+
+    ``warmStart: meta`` is short for ``warmStart: {source: meta}``.
+    """
+
+    source: Literal["meta"] = "meta"  # the model `kubetune meta fit` registers as kubetune-meta
+    trials: int = Field(default=3, ge=1, le=1_000)  # enqueued as the first trials
+    candidates: int = Field(default=500, ge=1, le=100_000)  # sampled from the space and scored
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
 class Strategy(_Model):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
@@ -500,6 +516,7 @@ class Strategy(_Model):
     seeds: int = Field(default=1, ge=1, le=MAX_REPEATS)
     # Also spend the same budget on random search, in sibling studies (see kubetune.siblings).
     baseline: Literal["none", "random"] = "none"
+    warm_start: WarmStartSpec | None = None
 
     @model_validator(mode="after")
     def _sampler_settings(self) -> Strategy:
@@ -744,6 +761,16 @@ class ExperimentSpec(_Model):
         if one_shot is not None and darts:
             raise _FieldError(
                 "strategy.oneShot", "does not combine with sampler darts, whose trials are DARTS's cells; drop one"
+            )
+        warm = self.strategy.warm_start
+        if warm is not None and darts:
+            raise _FieldError(
+                "strategy.warmStart", "does not combine with sampler darts, whose trials are DARTS's cells; drop one"
+            )
+        if warm is not None and warm.trials > self.budget.max_trials:
+            raise _FieldError(
+                "strategy.warmStart.trials",
+                f"must not exceed budget.maxTrials ({self.budget.max_trials}) but got {warm.trials}",
             )
         if one_shot is not None and one_shot.top_k > self.budget.max_trials:
             raise _FieldError(

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "live_trial",
     "load_study",
     "name_metrics",
+    "once_per_study",
     "seconds_until_stale",
     "set_trial_attrs",
     "tell_once",
@@ -123,6 +124,18 @@ def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -
         study.set_user_attr("siblings", siblings.names(experiment))
     optuna.storages.fail_stale_trials(study)
     return study
+
+
+def once_per_study(study: optuna.Study, attr: str, work: Callable[[], dict], *, what: str) -> tuple[dict, bool]:
+    """The work a step does once per study before the lanes (the supernet, the warm start): ``work()``'s summary,
+    recorded in the study attribute ``attr``, unless ``attr`` already records it; and whether it ran now."""
+    done = study.user_attrs.get(attr)
+    if done:
+        print(f"kubetune: the {what} of this study is already done; nothing to do")
+        return done, False
+    summary = work()
+    study.set_user_attr(attr, summary)
+    return summary, True
 
 
 def best_trial(study: optuna.Study, experiment: Experiment) -> FrozenTrial | None:

@@ -17,7 +17,7 @@ from kubetune.darts_sampler import SUPERNET_ATTR
 from kubetune.data import SplitData, read_split
 from kubetune.search import train_threads
 from kubetune.spec import CellSpace, Experiment
-from kubetune.study import load_study
+from kubetune.study import load_study, once_per_study
 from kubetune.supernet import Supernet, frames
 
 __all__ = ["darts_searches", "search_supernet"]
@@ -26,19 +26,18 @@ __all__ = ["darts_searches", "search_supernet"]
 def search_supernet(experiment: Experiment, *, split_path: str) -> dict:
     """Do the spec's supernet work once; returns its summary (also in the study and on the parent MLflow run)."""
     study = load_study(experiment)
-    done = study.user_attrs.get(SUPERNET_ATTR)
-    if done:
-        print(f"kubetune: the supernet work of this study is already done ({done['strategy']}); nothing to do")
-        return done
-    torch.set_num_threads(train_threads(experiment))
-    split = read_split(split_path)
-    seed = experiment.spec.strategy.sampler.seed or 0
-    if experiment.spec.strategy.one_shot is not None:
-        summary = one_shot.enqueue_top(study, experiment, split, seed=seed)
-    else:
-        summary = darts_searches(experiment, split, seed=seed)
-    study.set_user_attr(SUPERNET_ATTR, summary)
-    tracking.log_supernet(study.user_attrs["mlflow_parent_run_id"], summary)
+
+    def work() -> dict:
+        torch.set_num_threads(train_threads(experiment))
+        split = read_split(split_path)
+        seed = experiment.spec.strategy.sampler.seed or 0
+        if experiment.spec.strategy.one_shot is not None:
+            return one_shot.enqueue_top(study, experiment, split, seed=seed)
+        return darts_searches(experiment, split, seed=seed)
+
+    summary, ran = once_per_study(study, SUPERNET_ATTR, work, what="supernet work")
+    if ran:
+        tracking.log_supernet(study.user_attrs["mlflow_parent_run_id"], summary)
     return summary
 
 

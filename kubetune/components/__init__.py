@@ -20,6 +20,7 @@ from kubetune.components.run_trials import run_trials
 from kubetune.components.search_supernet import search_supernet
 from kubetune.components.suggest_trial import suggest_trial
 from kubetune.components.train_trial import train_trial
+from kubetune.components.warm_start import warm_start
 
 __all__ = ["FUNCTIONS", "build"]
 
@@ -27,6 +28,7 @@ FUNCTIONS: dict[str, Callable] = {
     "retrieve-data": retrieve_data,
     "ensure-study": ensure_study,
     "search-supernet": search_supernet,
+    "warm-start": warm_start,
     "suggest-trial": suggest_trial,
     "train-trial": train_trial,
     "run-trials": run_trials,

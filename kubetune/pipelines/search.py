@@ -1,9 +1,10 @@
 """The search pipeline: one segment of the cyclic search.
 
-    ExitHandler[ retrieve data -> ensure study [-> search supernet] -> ParallelFor[ suggest -> train -> evaluate ]
-                 -> register best ] -> next segment
+    ExitHandler[ retrieve data -> ensure study [-> search supernet] [-> warm start]
+                 -> ParallelFor[ suggest -> train -> evaluate ] -> register best ] -> next segment
 
-The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod.
+The search-supernet step is there only for strategy.oneShot or sampler darts; it runs in a trial pod. The
+warm-start step is there only for strategy.warmStart; a CPU step, it enqueues the meta model's picks.
 With trial.trialsPerPod > 1 each ParallelFor item is one run-trials step (a trial pod) that runs the
 suggest, train and evaluate work of several trials in turn.
 
@@ -45,6 +46,7 @@ def build_pipeline(experiment: Experiment, target: Target):
         for name in (
             "retrieve-data",
             "ensure-study",
+            "warm-start",
             "suggest-trial",
             "evaluate-trial",
             "register-best",
@@ -112,6 +114,10 @@ def build_pipeline(experiment: Experiment, target: Target):
                     step=False,
                 )
                 target.trial_pod(supernet, experiment)
+            if experiment.spec.strategy.warm_start is not None:  # once per study, like the supernet step
+                warm = settle(
+                    steps["warm-start"](experiment_spec=experiment_spec, dataset=data.outputs["dataset"]).after(plan)
+                )
             with dsl.ParallelFor(items=plan.output, parallelism=lanes) as slot:
                 if experiment.spec.trial.trials_per_pod > 1:  # the slot is a pod that runs several trials in turn
                     last = settle(
@@ -127,6 +133,8 @@ def build_pipeline(experiment: Experiment, target: Target):
                     last = lane(experiment_spec, first, data)
                 if experiment.spec.uses_supernet:
                     first.after(supernet)
+                if experiment.spec.strategy.warm_start is not None:
+                    first.after(warm)
             settle(steps["register-best"](experiment_spec=experiment_spec).after(last))
 
     return search_segment

@@ -143,12 +143,14 @@ def test_pipeline_carries_no_credentials(kfp_api, monkeypatch):
         ({"pruner": {"name": "asha"}}, {"fidelity": {"kind": "dataFraction", "minFraction": 0.1}}),
         ({"pruner": {"name": "curve", "threshold": 0.1}}, {}),
         ({}, {"trialsPerPod": 4}),
+        ({"warmStart": {"source": "meta", "trials": 2}}, {}),
     ],
-    ids=["one-shot", "darts", "data-fraction", "curve", "trials-per-pod"],
+    ids=["one-shot", "darts", "data-fraction", "curve", "trials-per-pod", "warm-start"],
 )
 def test_each_strategy_compiles_and_passes_the_strict_double(kfp_api, tmp_path, strategy, trial):
-    """Every cheaper estimate, and several trials per pod, reach the server as a pipeline the minimum backend's
-    protos parse; the supernet strategies add the search-supernet step, trialsPerPod the run-trials step."""
+    """Every strategy of issues 12 to 14 reaches the server as a pipeline the minimum backend's protos parse;
+    the supernet strategies add the search-supernet step, warmStart the warm-start step, trialsPerPod the
+    run-trials step."""
     data = yaml.safe_load(CELL_EXAMPLE.read_text())
     data["spec"]["strategy"].update(strategy)
     data["spec"]["trial"].update(trial)
@@ -162,6 +164,7 @@ def test_each_strategy_compiles_and_passes_the_strict_double(kfp_api, tmp_path, 
     assert ("comp-search-supernet" in components) == ("oneShot" in strategy or "sampler" in strategy)
     assert ("comp-run-trials" in components) == ("trialsPerPod" in trial)
     assert ("comp-suggest-trial" in components) != ("trialsPerPod" in trial)
+    assert ("comp-warm-start" in components) == ("warmStart" in strategy)
 
 
 def test_seeds_and_a_baseline_submit_a_chain_of_runs_per_study(kfp_api, tmp_path):

@@ -356,3 +356,24 @@ def test_with_trials_per_pod_one_trial_pod_per_slot_runs_every_step_of_its_trial
     )
     loop = next(name for name, task in tasks.items() if "parameterIterator" in task)
     assert tasks["register-best"]["dependentTasks"] == [loop]
+
+
+def test_the_warm_start_step_is_a_cpu_step_that_runs_once_before_every_lane(tmp_path, gpu_experiment):
+    data = gpu_experiment.to_dict()
+    data["spec"]["strategy"]["warmStart"] = "meta"
+    settings = ClusterSettings(image=IMAGE, trainer_image="registry.example/kubetune/trainer:cuda")
+    pipeline, platform = _documents(compile_pipeline(parse_experiment(data), tmp_path / "pipeline.yaml", settings))
+    step = _executor(pipeline, "warm-start")
+    assert step["image"] == IMAGE and "accelerator" not in step["resources"]
+    assert step["resources"]["resourceMemoryLimit"] == ClusterSettings().step_memory
+    assert "activeDeadlineSeconds" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(
+        "exec-warm-start", {}
+    )
+    tasks = _tasks(pipeline)
+    assert set(tasks["warm-start"]["dependentTasks"]) == {"ensure-study", "retrieve-data"}
+    loop = next(task for task in tasks.values() if "parameterIterator" in task)
+    assert "warm-start" in loop["dependentTasks"], "no lane asks for a trial before the warm start is done"
+    assert "warm-start" not in _cached(pipeline)
+    assert "warm-start" not in _tasks(
+        _documents(compile_pipeline(gpu_experiment, tmp_path / "plain.yaml", settings))[0]
+    )

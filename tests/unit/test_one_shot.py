@@ -56,6 +56,13 @@ def test_a_one_shot_spec_parses_and_asks_for_the_supernet_step():
     assert _parse({"sampler": {"name": "darts", "epochs": 2, "searches": 3}}).spec.uses_supernet
 
 
+def test_warm_start_meta_is_short_for_its_defaults_and_needs_no_supernet():
+    experiment = _parse({"sampler": {"name": "tpe"}, "warmStart": "meta"}, {"blocks": {"low": 1, "high": 2}})
+    warm = experiment.spec.strategy.warm_start
+    assert (warm.source, warm.trials, warm.candidates) == ("meta", 3, 500) and not experiment.spec.uses_supernet
+    assert experiment.to_dict()["spec"]["strategy"]["warmStart"] == {"source": "meta", "trials": 3, "candidates": 500}
+
+
 @pytest.mark.parametrize(
     "strategy, architecture, budget, field, words",
     [
@@ -71,6 +78,9 @@ def test_a_one_shot_spec_parses_and_asks_for_the_supernet_step():
         ({"oneShot": {"topK": 5}}, CELL, {"maxTrials": 4}, "spec.strategy.oneShot.topK", "must not exceed"),
         ({"sampler": {"name": "tpe", "epochs": 3}}, CELL, {}, "spec.strategy.sampler.epochs", "sampler darts only"),
         ({"sampler": {"name": "darts", "population": 3}}, CELL, {}, "population", "sampler evolution only"),
+        ({"sampler": {"name": "darts"}, "warmStart": "meta"}, CELL, {}, "spec.strategy.warmStart", "does not combine"),
+        ({"warmStart": {"trials": 5}}, CELL, {"maxTrials": 4}, "spec.strategy.warmStart.trials", "must not exceed"),
+        ({"warmStart": "table"}, CELL, {}, "spec.strategy.warmStart.source", "should be 'meta'"),
     ],
 )
 def test_bad_supernet_settings_name_the_field_and_the_rule(strategy, architecture, budget, field, words):

@@ -112,6 +112,21 @@ def test_a_lane_trains_evaluates_and_tells_once(home):
     assert [a.path for a in client.list_artifacts(first["mlflow_run_id"]) if a.path.endswith(".pt")] == []
 
 
+def test_the_train_step_records_the_hardware_and_the_data_profile_for_meta_learning(home):
+    experiment = _experiment()
+    start_segment(experiment, segment=0)
+    number, _ = _lane(experiment, home)
+    study = load_study(experiment)
+    hardware = get_trial(study, number).user_attrs["hardware"]
+    assert hardware["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert hardware["torch_threads"] == 1 and hardware["cpu_count"] >= 1
+    assert hardware["device_name"] and hardware["platform"]
+    profile = study.user_attrs["data_profile"]
+    assert profile["rows"] == 1797 and profile["classes"] == 10 and profile["features"] == 64
+    assert profile["source"] == "builtin:digits" and math.prod(profile["input_shape"]) == 64
+    assert 0.9 < profile["class_balance"] <= 1.0  # digits is nearly balanced
+
+
 def test_conditional_parameter_is_recorded_only_when_enabled(home):
     experiment = _experiment()
     start_segment(experiment, segment=0)

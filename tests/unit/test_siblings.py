@@ -65,9 +65,15 @@ def test_an_unseeded_search_stays_unseeded_in_every_repeat():
 
 def test_the_baseline_drops_what_only_the_search_strategy_does():
     data = yaml.safe_load(CELL_EXAMPLE.read_text())
-    data["spec"]["strategy"] = {"sampler": {"name": "tpe", "seed": 0}, "oneShot": {"topK": 2}, "baseline": "random"}
+    data["spec"]["strategy"] = {
+        "sampler": {"name": "tpe", "seed": 0},
+        "oneShot": {"topK": 2},
+        "warmStart": "meta",
+        "baseline": "random",
+    }
     baseline = studies(parse_experiment(data))[1].experiment
-    assert baseline.spec.strategy.one_shot is None and baseline.spec.strategy.sampler.name == "random"
+    assert baseline.spec.strategy.one_shot is None and baseline.spec.strategy.warm_start is None
+    assert baseline.spec.strategy.sampler.name == "random"
     data["spec"]["strategy"] = {
         "sampler": {"name": "evolution", "population": 4, "tournament": 2},
         "inheritWeights": True,
