@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def main() -> None:
             proxy.terminate()
             proxy.wait()
         postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
