@@ -27,13 +27,22 @@ def home() -> Path:
 
 
 def embedded_study_file() -> Path | None:
-    """The SQLite study file in the home directory, or None when ``KUBETUNE_STORAGE`` names another database."""
-    return None if os.environ.get("KUBETUNE_STORAGE") else home() / "optuna.db"
+    """The SQLite study file in the home directory, or None when the study is elsewhere (see storage_url)."""
+    elsewhere = os.environ.get("KUBETUNE_STORAGE_PROXY") or os.environ.get("KUBETUNE_STORAGE")
+    return None if elsewhere else home() / "optuna.db"
 
 
 def storage_url() -> str:
-    """The Optuna storage: ``KUBETUNE_STORAGE`` or a SQLite file in the home directory."""
-    return os.environ.get("KUBETUNE_STORAGE") or f"sqlite:///{embedded_study_file()}"
+    """The Optuna storage: the storage proxy, ``KUBETUNE_STORAGE``, or a SQLite file in the home directory.
+
+    ``KUBETUNE_STORAGE_PROXY`` (``grpc://host:port``, from the chart's ConfigMap) comes first: the pipeline
+    steps get it and the Secret's database URL, which the proxy itself and ``kubetune doctor`` use.
+    """
+    return (
+        os.environ.get("KUBETUNE_STORAGE_PROXY")
+        or os.environ.get("KUBETUNE_STORAGE")
+        or f"sqlite:///{embedded_study_file()}"
+    )
 
 
 def tracking_uri() -> str:

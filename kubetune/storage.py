@@ -7,12 +7,16 @@ one line that carries no password.
 Optuna's RDBStorage has no public hook for batching writes or for the liveness of trials that never
 beat; the few private parts of Optuna it touches are marked ``Optuna internal`` below (hence the
 Optuna minor version pinned in pyproject.toml).
+
+A ``grpc://host:port`` URL opens the study through Optuna's gRPC storage proxy instead
+(kubetune.grpc_storage, served by ``python -m kubetune.storage_proxy``): the same waiting and the
+same idempotent tells, heartbeats as a trial attribute rather than Optuna's heartbeat table, and no
+batched parameter writes. The proxy itself reaches the database through a ReconnectingStorage.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import gc
 import logging
 import os
@@ -30,9 +34,10 @@ from sqlalchemy import func, orm
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from kubetune import optuna_messages, settings
+from kubetune import grpc_storage, optuna_messages, settings
 from kubetune.errors import UserError
 from kubetune.redaction import redact_url, scrub, url_secrets
+from kubetune.retried_methods import STORAGE_CALLS, retry_methods
 from kubetune.spec import Experiment
 
 __all__ = [
@@ -40,11 +45,14 @@ __all__ = [
     "PERMANENT_MARKERS",
     "RETRY_SECONDS_ENV",
     "ReconnectingStorage",
+    "Storage",
     "StudyError",
     "describe_error",
     "engine_kwargs",
     "is_transient",
+    "open_database",
     "open_storage",
+    "outage_retryer",
 ]
 
 
@@ -190,34 +198,19 @@ class ReconnectingStorage(RDBStorage):
 
     # Optuna internal: the private methods among these are the ones Optuna's cache wrapper calls.
     RETRIED = (
-        "create_new_study",
-        "delete_study",
-        "set_study_user_attr",
-        "set_study_system_attr",
-        "get_study_id_from_name",
-        "get_study_name_from_id",
-        "get_study_directions",
-        "get_study_user_attrs",
-        "get_study_system_attrs",
+        *STORAGE_CALLS,
         "get_trial_user_attrs",
         "get_trial_system_attrs",
-        "get_all_studies",
-        "create_new_trial",
         "_create_new_trial",
         "get_trial_param",
-        "set_trial_state_values",
-        "set_trial_intermediate_value",
-        "set_trial_user_attr",
-        "set_trial_system_attr",
         "get_trial_id_from_study_id_trial_number",
-        "get_trial",
-        "get_all_trials",
         "get_best_trial",
         "_get_best_trial_id",
     )
 
-    def __init__(self, url: str, *, retry_seconds: float, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, retry_seconds: float, batch_params: bool = True, **kwargs: Any) -> None:
         self.retry_seconds = retry_seconds
+        self.batch_params = batch_params
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict:
@@ -297,6 +290,8 @@ class ReconnectingStorage(RDBStorage):
             self.__dict__.setdefault("_params", []).append(
                 (trial_id, param_name, param_value_internal, distribution, previous)
             )
+        if not self.batch_params:
+            self._retried(ReconnectingStorage._flush_params)
 
     def _lock_params(self) -> threading.Lock:
         lock = self.__dict__.get("_params_lock")
@@ -343,37 +338,34 @@ class ReconnectingStorage(RDBStorage):
         return method(self, *args, **kwargs)
 
     def _retryer(self) -> tenacity.Retrying:
-        def warn(state: tenacity.RetryCallState) -> None:
-            if state.attempt_number == 1:
-                _log.warning(
-                    "study database %s unreachable (%s); retrying for up to %g s",
-                    redact_url(self.url),
-                    describe_error(_failure(state), self.url),
-                    self.retry_seconds,
-                )
-
-        def give_up(state: tenacity.RetryCallState) -> None:
-            raise StudyError(
-                f"the study database {redact_url(self.url)} did not answer for {self.retry_seconds:g} s "
-                f"({describe_error(_failure(state), self.url)}). Check that it is up; "
-                f"{RETRY_SECONDS_ENV} sets how long to wait."
-            ) from None
-
-        return _retrying(self.retry_seconds, is_transient, before_sleep=warn, retry_error_callback=give_up)
+        return outage_retryer(self.url, self.retry_seconds, is_transient, lambda error: describe_error(error, self.url))
 
 
-def _with_retries(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
+def outage_retryer(
+    url: str, seconds: float, retry: Callable[[BaseException], bool], describe: Callable[[BaseException], str]
+) -> tenacity.Retrying:
+    """Wait out an unreachable study store (``retry`` says which errors), warning once, then one clear StudyError."""
 
-    @functools.wraps(method)
-    def call(self: ReconnectingStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._retried(method, *args, **kwargs)
+    def warn(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            _log.warning(
+                "study database %s unreachable (%s); retrying for up to %g s",
+                redact_url(url),
+                describe(_failure(state)),
+                seconds,
+            )
 
-    return call
+    def give_up(state: tenacity.RetryCallState) -> None:
+        raise StudyError(
+            f"the study database {redact_url(url)} did not answer for {seconds:g} s "
+            f"({describe(_failure(state))}). Check that it is up; "
+            f"{RETRY_SECONDS_ENV} sets how long to wait."
+        ) from None
+
+    return _retrying(seconds, retry, before_sleep=warn, retry_error_callback=give_up)
 
 
-for _name in ReconnectingStorage.RETRIED:
-    setattr(ReconnectingStorage, _name, _with_retries(_name))
+retry_methods(ReconnectingStorage, RDBStorage, ReconnectingStorage.RETRIED)
 
 
 def engine_kwargs(url: str) -> dict:
@@ -392,9 +384,12 @@ def engine_kwargs(url: str) -> dict:
     return kwargs
 
 
+# What a study is opened with: the database directly, or through the storage proxy (grpc://).
+Storage = ReconnectingStorage | grpc_storage.ProxiedStorage
+
 # One storage (one engine, one bounded connection pool) per database and settings in a process: a
 # step opens the study several times, and a new engine each time would grow the connections.
-_STORAGES: dict[tuple, ReconnectingStorage] = {}
+_STORAGES: dict[tuple, Storage] = {}
 _STORAGES_LOCK = threading.Lock()
 
 
@@ -403,7 +398,25 @@ def _worth_waiting(error: BaseException) -> bool:
     return isinstance(error, _OPEN_ERRORS) and ("already exists" in str(error) or is_transient(error))
 
 
-def open_storage(experiment: Experiment, url: str | None = None) -> ReconnectingStorage:
+def _open_proxy(url: str, heartbeat_seconds: int, retries: int, retry_seconds: float) -> grpc_storage.ProxiedStorage:
+    """The study through the storage proxy at ``grpc://host:port`` (see kubetune.grpc_storage for what differs)."""
+
+    def describe(error: BaseException) -> str:
+        return f"gRPC {error.code().name}" if hasattr(error, "code") else type(error).__name__
+
+    try:
+        return grpc_storage.ProxiedStorage(
+            url,
+            retryer=lambda: outage_retryer(url, retry_seconds, grpc_storage.is_unavailable, describe),
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=3 * heartbeat_seconds,
+            stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+        )
+    except ValueError as error:
+        raise StudyError(str(error)) from None
+
+
+def open_storage(experiment: Experiment, url: str | None = None) -> Storage:
     """The RDB storage with heartbeats, stale-trial retries and connections that survive a DB restart.
 
     Storages are shared within a process (keyed by URL and heartbeat settings), so the process keeps
@@ -422,21 +435,34 @@ def open_storage(experiment: Experiment, url: str | None = None) -> Reconnecting
     with _STORAGES_LOCK:
         if key in _STORAGES:
             return _STORAGES[key]
+    storage: Storage
+    if url.startswith(grpc_storage.SCHEME):
+        storage = _open_proxy(url, heartbeat_seconds, retries, retry_seconds)
+        with _STORAGES_LOCK:
+            return _STORAGES.setdefault(key, storage)
+    storage = open_database(
+        url,
+        heartbeat_interval=heartbeat_seconds,
+        grace_period=3 * heartbeat_seconds,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+    )
+    with _STORAGES_LOCK:
+        return _STORAGES.setdefault(key, storage)
+
+
+def open_database(url: str, **options: Any) -> ReconnectingStorage:
+    """A new ReconnectingStorage on ``url`` (a database, not a proxy), waiting for one that is starting up.
+
+    ``options``: RDBStorage's heartbeat options, ``batch_params`` (see ReconnectingStorage).
+    """
+    retry_seconds = _seconds_setting(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
     connect_seconds = _seconds_setting(CONNECT_SECONDS_ENV, DEFAULT_CONNECT_SECONDS)
     try:
-        storage = _retrying(connect_seconds, _worth_waiting, reraise=True)(
-            ReconnectingStorage,
-            url,
-            retry_seconds=retry_seconds,
-            engine_kwargs=engine_kwargs(url),
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+        return _retrying(connect_seconds, _worth_waiting, reraise=True)(
+            ReconnectingStorage, url, retry_seconds=retry_seconds, engine_kwargs=engine_kwargs(url), **options
         )
     except _OPEN_ERRORS as error:
         raise StudyError(
             f"cannot open the study database {redact_url(url)}: {describe_error(error, url)}. "
             "Check KUBETUNE_STORAGE (driver, host, port, database, user, password) and that the database is up."
         ) from None
-    with _STORAGES_LOCK:
-        return _STORAGES.setdefault(key, storage)

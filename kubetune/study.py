@@ -24,11 +24,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune import siblings
+from kubetune.grpc_storage import ProxiedStorage
 from kubetune.periodic import every
 from kubetune.samplers import make_pruner, make_sampler
 from kubetune.spec import Experiment
 from kubetune.spec_changes import describe_changes
-from kubetune.storage import ReconnectingStorage, StudyError, open_storage
+from kubetune.storage import ReconnectingStorage, Storage, StudyError, open_storage
 
 __all__ = [
     "beat",
@@ -59,7 +60,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def load_study(experiment: Experiment, *, storage: RDBStorage | None = None, seed_offset: int = 0) -> optuna.Study:
+def load_study(
+    experiment: Experiment, *, storage: RDBStorage | ProxiedStorage | None = None, seed_offset: int = 0
+) -> optuna.Study:
     """Open the existing study with the spec's sampler and pruner."""
     try:
         return optuna.load_study(
@@ -84,7 +87,7 @@ def name_metrics(study: optuna.Study, experiment: Experiment) -> None:
         study.set_metric_names(names)  # experimental since Optuna 3.2 (see kubetune.optuna_messages), public
 
 
-def ensure_study(experiment: Experiment, *, storage: RDBStorage | None = None) -> optuna.Study:
+def ensure_study(experiment: Experiment, *, storage: RDBStorage | ProxiedStorage | None = None) -> optuna.Study:
     """Create or load the study, record how to reproduce it, and fail trials whose heartbeat stopped.
 
     The search definition (see Experiment.search_space_fingerprint) is fixed once a trial has a result;
@@ -156,10 +159,10 @@ def _trial_id(study: optuna.Study, number: int) -> int:
     return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
 
 
-def _reconnecting(study: optuna.Study) -> ReconnectingStorage:
-    """The study's kubetune storage, under Optuna's cache wrapper."""
+def _reconnecting(study: optuna.Study) -> Storage:
+    """The study's kubetune storage (under Optuna's cache wrapper when direct)."""
     storage = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(storage, ReconnectingStorage):
+    if not isinstance(storage, (ReconnectingStorage, ProxiedStorage)):
         raise TypeError(f"the study's storage is {type(storage).__name__}, not one from kubetune.storage.open_storage")
     return storage
 

@@ -33,6 +33,7 @@ CONFIG_ENV = {
     "KUBETUNE_S3_ENDPOINT": "KUBETUNE_S3_ENDPOINT",
     "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
     "KUBETUNE_KFP_HOST": "KUBETUNE_KFP_HOST",
+    "KUBETUNE_STORAGE_PROXY": "KUBETUNE_STORAGE_PROXY",  # grpc://..., or empty: the steps then use KUBETUNE_STORAGE
 }
 # Kubeflow's PodDefault "access-ml-pipeline" mounts a KFP API token (audience pipelines.kubeflow.org)
 # into pods with this label; multi-user KFP refuses the next-segment submission without it. Standalone

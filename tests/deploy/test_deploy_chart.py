@@ -49,6 +49,7 @@ def test_every_scenario_renders(scenario_objects: dict[str, list[dict[str, Any]]
         "external-db-values",
         "gpu-values",
         "multiuser-istio-values",
+        "production-values",
     }
     for name, objs in scenario_objects.items():
         kinds = {o["kind"] for o in objs}
@@ -95,6 +96,7 @@ def test_default_stack(default_objects: list[dict[str, Any]]) -> None:
         "KUBETUNE_IMAGE_PULL_SECRETS": "",
         "KUBETUNE_GPU_NODE_SELECTOR": "{}",
         "KUBETUNE_GPU_TOLERATIONS": "[]",
+        "KUBETUNE_STORAGE_PROXY": f"grpc://kubetune-storage-proxy.{ds.NAMESPACE}.svc:13000",
     }
     secret = ds.decoded_secret_values(objs)
     assert set(secret) == {
@@ -233,8 +235,9 @@ def test_network_policies_admit_only_the_access_label(
 ) -> None:
     objs = scenario_objects[scenario]
     policies = {p["metadata"]["name"]: p for p in ds.find(objs, "NetworkPolicy")}
-    assert set(policies) == {"kubetune-postgresql", "kubetune-minio"}
-    for name, port in (("kubetune-postgresql", 5432), ("kubetune-minio", 9000)):
+    targets = {"kubetune-postgresql": 5432, "kubetune-minio": 9000, "kubetune-storage-proxy": 13000}
+    assert set(policies) == set(targets)
+    for name, port in targets.items():
         policy = policies[name]["spec"]
         selector = policy["podSelector"]["matchLabels"]
         selected = [
@@ -266,6 +269,7 @@ def test_network_policies_admit_only_the_access_label(
         if _matches(ds.ACCESS_LABEL, ds.pod_template(o)["metadata"].get("labels", {}))
     }
     assert {"kubetune-mlflow", "kubetune-minio-make-bucket", "kubetune-test-connection"} <= labelled
+    assert "kubetune-storage-proxy" in labelled, "the storage proxy reaches PostgreSQL"
     assert "kubetune-register-pipeline" not in labelled, "the registration Job only talks to KFP"
     assert "kubetune-postgresql" not in labelled and "kubetune-minio" not in labelled
     if scenario == "dashboard-values":
@@ -384,7 +388,10 @@ def test_external_database(scenario_objects: dict[str, list[dict[str, Any]]]) ->
     objs = scenario_objects["external-db-values"]
     assert not ds.find(objs, "StatefulSet", "kubetune-postgresql")
     assert not ds.find(objs, "Secret"), "all credentials come from existing Secrets"
-    assert [p["metadata"]["name"] for p in ds.find(objs, "NetworkPolicy")] == ["kubetune-minio"]
+    assert [p["metadata"]["name"] for p in ds.find(objs, "NetworkPolicy")] == [
+        "kubetune-minio",
+        "kubetune-storage-proxy",
+    ]
     (container,) = ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["containers"]
     env = ds.env_of(container)
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == (
@@ -538,3 +545,39 @@ def test_dashboard(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
     assert "mlflow.example.com" in ds.env_of(
         ds.one(objs, "Deployment", "kubetune-mlflow")["spec"]["template"]["spec"]["containers"][0]
     )["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+
+
+def test_storage_proxy(scenario_objects: dict[str, list[dict[str, Any]]]) -> None:
+    """On by default: a Deployment and Service of the proxy, the steps' URL in the ConfigMap, a PDB in production."""
+    objs = scenario_objects["default-values"]
+    deployment = ds.one(objs, "Deployment", "kubetune-storage-proxy")
+    (container,) = ds.pod_template(deployment)["spec"]["containers"]
+    assert container["image"] == "ghcr.io/kubetune/runtime:0.1.0"
+    assert container["command"][:3] == ["python3", "-m", "kubetune.storage_proxy"]
+    env = ds.env_of(container)
+    database = f"postgresql+psycopg://kubetune@kubetune-postgresql.{ds.NAMESPACE}.svc:5432/optuna"
+    assert env["KUBETUNE_STORAGE"]["value"] == database, "no password in the URL"
+    assert "valueFrom" in env["PGPASSWORD"]
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert container["ports"] == [{"name": "grpc", "containerPort": 13000, "protocol": "TCP"}]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    service = ds.one(objs, "Service", "kubetune-storage-proxy")["spec"]
+    assert service["ports"][0]["port"] == 13000 and service["ports"][0]["targetPort"] == "grpc"
+    assert _matches(service["selector"], ds.pod_template(deployment)["metadata"]["labels"])
+    config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
+    assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy.{ds.NAMESPACE}.svc:13000"
+    assert not ds.find(objs, "PodDisruptionBudget"), "one proxy: a PDB would block every node drain"
+
+    production = scenario_objects["production-values"]
+    deployment = ds.one(production, "Deployment", "kubetune-storage-proxy")
+    assert deployment["spec"]["replicas"] == 2
+    budget = ds.one(production, "PodDisruptionBudget", "kubetune-storage-proxy")["spec"]
+    assert budget["minAvailable"] == 1
+    assert _matches(budget["selector"]["matchLabels"], ds.pod_template(deployment)["metadata"]["labels"])
+
+
+def test_storage_proxy_can_be_disabled() -> None:
+    """Disabled: no proxy objects, and an empty KUBETUNE_STORAGE_PROXY leaves the steps on KUBETUNE_STORAGE."""
+    objs = ds.render_objects({"storageProxy": {"enabled": False}})
+    assert not [o for o in objs if "storage-proxy" in o["metadata"]["name"]]
+    assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_STORAGE_PROXY"] == ""

@@ -312,7 +312,12 @@ def test_istio_sidecars_value(values: dict[str, Any], without_sidecar: bool) -> 
 
 def test_production_overlay_services_have_no_sidecar(built) -> None:
     services = [w for w in ds.workloads(built["overlays/production"]) if w["kind"] in ("Deployment", "StatefulSet")]
-    assert {s["metadata"]["name"] for s in services} == {"kubetune-mlflow", "kubetune-postgresql", "kubetune-minio"}
+    assert {s["metadata"]["name"] for s in services} == {
+        "kubetune-mlflow",
+        "kubetune-postgresql",
+        "kubetune-minio",
+        "kubetune-storage-proxy",
+    }
     assert all(_without_sidecar(s) for s in services)
     assert not any(
         _without_sidecar(s) for s in ds.workloads(built["overlays/dev"]) if s["kind"] in ("Deployment", "StatefulSet")

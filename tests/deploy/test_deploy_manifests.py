@@ -140,6 +140,32 @@ def test_production_overlay(built: dict[str, list[dict[str, Any]]]) -> None:
         == "s3://kubetune-production/mlflow"
     )
     assert _env(objs, "Job", "kubetune-minio-make-bucket", "make-bucket")["BUCKET"]["value"] == "kubetune-production"
+    proxy = ds.one(objs, "Deployment", "kubetune-storage-proxy")
+    assert proxy["spec"]["replicas"] == 2
+    pdb = ds.one(objs, "PodDisruptionBudget", "kubetune-storage-proxy")["spec"]
+    assert pdb["minAvailable"] == 1
+    proxy_labels = proxy["spec"]["template"]["metadata"]["labels"]
+    assert all(proxy_labels.get(k) == v for k, v in pdb["selector"]["matchLabels"].items())
+
+
+def test_storage_proxy(built: dict[str, list[dict[str, Any]]]) -> None:
+    """The steps' study URL points at the proxy's Service, which only access-labelled pods may reach."""
+    objs = built["base"]
+    proxy = ds.one(objs, "Deployment", "kubetune-storage-proxy")
+    labels = proxy["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in ds.ACCESS_LABEL.items()), "it reaches PostgreSQL"
+    (container,) = proxy["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "grpc"
+    env = _env(objs, "Deployment", "kubetune-storage-proxy", "storage-proxy")
+    assert env["KUBETUNE_STORAGE"]["value"] == "postgresql+psycopg://kubetune@kubetune-postgresql:5432/optuna"
+    assert "valueFrom" in env["PGPASSWORD"]
+    service = ds.one(objs, "Service", "kubetune-storage-proxy")["spec"]
+    config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
+    assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy:{service['ports'][0]['port']}"
+    policy = ds.one(objs, "NetworkPolicy", "kubetune-storage-proxy")["spec"]
+    assert all(labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items())
+    assert policy["ingress"][0]["ports"] == [{"port": 13000, "protocol": "TCP"}]
+    assert not ds.find(objs, "PodDisruptionBudget"), "the base has one proxy; production adds the PDB"
 
 
 @pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/production"])
@@ -200,6 +226,7 @@ def test_base_matches_the_chart(built: dict[str, list[dict[str, Any]]]) -> None:
         "KUBETUNE_S3_ENDPOINT",
         "KUBETUNE_KFP_HOST",
         "KUBETUNE_NAMESPACE",
+        "KUBETUNE_STORAGE_PROXY",
     )  # the overlays set KUBETUNE_NAMESPACE
     cli_settings = {key for key in chart_config if key.startswith("KUBETUNE_") and key not in namespaced}
     assert {

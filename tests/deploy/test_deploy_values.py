@@ -184,7 +184,11 @@ def test_valid_external_services_render() -> None:
         "pipelineSecret": {"existingSecret": "pipeline"},
     }
     objs = ds.render_objects(values)
-    assert not ds.find(objs, "StatefulSet") and not ds.find(objs, "NetworkPolicy") and not ds.find(objs, "Secret")
+    assert not ds.find(objs, "StatefulSet") and not ds.find(objs, "Secret")
+    policies = [p["metadata"]["name"] for p in ds.find(objs, "NetworkPolicy")]
+    assert policies == ["kubetune-storage-proxy"], (
+        "only the proxy runs in the cluster in front of the external database"
+    )
     assert ds.one(objs, "ConfigMap", "kubetune-config")["data"]["KUBETUNE_S3_ENDPOINT"] == "https://s3.example.com"
 
 

@@ -112,3 +112,23 @@ def run_lanes(
     errors = [r["error"] for r in reports if r["error"]]
     assert not errors, errors[0]
     return reports
+
+
+def restart_mid_search(
+    experiment: Experiment, database_url: str, restart: Callable[[], None], before: dict[int, float]
+) -> Callable[[], None]:
+    """A ``during`` for run_lanes: once two trials completed, note them in ``before``, then ``restart()``."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def during() -> None:
+        deadline = time.monotonic() + 180
+        observer = optuna.load_study(study_name=experiment.name, storage=database_url)
+        while len(done := observer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+            assert time.monotonic() < deadline, "the lanes did not complete two trials"
+            time.sleep(0.1)
+        before.update({t.number: t.value for t in done})
+        assert len(before) < experiment.spec.budget.max_trials, "the restart comes mid-search"
+        restart()
+
+    return during

@@ -33,6 +33,7 @@ from lanes import (
     SPAWN,
     artifact_paths,
     one_lane,
+    restart_mid_search,
     run_lanes,
     small_document,
     small_experiment,
@@ -220,17 +221,9 @@ def test_lanes_reconnect_after_a_postgres_restart(folder, postgres, stack_env):
     start_segment(experiment, segment=0)
     before: dict[int, float] = {}
 
-    def restart_mid_search() -> None:
-        deadline = time.monotonic() + 180
-        observer = optuna.load_study(study_name=experiment.name, storage=stack_env["KUBETUNE_STORAGE"])
-        while len(done := observer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
-            assert time.monotonic() < deadline, "the lanes did not complete two trials"
-            time.sleep(0.1)
-        before.update({t.number: t.value for t in done})
-        assert len(before) < budget, "the restart comes mid-search"
-        postgres.restart()
+    during = restart_mid_search(experiment, stack_env["KUBETUNE_STORAGE"], postgres.restart, before)
 
-    reports = run_lanes(experiment, folder, lanes, during=restart_mid_search, timeout=180)
+    reports = run_lanes(experiment, folder, lanes, during=during, timeout=180)
     assert all(r["told"] for r in reports), "both lanes worked"
 
     study = load_study(experiment)

@@ -180,6 +180,7 @@ A digest wins over the tag.
 {{- define "kubetune.minio.fullname" -}}{{ include "kubetune.fullname" . }}-minio{{- end }}
 {{- define "kubetune.mlflow.fullname" -}}{{ include "kubetune.fullname" . }}-mlflow{{- end }}
 {{- define "kubetune.dashboard.fullname" -}}{{ include "kubetune.fullname" . }}-dashboard{{- end }}
+{{- define "kubetune.storageProxy.fullname" -}}{{ include "kubetune.fullname" . }}-storage-proxy{{- end }}
 {{- define "kubetune.passwordsSecretName" -}}{{ include "kubetune.fullname" . }}-passwords{{- end }}
 {{- define "kubetune.configMapName" -}}{{ include "kubetune.fullname" . }}-config{{- end }}
 
