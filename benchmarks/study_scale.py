@@ -181,20 +181,32 @@ def bulk_insert(url: str, study_id: int, templates: list, first: int, count: int
         engine.dispose()
 
 
+def count_trials(url: str, study_id: int) -> int:
+    """The study's number of trials, counted by the database (Optuna's get_n_trials reads every trial)."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine, func, select
+
+    trials = models.TrialModel.__table__
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.count()).where(trials.c.study_id == study_id)).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def filled_study(url: str, experiment, size: int) -> dict:
     """Create the study (as ensure-study does) and add finished trials up to ``size``; reused if already there."""
-    import optuna
-
     from kubetune.storage import open_storage
     from kubetune.study import ensure_study
 
     study = ensure_study(experiment, storage=open_storage(experiment, url))
-    have = len(study.get_trials(deepcopy=False))
+    have = count_trials(url, study._study_id)
     began = time.perf_counter()
     if size > have:
         bulk_insert(url, study._study_id, template_trials(experiment), have, size - have)
     fill_s = time.perf_counter() - began
-    total = optuna.storages.RDBStorage(url).get_n_trials(study._study_id)
+    total = count_trials(url, study._study_id)
     assert total >= size, f"the study holds {total} trials, not {size}"
     return {"trials": total, "added": max(size - have, 0), "fill_s": fill_s}
 
@@ -303,43 +315,43 @@ def cold_steps(spec_path: str, name: str, target: str, repeats: int) -> dict:
 
 
 def lane(spec_path: str, name: str, target: str, slot: int, quota: int, train_seconds: float, start, results) -> None:
-    """A long-lived lane: ask -> sample -> "train" -> tell, ``quota`` times; reports what it asked and told."""
+    """A long-lived lane: ask -> sample -> "train" -> tell, ``quota`` times; reports what it asked and told.
+
+    A lane that fails (the database refusing its connection, say) reports its error and what it did before.
+    """
     import optuna
 
     from kubetune import space
     from kubetune.study import load_study, tell_once
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    experiment = scale_experiment(spec_path, name)
-    study = load_study(experiment, storage=open_target(experiment, target), seed_offset=slot)
-    study.get_trials(deepcopy=False)
+    report: dict = {"slot": slot, "asked": [], "told": [], "suggest_s": [], "tell_s": [], "error": None}
+    study = None
+    try:
+        experiment = scale_experiment(spec_path, name)
+        study = load_study(experiment, storage=open_target(experiment, target), seed_offset=slot)
+        study.get_trials(deepcopy=False)
+    except Exception as error:  # noqa: BLE001 - reported with the results
+        report["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
     start.wait()
-    began = time.perf_counter()
-    asked, told, suggest_s, tell_s = [], [], [], []
-    for _ in range(quota):
-        tick = time.perf_counter()
-        trial = study.ask()
-        chosen, architecture = space.sample(trial, experiment.spec)
-        asked.append(trial.number)
-        suggest_s.append(time.perf_counter() - tick)
-        time.sleep(train_seconds)
-        tick = time.perf_counter()
-        if tell_once(
-            study, trial.number, state=optuna.trial.TrialState.COMPLETE, values=[objective(chosen, architecture)]
-        ):
-            told.append(trial.number)
-        tell_s.append(time.perf_counter() - tick)
-    results.put(
-        {
-            "slot": slot,
-            "began": began,
-            "ended": time.perf_counter(),
-            "asked": asked,
-            "told": told,
-            "suggest_s": suggest_s,
-            "tell_s": tell_s,
-        }
-    )
+    report["began"] = time.perf_counter()
+    try:
+        for _ in range(quota if study is not None else 0):
+            tick = time.perf_counter()
+            trial = study.ask()
+            chosen, architecture = space.sample(trial, experiment.spec)
+            report["asked"].append(trial.number)
+            report["suggest_s"].append(time.perf_counter() - tick)
+            time.sleep(train_seconds)
+            tick = time.perf_counter()
+            value = objective(chosen, architecture)
+            if tell_once(study, trial.number, state=optuna.trial.TrialState.COMPLETE, values=[value]):
+                report["told"].append(trial.number)
+            report["tell_s"].append(time.perf_counter() - tick)
+    except Exception as error:  # noqa: BLE001 - reported with the results
+        report["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+    report["ended"] = time.perf_counter()
+    results.put(report)
 
 
 def integrity(trials: list, reports: list[dict]) -> dict:
@@ -396,11 +408,12 @@ def concurrent_lanes(url: str, spec_path: str, target: str, lanes: int, quota: i
     tell_s = [s for r in reports for s in r["tell_s"]]
     return {
         "lanes": lanes,
-        "trials_per_s": len(suggest_s) / wall,
+        "trials_per_s": sum(len(r["told"]) for r in reports) / wall,
         "wall_s": wall,
         "suggest": {**percentiles_ms(suggest_s), "samples_s": suggest_s},
         "tell": {**percentiles_ms(tell_s), "samples_s": tell_s},
         "integrity": integrity(trials, reports),
+        "failed_lanes": [r["error"] for r in reports if r["error"]],
     }
 
 
@@ -408,6 +421,15 @@ def is_clean(check: dict) -> bool:
     return check["complete"] == check["trials"] and all(
         v == 0 for k, v in check.items() if k not in ("trials", "complete")
     )
+
+
+def allow_connections(postgres, count: int) -> None:
+    """Set the server's max_connections (kept in its data directory) and restart it."""
+    import psycopg
+
+    with psycopg.connect(postgres.url("postgres", driver="postgresql"), autocommit=True) as connection:
+        connection.execute(f"ALTER SYSTEM SET max_connections = {int(count)}")
+    postgres.restart()
 
 
 @contextlib.contextmanager
@@ -475,7 +497,8 @@ def measure_lanes(postgres, args) -> list[dict]:
                 f"{lanes:>5} {target:<7} {result['trials_per_s']:>9.1f} "
                 f"{result['suggest']['p50_ms']:>9.0f} /{result['suggest']['p99_ms']:>7.0f} "
                 f"{result['tell']['p50_ms']:>8.0f} /{result['tell']['p99_ms']:>6.0f} "
-                f"{'ok' if is_clean(check) else check!s:>10}",
+                f"{'ok' if is_clean(check) else check!s:>10}"
+                + (f"; {len(failed)} lanes failed: {failed[0]}" if (failed := result["failed_lanes"]) else ""),
                 flush=True,
             )
     return rows
@@ -496,6 +519,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep the PostgreSQL cluster and its filled studies here")
     parser.add_argument("--fast-postgres", action="store_true", help="fsync off, as in the tests")
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the trials sample")
+    parser.add_argument("--max-connections", type=int, help="PostgreSQL's max_connections (its default: 100)")
     args = parser.parse_args()
     machine = (
         f"optuna {optuna.__version__}, {os.cpu_count()} CPUs, PostgreSQL fsync {'off' if args.fast_postgres else 'on'}"
@@ -506,6 +530,8 @@ def main() -> None:
     if args.cache and os.geteuid() == 0:
         workdir.chmod(0o711)  # PostgreSQL runs as user postgres and must reach its folder in it
     postgres = devstack.Postgres(workdir / "pg", fast=args.fast_postgres).start()
+    if args.max_connections:
+        allow_connections(postgres, args.max_connections)
     settings = {**vars(args), "cache": str(args.cache), "optuna": optuna.__version__}
     try:
         # Each part keeps its own file, named after what it measured, so one run does not replace another's.

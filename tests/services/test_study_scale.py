@@ -73,6 +73,7 @@ def test_concurrent_lanes_lose_duplicate_and_double_tell_nothing(postgres, scale
     url = postgres.create_database(f"lanes_{secrets.token_hex(4)}")
     result = scale.concurrent_lanes(url, str(DIGITS), url, lanes=2, quota=3, train_seconds=0.0)
     assert result["integrity"]["trials"] == 6 and scale.is_clean(result["integrity"])
+    assert result["failed_lanes"] == []
     assert len(result["suggest"]["samples_s"]) == len(result["tell"]["samples_s"]) == 6
     assert result["trials_per_s"] > 0 and result["lanes"] == 2
 
