@@ -2,7 +2,7 @@
 
     python benchmarks/study_scale.py [--sizes 1000 10000 100000] [--repeats 10] [--lanes 1 4 16 64]
                                      [--lane-trials 8] [--train-seconds 0.2] [--targets direct proxy]
-                                     [--cache DIR] [--fast-postgres] [--spec examples/digits.yaml]
+                                     [--cache DIR] [--max-connections N] [--fast-postgres] [--spec examples/digits.yaml]
 
 Every trial pod of a cluster search opens the study afresh, so what matters at scale is a cold
 process: per study size it starts ``--repeats`` fresh processes that each do what kubetune's suggest
@@ -11,13 +11,14 @@ the stop rules, ask, sample the spec's space, record the trial's attributes) and
 (``kubetune.study.tell_once``), timing each phase. Twice: straight to PostgreSQL through
 ``kubetune.storage.open_storage``, and through Optuna's gRPC storage proxy
 (``optuna.storages.run_grpc_proxy_server`` in a process of its own, which keeps the study in memory;
-clients use ``GrpcStorageProxy``). The stop rules are checked and timed but do not stop the step: a
-study filled to ``budget.maxTrials`` (100,000 at most) would otherwise refuse to ask.
+clients use ``GrpcStorageProxy``; both need grpcio, an optional dependency of Optuna). The stop rules
+are checked and timed but do not stop the step: a study filled to ``budget.maxTrials`` (100,000 at
+most) would otherwise refuse to ask.
 
 Studies are filled directly, not by running trials: finished template trials that look like what
 kubetune records for the spec (parameters, architecture, per-epoch values, user attributes), written
-in bulk as the rows ``create_new_trial(template_trial=...)`` would write (see :func:`bulk_insert`). ``--cache DIR`` keeps the PostgreSQL cluster and its filled studies
-in DIR between runs.
+in bulk as the rows ``create_new_trial(template_trial=...)`` would write (see :func:`bulk_insert`).
+``--cache DIR`` keeps the PostgreSQL cluster and its filled studies in DIR between runs.
 
 Then ``--lanes``: that many long-lived lane processes against one fresh study (ask -> sample -> sleep
 ``--train-seconds`` as training -> tell, ``--lane-trials`` each), reporting trials/s and the per-call
