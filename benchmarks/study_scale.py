@@ -11,7 +11,7 @@ the stop rules, ask, sample the spec's space, record the trial's attributes) and
 (``kubetune.study.tell_once``), timing each phase. Twice: straight to PostgreSQL through
 ``kubetune.storage.open_storage``, and through Optuna's gRPC storage proxy
 (``optuna.storages.run_grpc_proxy_server`` in a process of its own, which keeps the study in memory;
-clients use ``GrpcStorageProxy``; both need grpcio, an optional dependency of Optuna). The stop rules
+clients use ``GrpcStorageProxy``; both need grpcio, which kubetune declares). The stop rules
 are checked and timed but do not stop the step: a study filled to ``budget.maxTrials`` (100,000 at
 most) would otherwise refuse to ask.
 

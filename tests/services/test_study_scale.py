@@ -60,7 +60,6 @@ def test_cold_steps_time_every_phase_and_tell_their_trial(postgres, scale):
 
 
 def test_cold_steps_through_the_grpc_proxy(postgres, scale):
-    pytest.importorskip("grpc", reason="Optuna's gRPC proxy needs grpcio")
     url, name, _ = _study(postgres, scale, 20)
     with scale.grpc_proxy(url) as port:
         cell = scale.cold_steps(str(DIGITS), name, f"grpc:{port}", repeats=1)
