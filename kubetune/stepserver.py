@@ -9,10 +9,6 @@ and exits without interpreter teardown; a trial therefore cannot leak state into
 the step process dies (killed, like a lost pod), the fork notices the closed socket and exits too,
 so a killed step stops its training just as it would in a cluster. The socket lives in a private
 temporary folder (mode 0700), since requests carry the step's environment.
-
-The whole step can run in a fork as well: during ``kubetune run`` kfp.local's interpreter is a launcher
-of :mod:`kubetune.step_shim`, which hands the step's KFP executor to the server, so a step no longer starts
-a Python interpreter that imports KFP's executor (about 0.4 s of CPU each) before handing its call over.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from kubetune.step_shim import PYTHON_ENV
 from kubetune.steps import SERVER_ENV, failure, receive_message, run_here, send_message
 
 __all__ = ["serving"]
@@ -58,7 +53,6 @@ PRELOAD = (
     "kubetune.local",
     "kubetune.report",
     "optuna.visualization",
-    "kfp.dsl.executor_main",
 )
 
 
@@ -79,38 +73,14 @@ class _Call(socketserver.BaseRequestHandler):
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
-        if request.get("kind") == "executor":  # a whole step, from kubetune.step_shim
-            reply: dict = {"exit": _run_executor(request["argv"])}
-        else:
-            try:
-                reply = {"result": run_here(request["target"], request["experiment_spec"], request["kwargs"])}
-            except BaseException as error:  # noqa: BLE001 - the step fails with this failure; the traceback goes to its log
-                traceback.print_exc()
-                reply = {"error": failure(error)}
+        try:
+            reply = {"result": run_here(request["target"], request["experiment_spec"], request["kwargs"])}
+        except BaseException as error:  # noqa: BLE001 - the step fails with this failure; the traceback goes to its log
+            traceback.print_exc()
+            reply = {"error": failure(error)}
         sys.stdout.flush()
         sys.stderr.flush()
         send_message(connection, reply)
-
-
-def _run_executor(argv: list[str]) -> int:
-    """Run KFP's executor on ``argv`` here, as ``python -m kfp.dsl.executor_main`` would (its ``__main__`` calls
-    ``executor_main()``); its exit code.
-
-    The step's core call then runs in this same fork: with no server named, :func:`kubetune.steps.call`
-    runs it here instead of asking the server for another fork.
-    """
-    from kfp.dsl import executor_main
-
-    os.environ.pop(SERVER_ENV, None)
-    sys.argv = [executor_main.__file__, *argv]
-    try:
-        executor_main.executor_main()
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    except BaseException:  # noqa: BLE001 - the step fails; its traceback goes to its log as Python would print it
-        traceback.print_exc()
-        return 1
-    return 0
 
 
 def _exit_when_closed(connection: socket.socket) -> None:
@@ -158,29 +128,11 @@ def serving(log_path: Path) -> Iterator[str]:
             if process.stdout is None or process.stdout.readline().strip() != READY:
                 raise RuntimeError(f"the step server did not start; see {log_path}")
             os.environ[SERVER_ENV] = path
-            with _steps_in_forks(Path(folder)):
-                yield path
+            yield path
         finally:
             os.environ.pop(SERVER_ENV, None)
             process.terminate()
             process.wait()
-
-
-@contextlib.contextmanager
-def _steps_in_forks(folder: Path) -> Iterator[None]:
-    """Point kfp.local's interpreter (``sys.executable``) at a launcher of :mod:`kubetune.step_shim` for the block,
-    so each step's executor runs in a fork of the server instead of a fresh interpreter."""
-    real = sys.executable
-    launcher = folder / "python3"
-    launcher.write_text(f'#!/bin/sh\nexec "{real}" -m kubetune.step_shim "$@"\n')
-    launcher.chmod(0o700)
-    os.environ[PYTHON_ENV] = real
-    sys.executable = str(launcher)
-    try:
-        yield
-    finally:
-        sys.executable = real
-        os.environ.pop(PYTHON_ENV, None)
 
 
 if __name__ == "__main__":
