@@ -54,6 +54,7 @@ SPAWN = multiprocessing.get_context("spawn")
 TEMPLATES = 200  # distinct finished trials the fill cycles through
 PHASES = ("imports", "open", "read", "stop_check", "ask", "sample", "tell")
 SUGGEST = ("open", "read", "stop_check", "ask", "sample")  # the suggest step, imports aside
+SERVICE_PHASES = ("imports", "suggest", "tell")  # the suggest step asks the proxy's suggest service for it all
 
 
 def scale_experiment(spec_path: str, name: str):
@@ -63,7 +64,7 @@ def scale_experiment(spec_path: str, name: str):
     document = yaml.safe_load(Path(spec_path).read_text())
     document["metadata"]["name"] = name
     budget = document["spec"]["budget"]
-    budget["maxTrials"] = 100_000
+    budget["maxTrials"] = 1_000_000
     budget.pop("maxDuration", None)
     return parse_experiment(document)
 
@@ -218,39 +219,56 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _serve_proxy(url: str, port: int) -> None:
+def _serve_proxy(url: str, port: int, kubetune: bool) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(url), host="127.0.0.1", port=port)
+    if kubetune:
+        from kubetune.storage_proxy import serve
+
+        serve(url, "127.0.0.1", port)
+    else:
+        optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(url), host="127.0.0.1", port=port)
 
 
 @contextlib.contextmanager
-def grpc_proxy(url: str) -> Iterator[int]:
-    """Optuna's gRPC storage proxy in front of ``url``, in a process of its own; yields its port."""
+def grpc_proxy(url: str, *, kubetune: bool = False) -> Iterator[int]:
+    """Optuna's gRPC storage proxy in front of ``url``, in a process of its own; yields its port.
+
+    ``kubetune``: kubetune's (``python -m kubetune.storage_proxy``), with its suggest service on the next port.
+    """
     from optuna.storages import GrpcStorageProxy
 
     port = free_port()
-    server = SPAWN.Process(target=_serve_proxy, args=(url, port), daemon=True)
+    server = SPAWN.Process(target=_serve_proxy, args=(url, port, kubetune), daemon=True)
     server.start()
     try:
-        GrpcStorageProxy(host="127.0.0.1", port=port).wait_server_ready(timeout=60)
+        GrpcStorageProxy(host="127.0.0.1", port=port).wait_server_ready(timeout=120)
         yield port
     finally:
         server.terminate()
         server.join(10)
 
 
-def warm_up(target: str, name: str) -> float:
+def warm_up(spec_path: str, target: str, name: str) -> float:
     """Seconds for a first reader to read the whole study: through a proxy, this loads the proxy's cache.
 
     A proxy in a cluster is long-lived, so the cold steps are timed after it; this is what its start costs.
+    Through kubetune's suggest service the first reader is a suggest step (whose trial is told), which also
+    warms the service's study and sampler.
     """
     import optuna
 
     began = time.perf_counter()
-    optuna.load_study(study_name=name, storage=open_target(None, target)).get_trials(deepcopy=False)
+    if target.startswith("service:"):
+        results = SPAWN.Queue()
+        process = SPAWN.Process(target=service_suggest_and_tell, args=(spec_path, name, target, 999, results))
+        process.start()
+        process.join()
+        assert process.exitcode == 0 and results.get(timeout=60)["told"], "the warm-up suggest step failed"
+    else:
+        optuna.load_study(study_name=name, storage=open_target(None, target)).get_trials(deepcopy=False)
     return time.perf_counter() - began
 
 
@@ -299,39 +317,68 @@ def suggest_and_tell(spec_path: str, name: str, target: str, slot: int, results)
     results.put({"told": told, **dict(zip(PHASES, durations, strict=True))})
 
 
+def service_suggest_and_tell(spec_path: str, name: str, target: str, slot: int, results) -> None:
+    """kubetune's suggest step through its proxy's suggest service (``service:PORT``), then a tell through the proxy."""
+    began = time.perf_counter()
+    import optuna
+
+    from kubetune.search import suggest_trial
+    from kubetune.study import load_study, tell_once
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    os.environ["KUBETUNE_STORAGE_PROXY"] = f"grpc://127.0.0.1:{target.split(':', 1)[1]}"
+    marks = [began, time.perf_counter()]
+    experiment = scale_experiment(spec_path, name)
+    number = suggest_trial(experiment, segment=0, slot=slot)
+    marks.append(time.perf_counter())
+    told = tell_once(load_study(experiment), number, state=optuna.trial.TrialState.COMPLETE, values=[0.5])
+    marks.append(time.perf_counter())
+    durations = [b - a for a, b in itertools.pairwise(marks)]
+    results.put({"told": told, **dict(zip(SERVICE_PHASES, durations, strict=True))})
+
+
 def cold_steps(spec_path: str, name: str, target: str, repeats: int) -> dict:
     """``repeats`` suggest steps one after another, each in a fresh process: every phase's samples and p50/p99."""
     results = SPAWN.Queue()
     runs = []
+    step = service_suggest_and_tell if target.startswith("service:") else suggest_and_tell
     for repeat in range(repeats):
-        process = SPAWN.Process(target=suggest_and_tell, args=(spec_path, name, target, 1000 + repeat, results))
+        process = SPAWN.Process(target=step, args=(spec_path, name, target, 1000 + repeat, results))
         process.start()
         process.join()
         assert process.exitcode == 0, "the suggest step's process failed"
         runs.append(results.get(timeout=60))
         assert runs[-1]["told"], "the suggest step's tell did not take"
-    samples = {phase: [run[phase] for run in runs] for phase in PHASES}
-    samples["suggest"] = [sum(run[phase] for phase in SUGGEST) for run in runs]
+    samples = {phase: [run[phase] for run in runs] for phase in runs[0] if phase != "told"}
+    if "suggest" not in samples:  # a step that reads and asks itself: its phases add up to the suggest step
+        samples["suggest"] = [sum(run[phase] for phase in SUGGEST) for run in runs]
     return {key: {**percentiles_ms(values), "samples_s": values} for key, values in samples.items()}
 
 
 def lane(spec_path: str, name: str, target: str, slot: int, quota: int, train_seconds: float, start, results) -> None:
     """A long-lived lane: ask -> sample -> "train" -> tell, ``quota`` times; reports what it asked and told.
 
-    A lane that fails (the database refusing its connection, say) reports its error and what it did before.
+    Through kubetune's suggest service (``service:PORT``) the lane asks as its suggest step does, and
+    tells through the proxy. A lane that fails (the database refusing its connection, say) reports its
+    error and what it did before.
     """
     import optuna
 
-    from kubetune import space
-    from kubetune.study import load_study, tell_once
+    from kubetune import search, space
+    from kubetune.study import get_trial, load_study, tell_once
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     report: dict = {"slot": slot, "asked": [], "told": [], "suggest_s": [], "tell_s": [], "error": None}
     study = None
+    service = target.startswith("service:")
     try:
         experiment = scale_experiment(spec_path, name)
-        study = load_study(experiment, storage=open_target(experiment, target), seed_offset=slot)
-        study.get_trials(deepcopy=False)
+        if service:
+            os.environ["KUBETUNE_STORAGE_PROXY"] = f"grpc://127.0.0.1:{target.split(':', 1)[1]}"
+            study = load_study(experiment)
+        else:
+            study = load_study(experiment, storage=open_target(experiment, target), seed_offset=slot)
+            study.get_trials(deepcopy=False)
     except Exception as error:  # noqa: BLE001 - reported with the results
         report["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
     start.wait()
@@ -339,15 +386,21 @@ def lane(spec_path: str, name: str, target: str, slot: int, quota: int, train_se
     try:
         for _ in range(quota if study is not None else 0):
             tick = time.perf_counter()
-            trial = study.ask()
-            chosen, architecture = space.sample(trial, experiment.spec)
-            report["asked"].append(trial.number)
+            if service:
+                number = search.suggest_trial(experiment, segment=0, slot=slot)
+                recorded = get_trial(study, number)
+                chosen, architecture = recorded.params, recorded.user_attrs["architecture"]
+            else:
+                trial = study.ask()
+                chosen, architecture = space.sample(trial, experiment.spec)
+                number = trial.number
+            report["asked"].append(number)
             report["suggest_s"].append(time.perf_counter() - tick)
             time.sleep(train_seconds)
             tick = time.perf_counter()
             value = objective(chosen, architecture)
-            if tell_once(study, trial.number, state=optuna.trial.TrialState.COMPLETE, values=[value]):
-                report["told"].append(trial.number)
+            if tell_once(study, number, state=optuna.trial.TrialState.COMPLETE, values=[value]):
+                report["told"].append(number)
             report["tell_s"].append(time.perf_counter() - tick)
     except Exception as error:  # noqa: BLE001 - reported with the results
         report["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
@@ -435,12 +488,21 @@ def allow_connections(postgres, count: int) -> None:
 
 @contextlib.contextmanager
 def reach(url: str, target: str) -> Iterator[str]:
-    """Where the steps reach the study: the database URL, or ``grpc:PORT`` of a proxy started in front of it."""
+    """Where the steps reach the study: the database URL, ``grpc:PORT`` of Optuna's proxy started in front of
+    it, or ``service:PORT`` of kubetune's proxy, whose suggest service the steps ask."""
     if target == "direct":
         yield url
-    else:
+    elif target == "proxy":
         with grpc_proxy(url) as port:
             yield f"grpc:{port}"
+    else:
+        with grpc_proxy(url, kubetune=True) as port:
+            yield f"service:{port}"
+
+
+def _sum_p50(cell: dict, *phases: str) -> str:
+    """The phases' p50s added up, or "-" for a step that does not do them itself (the service's)."""
+    return f"{sum(cell[p]['p50_ms'] for p in phases):.0f}" if all(p in cell for p in phases) else "-"
 
 
 def measure_sizes(postgres, args) -> list[dict]:
@@ -457,12 +519,11 @@ def measure_sizes(postgres, args) -> list[dict]:
         row: dict = {"size": size, "fill": filled_study(url, scale_experiment(args.spec, name), size)}
         for target in args.targets:
             with reach(url, target) as where:
-                warm_up_s = warm_up(where, name) if target == "proxy" else None
+                warm_up_s = warm_up(args.spec, where, name) if target != "direct" else None
                 row[target] = cell = {**cold_steps(args.spec, name, where, args.repeats), "warm_up_s": warm_up_s}
             print(
                 f"{size:>7} {target:<7} {cell['suggest']['p50_ms']:>9.0f} /{cell['suggest']['p99_ms']:>7.0f} "
-                f"{cell['open']['p50_ms'] + cell['read']['p50_ms']:>14.0f} "
-                f"{cell['ask']['p50_ms'] + cell['sample']['p50_ms']:>15.0f} "
+                f"{_sum_p50(cell, 'open', 'read'):>14} {_sum_p50(cell, 'ask', 'sample'):>15} "
                 f"{cell['tell']['p50_ms']:>8.0f} /{cell['tell']['p99_ms']:>6.0f} "
                 f"{'-' if warm_up_s is None else f'{warm_up_s:.2f}':>10}",
                 flush=True,
@@ -516,7 +577,9 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, nargs="*", default=[1, 4, 16, 64])
     parser.add_argument("--lane-trials", type=int, default=8, help="trials each lane asks and tells")
     parser.add_argument("--train-seconds", type=float, default=0.2, help="a lane's 'training' between ask and tell")
-    parser.add_argument("--targets", nargs="+", default=["direct", "proxy"], choices=["direct", "proxy"])
+    parser.add_argument(
+        "--targets", nargs="+", default=["direct", "proxy", "service"], choices=["direct", "proxy", "service"]
+    )
     parser.add_argument("--cache", type=Path, help="keep the PostgreSQL cluster and its filled studies here")
     parser.add_argument("--fast-postgres", action="store_true", help="fsync off, as in the tests")
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the trials sample")

@@ -12,11 +12,20 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kubetune import encoding, fidelity, space
+from kubetune import encoding, fidelity, grpc_storage, settings, space, suggest_client
 from kubetune.segments import run_name
 from kubetune.spec import EPOCH_METRICS, Experiment
 from kubetune.stop_rules import stop_before_trial
-from kubetune.study import beat, get_trial, heartbeat, lane_seed, live_trial, load_study, set_trial_attrs
+from kubetune.study import (
+    beat,
+    get_trial,
+    heartbeat,
+    lane_seed,
+    live_trial,
+    load_study,
+    set_trial_attrs,
+    tag_trial,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -26,7 +35,7 @@ if TYPE_CHECKING:
     from kubetune.data import SplitData
     from kubetune.train import TrainResult
 
-__all__ = ["NO_TRIAL", "suggest_trial", "train_threads", "train_trial"]
+__all__ = ["NO_TRIAL", "ask_trial", "record_trial", "suggest_trial", "train_threads", "train_trial"]
 
 NO_TRIAL = -1  # what suggest_trial returns when a stop rule holds; the pipeline trains only numbers >= 0
 
@@ -35,14 +44,39 @@ def suggest_trial(experiment: Experiment, *, segment: int, slot: int) -> int:
     """Ask the study for a trial just in time and record what the trainer needs; returns its number.
 
     Returns NO_TRIAL instead, asking nothing, when a stop rule already holds (the pipeline then skips
-    the lane's training), so a reached target or duration ends the search within the segment.
+    the lane's training), so a reached target or duration ends the search within the segment. Through
+    the storage proxy the proxy's warm process asks (kubetune.suggest_service); otherwise this one does.
     """
-    study = load_study(experiment, seed_offset=lane_seed(segment, slot))
-    reason = stop_before_trial(study, experiment)
+    url = settings.storage_url()
+    if url.startswith(grpc_storage.SCHEME):
+        number, reason = suggest_client.suggest_remotely(url, experiment, segment=segment, slot=slot)
+    else:
+        study = load_study(experiment, seed_offset=lane_seed(segment, slot))
+        number, reason = ask_trial(study, experiment, segment=segment, slot=slot)
     if reason is not None:
         print(f"kubetune: no new trial in slot {slot}: {reason}")
-        return NO_TRIAL
+    return number
+
+
+def ask_trial(
+    study: optuna.Study, experiment: Experiment, *, segment: int, slot: int, tags: dict[str, str] | None = None
+) -> tuple[int, str | None]:
+    """The suggest step's work on an open study: the trial's number, or NO_TRIAL and the stop rule that holds.
+
+    ``tags``: system attributes the trial gets before anything else is recorded (the suggest service's
+    request, so a retried request finds its trial).
+    """
+    reason = stop_before_trial(study, experiment)
+    if reason is not None:
+        return NO_TRIAL, reason
     trial = study.ask()
+    for key, value in (tags or {}).items():
+        tag_trial(study, trial.number, key, value)
+    return record_trial(study, trial, experiment, segment=segment, slot=slot), None
+
+
+def record_trial(study: optuna.Study, trial: optuna.Trial, experiment: Experiment, *, segment: int, slot: int) -> int:
+    """Sample the asked trial and record what the trainer needs; again on the same trial, it records the same."""
     # A first heartbeat now: a lane that dies before training starts leaves a trial that goes stale and is retried.
     beat(study, trial.number)
     chosen, architecture = space.sample(trial, experiment.spec)

@@ -81,6 +81,7 @@ SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution",
 SAMPLER_SETTINGS = {"population": "evolution", "tournament": "evolution", "epochs": "darts", "searches": "darts"}
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband", "curve")
+MAX_TRIALS = 1_000_000  # a study's budget; benchmarks/study_scale.py measures studies of 100,000
 MAX_REPEATS = 20  # strategy.seeds: whole searches, each a study of its own
 MAX_SEED = 2**32 - 1  # numpy, and so every Optuna sampler, takes seeds in [0, 2**32)
 MAX_GRID_POINTS = (
@@ -540,7 +541,7 @@ class Strategy(_Model):
 
 
 class Budget(_Model):
-    max_trials: int = Field(default=20, ge=1, le=100_000)
+    max_trials: int = Field(default=20, ge=1, le=MAX_TRIALS)
     parallel_trials: int = Field(default=2, ge=1, le=1_000)
     trials_per_segment: int = Field(default=20, ge=1, le=500)
     max_segments: int = Field(default=100, ge=1, le=10_000)

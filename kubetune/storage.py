@@ -53,6 +53,7 @@ __all__ = [
     "open_database",
     "open_storage",
     "outage_retryer",
+    "outage_seconds",
 ]
 
 
@@ -94,6 +95,11 @@ _OPEN_ERRORS = (SQLAlchemyError, OSError, ImportError, ValueError)
 
 _log = logging.getLogger(__name__)
 optuna_messages.quiet()
+
+
+def outage_seconds() -> float:
+    """How long a storage call waits out an unreachable store (``KUBETUNE_DB_RETRY_SECONDS``)."""
+    return _seconds_setting(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
 
 
 def _seconds_setting(name: str, default: float) -> float:
@@ -430,7 +436,7 @@ def open_storage(experiment: Experiment, url: str | None = None) -> Storage:
     url = url or settings.storage_url()
     heartbeat_seconds = experiment.spec.trial.heartbeat_seconds
     retries = experiment.spec.trial.retries
-    retry_seconds = _seconds_setting(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
+    retry_seconds = outage_seconds()
     key = (os.getpid(), url, heartbeat_seconds, retries, retry_seconds)
     with _STORAGES_LOCK:
         if key in _STORAGES:
@@ -455,7 +461,7 @@ def open_database(url: str, **options: Any) -> ReconnectingStorage:
 
     ``options``: RDBStorage's heartbeat options, ``batch_params`` (see ReconnectingStorage).
     """
-    retry_seconds = _seconds_setting(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
+    retry_seconds = outage_seconds()
     connect_seconds = _seconds_setting(CONNECT_SECONDS_ENV, DEFAULT_CONNECT_SECONDS)
     try:
         return _retrying(connect_seconds, _worth_waiting, reraise=True)(

@@ -5,6 +5,9 @@ database slows down as the study grows (optuna#3053); the proxy keeps the study 
 each client only what changed. The database URL comes from ``KUBETUNE_STORAGE`` (the Secret); steps
 then use ``KUBETUNE_STORAGE=grpc://<service>:<port>``. The port opens only once the database answered,
 so a TCP readinessProbe says the proxy can serve. SIGTERM lets calls in flight finish first.
+
+On the next port (``--port`` + 1) the same process serves kubetune's suggest steps
+(kubetune.suggest_service): it asks the study for them, warm, so a step reads nothing of the study.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from kubetune import grpc_storage
 from kubetune.errors import UserError
 from kubetune.redaction import redact_url
 from kubetune.storage import open_database
+from kubetune.suggest_client import suggest_port
+from kubetune.suggest_service import Suggester, start_suggest_service
 
 __all__ = ["DEFAULT_PORT", "main", "serve"]
 
@@ -42,6 +47,11 @@ def _database_url() -> str:
     return url
 
 
+def _loopback(host: str) -> str:
+    """How this process reaches its own server listening on ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "localhost" if host == "::" else host
+
+
 def serve(url: str, host: str, port: int) -> None:
     """Serve the study database at ``url`` on ``host:port`` until SIGTERM or SIGINT."""
     from optuna.storages._grpc.server import make_server  # Optuna internal: run_grpc_proxy_server without its wait
@@ -53,8 +63,12 @@ def serve(url: str, host: str, port: int) -> None:
     server = make_server(storage, host, port)
     server.start()
     _log.info("kubetune storage proxy serving %s on %s:%d", redact_url(url), host, port)
+    own_url = f"{grpc_storage.SCHEME}{_loopback(host)}:{port}"
+    suggester = start_suggest_service(Suggester(own_url), host, suggest_port(port))
+    _log.info("kubetune suggest service on %s:%d", host, suggest_port(port))
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        suggester.stop(STOP_GRACE_SECONDS)
         server.stop(STOP_GRACE_SECONDS)
 
     signal.signal(signal.SIGTERM, stop)

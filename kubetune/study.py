@@ -42,8 +42,10 @@ __all__ = [
     "load_study",
     "name_metrics",
     "once_per_study",
+    "running_trial_tagged",
     "seconds_until_stale",
     "set_trial_attrs",
+    "tag_trial",
     "tell_once",
 ]
 
@@ -181,6 +183,18 @@ def set_trial_attrs(study: optuna.Study, number: int, attrs: Mapping[str, Any]) 
     trial_id = _trial_id(study, number)
     for key, value in attrs.items():
         study._storage.set_trial_user_attr(trial_id, key, value)
+
+
+def tag_trial(study: optuna.Study, number: int, key: str, value: str) -> None:
+    """Mark trial ``number`` with a system attribute (kubetune's bookkeeping, not shown as a user attribute)."""
+    study._storage.set_trial_system_attr(_trial_id(study, number), key, value)
+
+
+def running_trial_tagged(study: optuna.Study, key: str, value: str) -> optuna.Trial | None:
+    """The running trial that :func:`tag_trial` marked ``key=value``, as a live handle; None if there is none."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    found = next((t for t in running if t.system_attrs.get(key) == value), None)
+    return None if found is None else optuna.Trial(study, found._trial_id)
 
 
 def tell_once(study: optuna.Study, number: int, *, state: TrialState, values: Sequence[float] | None = None) -> bool:

@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.suggest_client import suggest_port, suggest_url
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -235,9 +237,9 @@ def test_network_policies_admit_only_the_access_label(
 ) -> None:
     objs = scenario_objects[scenario]
     policies = {p["metadata"]["name"]: p for p in ds.find(objs, "NetworkPolicy")}
-    targets = {"kubetune-postgresql": 5432, "kubetune-minio": 9000, "kubetune-storage-proxy": 13000}
+    targets = {"kubetune-postgresql": [5432], "kubetune-minio": [9000], "kubetune-storage-proxy": [13000, 13001]}
     assert set(policies) == set(targets)
-    for name, port in targets.items():
+    for name, ports in targets.items():
         policy = policies[name]["spec"]
         selector = policy["podSelector"]["matchLabels"]
         selected = [
@@ -248,7 +250,7 @@ def test_network_policies_admit_only_the_access_label(
         assert selected == [name], f"{name} selects {selected}"
         assert policy["policyTypes"] == ["Ingress"]
         (rule,) = policy["ingress"]
-        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"} for port in ports]
         for peer in rule["from"]:
             assert peer["podSelector"] == {"matchLabels": ds.ACCESS_LABEL}, peer
             assert "ipBlock" not in peer
@@ -559,13 +561,21 @@ def test_storage_proxy(scenario_objects: dict[str, list[dict[str, Any]]]) -> Non
     assert env["KUBETUNE_STORAGE"]["value"] == database, "no password in the URL"
     assert "valueFrom" in env["PGPASSWORD"]
     assert container["readinessProbe"]["tcpSocket"]["port"] == "grpc"
-    assert container["ports"] == [{"name": "grpc", "containerPort": 13000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": 13000, "protocol": "TCP"},
+        {"name": "suggest", "containerPort": suggest_port(13000), "protocol": "TCP"},
+    ]
+    assert container["command"][-2:] == ["--port", "13000"]
     assert container["resources"]["requests"] and container["resources"]["limits"]
     service = ds.one(objs, "Service", "kubetune-storage-proxy")["spec"]
-    assert service["ports"][0]["port"] == 13000 and service["ports"][0]["targetPort"] == "grpc"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["ports"]] == [
+        ("grpc", 13000, "grpc"),
+        ("suggest", 13001, "suggest"),
+    ]
     assert _matches(service["selector"], ds.pod_template(deployment)["metadata"]["labels"])
     config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
     assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy.{ds.NAMESPACE}.svc:13000"
+    assert suggest_url(config["KUBETUNE_STORAGE_PROXY"]).endswith(":13001"), "the steps find the suggest service"
     assert not ds.find(objs, "PodDisruptionBudget"), "one proxy: a PDB would block every node drain"
 
     production = scenario_objects["production-values"]

