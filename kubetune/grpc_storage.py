@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kubetune.retried_methods import STORAGE_CALLS, retry_methods
 
-__all__ = ["HEARTBEAT_ATTR", "ProxiedStorage", "is_unavailable", "parse_proxy_url"]
+__all__ = ["HEARTBEAT_ATTR", "ProxiedStorage", "describe", "is_unavailable", "parse_proxy_url"]
 
 HEARTBEAT_ATTR = "kubetune:heartbeat"
 SCHEME = "grpc://"
@@ -53,6 +53,11 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
             "for example grpc://kubetune-storage-proxy:13000"
         )
     return host, int(port)
+
+
+def describe(error: BaseException) -> str:
+    """A gRPC error's status code, for messages (its details may be long)."""
+    return f"gRPC {error.code().name}" if hasattr(error, "code") else type(error).__name__
 
 
 def is_unavailable(error: BaseException) -> bool:

@@ -14,6 +14,7 @@ from mlflow.pyfunc import PythonModel
 from kubetune import settings, tracking
 from kubetune.meta import MetaModel, collect, fit
 from kubetune.meta_features import FEATURES
+from kubetune.storage import open_reader
 
 __all__ = ["META_MODEL", "fit_database", "latest", "register"]
 
@@ -85,5 +86,5 @@ def latest() -> tuple[MetaModel, int] | None:
 
 def fit_database() -> dict:
     """`kubetune meta fit`: learn from every study in the study database, register; the summary and version."""
-    model = fit(collect(settings.storage_url()))
+    model = fit(collect(open_reader()))
     return {**model.summary, "version": register(model)}

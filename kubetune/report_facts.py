@@ -14,14 +14,15 @@ import statistics
 from collections import Counter
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from kubetune import settings
 from kubetune.report import summarize
 from kubetune.space import trainer_hyperparameters
 from kubetune.spec import Experiment, parse_experiment
 from kubetune.status import open_study
+from kubetune.storage import open_reader
 
 __all__ = ["BASELINE_HINT", "best_so_far", "gather", "sibling_names", "spread"]
 
@@ -221,13 +222,13 @@ def spread(curves: list[list[float]]) -> list[dict]:
     return rows
 
 
-def _group(study: optuna.Study, members: list[str], url: str) -> dict:
+def _group(study: optuna.Study, members: list[str], storage: str | BaseStorage) -> dict:
     """Each member study's best-so-far curve; members not in the database are listed, not filled in."""
     runs: list[dict] = []
     missing: list[str] = []
     for member in members:
         try:
-            sibling = study if member == study.study_name else optuna.load_study(study_name=member, storage=url)
+            sibling = study if member == study.study_name else optuna.load_study(study_name=member, storage=storage)
         except KeyError:
             missing.append(member)
             continue
@@ -238,7 +239,7 @@ def _group(study: optuna.Study, members: list[str], url: str) -> dict:
 
 def _comparison(study: optuna.Study) -> dict:
     """Best-so-far over trials of each repeated search and each random baseline, and their spread."""
-    url = settings.storage_url()
-    names = sibling_names(study, optuna.get_all_study_names(storage=url))
-    seeds, baseline = _group(study, names["seeds"], url), _group(study, names["baseline"], url)
+    storage = open_reader()
+    names = sibling_names(study, optuna.get_all_study_names(storage=storage))
+    seeds, baseline = _group(study, names["seeds"], storage), _group(study, names["baseline"], storage)
     return {"seeds": seeds, "baseline": baseline, "baseline_hint": None if baseline["runs"] else BASELINE_HINT}

@@ -12,7 +12,7 @@ from kubetune.redaction import redact_url
 from kubetune.segments import LOST_LANE_REASON, SUBMITTED_PREFIX
 from kubetune.spec import parse_experiment
 from kubetune.stop_rules import count_trials
-from kubetune.storage import StudyError
+from kubetune.storage import StudyError, open_reader
 from kubetune.study import best_trial
 
 __all__ = ["experiment_status", "open_study", "print_status"]
@@ -55,7 +55,7 @@ def open_study(name: str) -> optuna.Study:
     _require_embedded_study()
     url = settings.storage_url()
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=open_reader(url))
     except KeyError:
         raise StudyError(
             f"no experiment {name!r} in the study database {redact_url(url)}; check the name and KUBETUNE_STORAGE"

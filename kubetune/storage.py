@@ -51,6 +51,7 @@ __all__ = [
     "engine_kwargs",
     "is_transient",
     "open_database",
+    "open_reader",
     "open_storage",
     "outage_retryer",
     "outage_seconds",
@@ -404,22 +405,31 @@ def _worth_waiting(error: BaseException) -> bool:
     return isinstance(error, _OPEN_ERRORS) and ("already exists" in str(error) or is_transient(error))
 
 
-def _open_proxy(url: str, heartbeat_seconds: int, retries: int, retry_seconds: float) -> grpc_storage.ProxiedStorage:
-    """The study through the storage proxy at ``grpc://host:port`` (see kubetune.grpc_storage for what differs)."""
+def _open_proxy(
+    url: str, heartbeat_seconds: int | None, retries: int, retry_seconds: float
+) -> grpc_storage.ProxiedStorage:
+    """The study through the storage proxy at ``grpc://host:port`` (see kubetune.grpc_storage for what differs).
 
-    def describe(error: BaseException) -> str:
-        return f"gRPC {error.code().name}" if hasattr(error, "code") else type(error).__name__
-
+    ``heartbeat_seconds`` None: a reader, which never beats nor fails stale trials.
+    """
     try:
         return grpc_storage.ProxiedStorage(
             url,
-            retryer=lambda: outage_retryer(url, retry_seconds, grpc_storage.is_unavailable, describe),
+            retryer=lambda: outage_retryer(url, retry_seconds, grpc_storage.is_unavailable, grpc_storage.describe),
             heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
-            stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+            grace_period=None if heartbeat_seconds is None else 3 * heartbeat_seconds,
+            stale_trial_callback=None if heartbeat_seconds is None else RetryHeartbeatStaleTrialCallback(retries),
         )
     except ValueError as error:
         raise StudyError(str(error)) from None
+
+
+def open_reader(url: str | None = None) -> str | grpc_storage.ProxiedStorage:
+    """What a command that only reads studies opens: the storage URL, or a proxy client for ``grpc://``."""
+    url = url or settings.storage_url()
+    if not url.startswith(grpc_storage.SCHEME):
+        return url
+    return _open_proxy(url, None, 0, outage_seconds())
 
 
 def open_storage(experiment: Experiment, url: str | None = None) -> Storage:

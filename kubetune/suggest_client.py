@@ -51,12 +51,9 @@ def suggest_remotely(
     # One id for every retry of this request: the service answers a repeat with the trial it already asked.
     request = encode({"spec": experiment.to_json(), "segment": segment, "slot": slot, "request": uuid.uuid4().hex})
 
-    def describe(error: BaseException) -> str:
-        return f"gRPC {error.code().name}" if isinstance(error, grpc.RpcError) else type(error).__name__
-
     with grpc.insecure_channel(url[len(grpc_storage.SCHEME) :], options=grpc_storage.CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(METHOD)
-        retryer = outage_retryer(url, outage_seconds(), grpc_storage.is_unavailable, describe)
+        retryer = outage_retryer(url, outage_seconds(), grpc_storage.is_unavailable, grpc_storage.describe)
         try:
             answer = decode(retryer(call, request, timeout=TIMEOUT_SECONDS))
         except grpc.RpcError as error:

@@ -8,9 +8,11 @@ needs a stale trial moves its recorded heartbeat an hour back instead of waiting
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,15 @@ def test_a_lane_asks_tells_and_beats_through_the_proxy(proxy, tmp_path):
     log = (tmp_path / "proxy.log").read_text()
     assert f"serving {redact_url(proxy.database_url)} on {proxy.url.split('//')[1]}" in log
     assert _password(proxy.database_url) not in log
+    shown = subprocess.run(  # the read-only commands open grpc:// too
+        [sys.executable, "-m", "kubetune.cli", "status", experiment.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"trials\s+.*1 of 3 done", shown.stdout), shown.stdout
 
 
 def _password(url: str) -> str:
