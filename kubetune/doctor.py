@@ -229,6 +229,33 @@ def study_database(context: Context) -> str:
     return f"{redact_url(url)} answers"
 
 
+def storage_proxy(context: Context) -> str | None:
+    """Both ports of the storage proxy the steps use, when they use one (``KUBETUNE_STORAGE_PROXY``)."""
+    import grpc
+
+    from kubetune.grpc_storage import SCHEME, parse_proxy_url
+    from kubetune.suggest_client import suggest_url
+
+    url = os.environ.get("KUBETUNE_STORAGE_PROXY")
+    if not url:
+        return None
+    fix = (
+        "check the kubetune-storage-proxy Deployment (storageProxy.enabled in the chart) and its log, or set "
+        'KUBETUNE_STORAGE_PROXY to "" so that the steps open KUBETUNE_STORAGE directly'
+    )
+    try:
+        parse_proxy_url(url)
+    except ValueError as error:
+        raise Problem(str(error), fix) from None
+    for what, address in (("storage proxy", url), ("suggest service", suggest_url(url))):
+        with grpc.insecure_channel(address.removeprefix(SCHEME)) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=TIMEOUT_SECONDS)
+            except grpc.FutureTimeoutError:
+                raise Problem(f"the {what} at {address} does not answer within {TIMEOUT_SECONDS} s", fix) from None
+    return f"{url} and its suggest service answer"
+
+
 def _public(uri: str) -> str:
     parts = urlsplit(uri)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
@@ -267,6 +294,7 @@ CHECKS = {
     "run permissions": run_permissions,
     "GPU nodes": gpu_nodes,
     "study database": study_database,
+    "storage proxy": storage_proxy,
     "MLflow": mlflow_server,
 }
 

@@ -1,10 +1,12 @@
 """`kubetune doctor` against the KFP double (both modes) and the Kubernetes API double: all pass, then
 each check fails alone with its fix line and exit code 2."""
 
+import contextlib
 import json
 import sqlite3
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -16,6 +18,7 @@ from repo_paths import DIGITS
 from kubetune import doctor
 from kubetune import kfp_api as gateway
 from kubetune.cli import cli
+from kubetune.devstack.process import free_port
 
 
 class MlflowHealth(LocalJsonServer):
@@ -55,7 +58,10 @@ def cluster(kfp_api, isolated_pod, tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.host)
         for name in ("KUBETUNE_SERVICE_ACCOUNT", "KUBETUNE_CREDENTIALS_SECRET", "KUBETUNE_CONFIG_MAP"):
             monkeypatch.delenv(name, raising=False)
-        yield kfp_api, kube, namespace, account
+        proxy_port = free_port()
+        monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", f"grpc://127.0.0.1:{proxy_port}")
+        with _grpc_listening(proxy_port, proxy_port + 1):  # the proxy's storage and suggest ports
+            yield kfp_api, kube, namespace, account
 
 
 @pytest.fixture
@@ -102,6 +108,7 @@ BREAKS = {
     "run permissions": ("may not: patch workflowtaskresults.argoproj.io", "pipeline-runner"),
     "GPU nodes": ("no node has 2 allocatable nvidia.com/gpu", "spec.trial.resources.gpu"),
     "study database": ("cannot open postgresql+psycopg://kt:***@127.0.0.1:1/optuna", "KUBETUNE_STORAGE"),
+    "storage proxy": ("the storage proxy at grpc://127.0.0.1:1 does not answer", "KUBETUNE_STORAGE_PROXY"),
     "MLflow": ("does not answer", "MLFLOW_TRACKING_URI"),
 }
 
@@ -136,6 +143,8 @@ def _break(name, cluster, monkeypatch):
         kube.nodes.pop("gpu-1")
     elif name == "study database":
         monkeypatch.setenv("KUBETUNE_STORAGE", "postgresql+psycopg://kt:Pw-9f8e7d@127.0.0.1:1/optuna")
+    elif name == "storage proxy":
+        monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", "grpc://127.0.0.1:1")
     elif name == "MLflow":
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:Ml-s3cret@127.0.0.1:1")
 
@@ -150,6 +159,36 @@ def test_each_failing_check_is_exit_2_with_its_fix(name, cluster, gpu_spec, monk
     assert line.startswith("FAIL") and detail in line.split("Fix:")[0] and fix in line.split("Fix:")[1]
     assert "Pw-9f8e7d" not in result.output and "Ml-s3cret" not in result.output
     assert "checks failed" in result.output
+
+
+@contextlib.contextmanager
+def _grpc_listening(*ports: int):
+    """A real gRPC server (no services) listening on ``ports``."""
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(1))
+    for port in ports:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop(None)
+
+
+def test_the_storage_proxy_check_needs_both_its_ports(cluster, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", f"grpc://127.0.0.1:{port}")
+    with _grpc_listening(port):  # the storage port only: no suggest service
+        line = _line(_doctor(), "storage proxy")
+    assert line.startswith("FAIL") and f"suggest service at grpc://127.0.0.1:{port + 1} does not answer" in line
+    with _grpc_listening(port, port + 1):
+        result = _doctor()
+    assert result.exit_code == 0, result.output
+    assert _line(result, "storage proxy").startswith("ok")
+    monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", "")
+    result = _doctor()
+    assert result.exit_code == 0 and "storage proxy" not in result.output, "steps that open the database directly"
 
 
 def test_a_multi_user_pod_without_token_fails_the_token_check(cluster, monkeypatch):
