@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import itertools
 import threading
 from typing import Any, cast
 
@@ -40,19 +41,27 @@ _MODELLED = (TrialState.COMPLETE, TrialState.PRUNED)  # the finished trials TPE 
 
 def window(trials: list[FrozenTrial], history: int, direction: StudyDirection) -> list[FrozenTrial]:
     """What TPE models with ``history``: every running trial, the last ``history`` complete or pruned ones
-    (by number) and the study's best :data:`GOOD_SET` complete ones, in the order given.
+    and the study's best :data:`GOOD_SET` complete ones, in number order.
 
-    Running trials stay because constant liar needs them. The good set TPE takes from the window is the
-    whole study's best min(ceil(0.1 n), 25) for the window's n finished trials, so from ``history`` 241 on it
-    is exactly the unbounded good set and only the "bad" density sees recent trials alone; Optuna's TPE
-    already weighs older bad trials less.
+    ``trials`` are in number order, as Optuna's storages return them (sorted by trial id). Running trials
+    stay because constant liar needs them. The good set TPE takes from the window is the whole study's best
+    min(ceil(0.1 n), 25) for the window's n finished trials, so from ``history`` 241 on it is exactly the
+    unbounded good set and only the "bad" density sees recent trials alone; Optuna's TPE already weighs
+    older bad trials less. It runs over the whole study on every ask, so it reads each trial's state once
+    and sorts only what it keeps.
     """
-    modelled = [t for t in trials if t.state in _MODELLED]
-    recent = sorted(modelled, key=lambda t: t.number)[-history:]
+    running, complete = [], []
+    for trial in trials:
+        state = trial.state
+        if state == TrialState.COMPLETE:
+            complete.append(trial)
+        elif state == TrialState.RUNNING:
+            running.append(trial)
+    recent = list(itertools.islice((t for t in reversed(trials) if t.state in _MODELLED), history))
     pick = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
-    best = pick(GOOD_SET, (t for t in modelled if t.state == TrialState.COMPLETE), key=lambda t: cast(float, t.value))
-    keep = {t.number for t in recent} | {t.number for t in best}
-    return [t for t in trials if t.state == TrialState.RUNNING or t.number in keep]
+    best = pick(GOOD_SET, complete, key=lambda t: cast(float, t.value))
+    kept = {t.number: t for t in itertools.chain(running, recent, best)}
+    return [kept[number] for number in sorted(kept)]
 
 
 class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
