@@ -459,7 +459,7 @@ class SamplerSpec(_Model):
     epochs: int = Field(default=10, ge=1, le=1_000)
     searches: int | None = Field(default=None, ge=1, le=100)
     # TPE (sampler tpe): model the running trials, the last ``history`` finished ones and the best 25, not
-    # every trial, so an ask's cost stops growing with the study (kubetune.tpe); None models every trial.
+    # every trial, so what an ask models stops growing with the study (kubetune.tpe); None models every trial.
     history: int | None = Field(default=None, ge=50, le=100_000)
 
     @field_validator("name")

@@ -8,9 +8,9 @@ remembered, never how TPE samples: it suggests what TPESampler suggests (checked
 tests/services/test_concurrency.py and benchmarks/study_throughput.py; the gain is in
 benchmarks/README.md).
 
-With ``history`` set it also bounds what each ask models (:func:`window`), so an ask at 100,000 trials
-costs about what one at a few thousand does; benchmarks/tpe_history.py measures the time saved and the
-search quality it costs.
+With ``history`` set it also bounds what each ask models (:func:`window`), so TPE's own work per ask
+stops growing with the study; benchmarks/tpe_history.py measures the time saved (each ask still passes
+over every trial once) and the search quality it costs.
 
 Optuna has no public hook for either, so the private parts touched (marked ``Optuna internal``) are
 all here, and the Optuna minor version is pinned in pyproject.toml.
