@@ -458,7 +458,7 @@ class SamplerSpec(_Model):
     # ``searches`` of them (by default one per frame of cells and width) each derive a cell that trials train.
     epochs: int = Field(default=10, ge=1, le=1_000)
     searches: int | None = Field(default=None, ge=1, le=100)
-    # TPE (sampler tpe): model the running trials, the last ``history`` finished ones and the best 25, not
+    # TPE (sampler tpe): model the running trials, the last ``history`` complete or pruned ones and the best 25, not
     # every trial, so what an ask models stops growing with the study (kubetune.tpe); None models every trial.
     history: int | None = Field(default=None, ge=50, le=100_000)
 
