@@ -68,9 +68,11 @@ def load(path: Path) -> Table:
     return Table(header, records)
 
 
-def experiment(table: Table, strategy: str, *, seed: int, trials: int):
-    """The experiment a replay searches: the table's space and epochs, ``strategy`` as sampler[+pruner]."""
+def experiment(table: Table, strategy: str, *, seed: int, trials: int, history: int | None = None):
+    """The experiment a replay searches: the table's space and epochs, ``strategy`` as sampler[+pruner];
+    ``history`` is tpe's strategy.sampler.history (benchmarks/tpe_history.py)."""
     sampler, _, pruner = strategy.partition("+")
+    settings = {"name": sampler, "seed": seed} | ({} if history is None else {"history": history})
     document = {
         "apiVersion": "kubetune/v1alpha1",
         "kind": "Experiment",
@@ -79,7 +81,7 @@ def experiment(table: Table, strategy: str, *, seed: int, trials: int):
             "data": table.header["data"],
             "objective": {"metric": "val_accuracy", "direction": "maximize"},
             "architecture": table.header["space"],
-            "strategy": {"sampler": {"name": sampler, "seed": seed}, "pruner": {"name": pruner or "none"}},
+            "strategy": {"sampler": settings, "pruner": {"name": pruner or "none"}},
             "budget": {"maxTrials": trials, "parallelTrials": 1, "trialsPerSegment": trials},
             "trial": {"epochs": table.epochs},
         },
@@ -87,12 +89,14 @@ def experiment(table: Table, strategy: str, *, seed: int, trials: int):
     return parse_experiment(document)
 
 
-def replay(table: Table, strategy: str, *, seed: int, trials: int, seconds: float) -> list[dict]:
+def replay(
+    table: Table, strategy: str, *, seed: int, trials: int, seconds: float, history: int | None = None
+) -> list[dict]:
     """One search; per trial, the simulated seconds and epochs spent so far and the incumbent's regret after it.
 
     A drawn architecture the table lacks (a partial table) ends as failed, at no cost.
     """
-    exp = experiment(table, strategy, seed=seed, trials=trials)
+    exp = experiment(table, strategy, seed=seed, trials=trials, history=history)
     # Named, so Hyperband (which picks a trial's bracket from the study's name) replays the same each time.
     study = optuna.create_study(
         study_name=f"nas-replay-{seed}", direction="maximize", sampler=make_sampler(exp), pruner=make_pruner(exp)

@@ -25,7 +25,14 @@ def make_sampler(experiment: Experiment, *, seed_offset: int = 0) -> optuna.samp
     name = spec.strategy.sampler.name
     startup = max(3, min(10, spec.budget.max_trials // 4))
     if name == "tpe":
-        return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True)
+        return TPESampler(
+            history=spec.strategy.sampler.history,
+            seed=seed,
+            n_startup_trials=startup,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":

@@ -78,7 +78,13 @@ DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 DATA_SCHEMES = ("builtin", "file", "s3", "https", "http")
 SAMPLERS = ("random", "grid", "tpe", "gp", "cmaes", "nsga2", "qmc", "evolution", "rl", "darts")
 # The sampler each sampler-specific setting belongs to.
-SAMPLER_SETTINGS = {"population": "evolution", "tournament": "evolution", "epochs": "darts", "searches": "darts"}
+SAMPLER_SETTINGS = {
+    "population": "evolution",
+    "tournament": "evolution",
+    "epochs": "darts",
+    "searches": "darts",
+    "history": "tpe",
+}
 MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "gp", "nsga2", "qmc")
 PRUNERS = ("none", "median", "asha", "hyperband", "curve")
 MAX_TRIALS = 1_000_000  # a study's budget; benchmarks/study_scale.py measures studies of 100,000
@@ -453,6 +459,9 @@ class SamplerSpec(_Model):
     # ``searches`` of them (by default one per frame of cells and width) each derive a cell that trials train.
     epochs: int = Field(default=10, ge=1, le=1_000)
     searches: int | None = Field(default=None, ge=1, le=100)
+    # TPE (sampler tpe): model the running trials, the last ``history`` complete or pruned ones and the best 25, not
+    # every trial, so what an ask models stops growing with the study (kubetune.tpe); None models every trial.
+    history: int | None = Field(default=None, ge=50, le=100_000)
 
     @field_validator("name")
     @classmethod
@@ -730,6 +739,12 @@ class ExperimentSpec(_Model):
                 raise _FieldError("budget.targetValue", "needs a single objective")
             if self.budget.patience is not None:
                 raise _FieldError("budget.patience", "needs a single objective")
+            if self.strategy.sampler.history is not None:
+                raise _FieldError(
+                    "strategy.sampler.history",
+                    f"keeps the best trials by value, which needs a single objective, but got "
+                    f"{self.strategy.sampler.history} with {len(self.objectives)} objectives; remove it",
+                )
         if pruner != "none" and self.strategy.pruner.min_resource > self.trial.epochs:
             raise _FieldError(
                 "strategy.pruner.minResource",

@@ -489,6 +489,18 @@ REJECTED = [
         ["spec.strategy.sampler.name", "'cmaes'", "one objective"],
     ),
     (
+        "multi-objective-history",
+        {"spec.objective": MULTI, "spec.strategy": {"sampler": {"name": "tpe", "history": 100}}},
+        ["spec.strategy.sampler.history", "single objective", "100", "2 objectives"],
+    ),
+    (
+        "history-without-tpe",
+        {"spec.strategy.sampler": {"name": "random", "history": 100}},
+        ["spec.strategy.sampler.history", "tpe only", "'random'"],
+    ),
+    ("history-tiny", {"spec.strategy.sampler.history": 49}, ["spec.strategy.sampler.history", "50", "49"]),
+    ("history-huge", {"spec.strategy.sampler.history": 100_001}, ["spec.strategy.sampler.history", "100000"]),
+    (
         "multi-objective-pruner",
         {"spec.objective": MULTI},
         ["spec.strategy.pruner.name", "'hyperband'", "single objective"],
@@ -623,6 +635,7 @@ ACCEPTED = [
         {"spec.strategy": {"sampler": {"name": "evolution", "population": 8, "tournament": 8}, "inheritWeights": True}},
     ),
     ("rl-sampler", {"spec.strategy.sampler.name": "rl"}),
+    ("tpe-history", {"spec.strategy.sampler.history": 50}),
     ("builtin-mnist1d", {"spec.data.source": "builtin:mnist1d"}),
     ("file-source", {"spec.data.source": "file:///data/train.npz"}),
     ("s3-source", {"spec.data.source": "s3://bucket/data.csv"}),
