@@ -1,19 +1,23 @@
 """Study scale: a fresh process's suggest step at 1k-100k trials, and 1-64 concurrent lanes, direct and via gRPC.
 
     python benchmarks/study_scale.py [--sizes 1000 10000 100000] [--repeats 10] [--lanes 1 4 16 64]
-                                     [--lane-trials 8] [--train-seconds 0.2] [--targets direct proxy]
+                                     [--lane-trials 8] [--train-seconds 0.2] [--targets direct proxy service]
                                      [--cache DIR] [--max-connections N] [--fast-postgres] [--spec examples/digits.yaml]
+                                     [--history N]
 
 Every trial pod of a cluster search opens the study afresh, so what matters at scale is a cold
 process: per study size it starts ``--repeats`` fresh processes that each do what kubetune's suggest
 step does (``kubetune.search.suggest_trial``: open the study with kubetune's sampler, read it, check
 the stop rules, ask, sample the spec's space, record the trial's attributes) and then tell the trial
-(``kubetune.study.tell_once``), timing each phase. Twice: straight to PostgreSQL through
-``kubetune.storage.open_storage``, and through Optuna's gRPC storage proxy
+(``kubetune.study.tell_once``), timing each phase. Three ways (``--targets``): ``direct`` to PostgreSQL
+through ``kubetune.storage.open_storage``; ``proxy``, through Optuna's gRPC storage proxy
 (``optuna.storages.run_grpc_proxy_server`` in a process of its own, which keeps the study in memory;
-clients use ``GrpcStorageProxy``; both need grpcio, which kubetune declares). The stop rules
-are checked and timed but do not stop the step: a study filled to ``budget.maxTrials`` (100,000 at
-most) would otherwise refuse to ask.
+clients use ``GrpcStorageProxy``); and ``service``, kubetune's own suggest step
+(``kubetune.search.suggest_trial``) asking the suggest service of ``python -m kubetune.storage_proxy``,
+which asks in its warm process (kubetune.suggest_service), then telling through that proxy. Both
+proxies need grpcio, which kubetune declares. The direct and proxy steps check and time the stop rules
+without obeying them; the spec's budget is set to 1,000,000 trials so that no rule holds.
+``--history N`` sets the spec's ``strategy.sampler.history`` (TPE's window of recent and best trials).
 
 Studies are filled directly, not by running trials: finished template trials that look like what
 kubetune records for the spec (parameters, architecture, per-epoch values, user attributes), written
@@ -67,6 +71,15 @@ def scale_experiment(spec_path: str, name: str):
     budget["maxTrials"] = 1_000_000
     budget.pop("maxDuration", None)
     return parse_experiment(document)
+
+
+def with_history(spec_path: str, history: int, folder: Path) -> str:
+    """A copy of the spec in ``folder`` whose TPE models a window of ``history`` trials; its path."""
+    document = yaml.safe_load(Path(spec_path).read_text())
+    document["spec"]["strategy"]["sampler"]["history"] = history
+    path = folder / f"{Path(spec_path).stem}-history-{history}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return str(path)
 
 
 def template_trials(experiment, count: int = TEMPLATES, seed: int = 0) -> list:
@@ -584,6 +597,7 @@ def main() -> None:
     parser.add_argument("--fast-postgres", action="store_true", help="fsync off, as in the tests")
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the trials sample")
     parser.add_argument("--max-connections", type=int, help="PostgreSQL's max_connections (its default: 100)")
+    parser.add_argument("--history", type=int, help="the spec's strategy.sampler.history (TPE's window)")
     args = parser.parse_args()
     machine = (
         f"optuna {optuna.__version__}, {os.cpu_count()} CPUs, PostgreSQL fsync {'off' if args.fast_postgres else 'on'}"
@@ -593,6 +607,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.cache and os.geteuid() == 0:
         workdir.chmod(0o711)  # PostgreSQL runs as user postgres and must reach its folder in it
+    if args.history is not None:
+        args.spec = with_history(args.spec, args.history, workdir)
     postgres = devstack.Postgres(workdir / "pg", fast=args.fast_postgres).start()
     if args.max_connections:
         allow_connections(postgres, args.max_connections)
@@ -605,7 +621,8 @@ def main() -> None:
                 load_before = os.getloadavg()
                 rows = measure(postgres, args)
                 load = {"before": load_before, "after": os.getloadavg()}
-                name = "-".join(["study_scale", part, *map(str, wanted)])
+                window = [] if args.history is None else ["history", str(args.history)]
+                name = "-".join(["study_scale", part, *map(str, wanted), *window])
                 write_results(name, {"settings": settings, "load_average": load, part: rows})
     finally:
         postgres.stop()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import secrets
-import sys
 
 import optuna
 import pytest
+from benchmark_scripts import import_scripts
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from repo_paths import DIGITS, REPO
+from repo_paths import DIGITS
 
 from kubetune import devstack
 
@@ -18,9 +17,8 @@ from kubetune import devstack
 @pytest.fixture
 def scale(monkeypatch):
     """The script as a module; benchmarks/ goes on sys.path (and so the spawned steps') for its helpers."""
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    sys.modules.pop("study_scale", None)
-    return importlib.import_module("study_scale")
+    (script,) = import_scripts(monkeypatch, "study_scale")
+    return script
 
 
 def _study(postgres: devstack.Postgres, scale, size: int) -> tuple[str, str, dict]:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    sys.modules.pop("cluster_overhead", None)
-    return importlib.import_module("cluster_overhead")
+    (script,) = import_scripts(monkeypatch, "cluster_overhead")
+    return script
 
 
 def test_one_trial_per_pod_pays_eight_pods_three_start_ups_and_the_study_read(bench):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import sys
 
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 from kubetune.spec import parse_experiment
 
 
 @pytest.fixture
 def modules(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    for name in ("inprocess", "inheritance_search"):
-        sys.modules.pop(name, None)
-    return importlib.import_module("inprocess"), importlib.import_module("inheritance_search")
+    return tuple(import_scripts(monkeypatch, "inprocess", "inheritance_search"))
 
 
 def _experiment(inherit: bool, trials: int):

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import numpy as np
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    sys.modules.pop("meta_warm_start", None)
-    return importlib.import_module("meta_warm_start")
+    (script,) = import_scripts(monkeypatch, "meta_warm_start")
+    return script
 
 
 def test_regret_is_the_pools_best_minus_the_best_found_so_far_with_the_picks_first(bench):

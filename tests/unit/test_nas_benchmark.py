@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import importlib
 import itertools
 import json
-import sys
 
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 from kubetune.encoding import encode
 
-BENCHMARKS = REPO / "benchmarks"
 EPOCHS = 3
 # 8 architectures: 3 edges of 2 operations, one cell count, one width; the all-conv3 cell is clearly best.
 SPACE = {
@@ -30,10 +27,7 @@ BEST = "cell:n2:c1:w16:r1:conv3|conv3,conv3"
 @pytest.fixture
 def scripts(monkeypatch):
     """The two scripts as modules; benchmarks/ goes on sys.path because they import its helpers by name."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("nas_table", "nas_strategies"):
-        sys.modules.pop(name, None)
-    return importlib.import_module("nas_table"), importlib.import_module("nas_strategies")
+    return tuple(import_scripts(monkeypatch, "nas_table", "nas_strategies"))
 
 
 def _rows(path):
@@ -152,9 +146,7 @@ def test_an_architecture_missing_from_a_partial_table_fails_at_no_cost(scripts, 
 
 
 def test_the_pruner_replay_trains_fewer_epochs_under_a_pruner_and_refuses_bad_options(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("pruner_replay", None)
-    pruner_replay = importlib.import_module("pruner_replay")
+    (pruner_replay,) = import_scripts(monkeypatch, "pruner_replay")
     table, results = _synthetic_table(tmp_path / "table.jsonl.gz"), tmp_path / "results"
     options = ["--table", str(table), "--seeds", "2", "--budgets", "8", "--pruners", "none", "median"]
     assert pruner_replay.main([*options, "--results", str(results)]) == 0

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 CODES = [f"cell:n1:c{c}:w16:r1:{op}" for c in (1, 2) for op in ("conv3", "conv1", "skip", "zero")]
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    sys.modules.pop("supernet_ranking", None)
-    return importlib.import_module("supernet_ranking")
+    (script,) = import_scripts(monkeypatch, "supernet_ranking")
+    return script
 
 
 @pytest.fixture

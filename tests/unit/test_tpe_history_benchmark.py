@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
-from repo_paths import REPO
+from benchmark_scripts import import_scripts
 
 
 @pytest.fixture
 def tpe_history(monkeypatch):
     """The script as a module; benchmarks/ goes on sys.path because it imports its siblings by name."""
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    sys.modules.pop("tpe_history", None)
-    return importlib.import_module("tpe_history")
+    (script,) = import_scripts(monkeypatch, "tpe_history")
+    return script
 
 
 def _curve(*regrets):
