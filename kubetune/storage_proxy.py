@@ -47,11 +47,6 @@ def _database_url() -> str:
     return url
 
 
-def _loopback(host: str) -> str:
-    """How this process reaches its own server listening on ``host``."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else "localhost" if host == "::" else host
-
-
 def serve(url: str, host: str, port: int) -> None:
     """Serve the study database at ``url`` on ``host:port`` until SIGTERM or SIGINT."""
     from optuna.storages._grpc.server import make_server  # Optuna internal: run_grpc_proxy_server without its wait
@@ -63,8 +58,7 @@ def serve(url: str, host: str, port: int) -> None:
     server = make_server(storage, host, port)
     server.start()
     _log.info("kubetune storage proxy serving %s on %s:%d", redact_url(url), host, port)
-    own_url = f"{grpc_storage.SCHEME}{_loopback(host)}:{port}"
-    suggester = start_suggest_service(Suggester(own_url), host, suggest_port(port))
+    suggester = start_suggest_service(Suggester(storage), host, suggest_port(port))
     _log.info("kubetune suggest service on %s:%d", host, suggest_port(port))
 
     def stop(signum: int, frame: FrameType | None) -> None:

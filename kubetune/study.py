@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune import siblings
@@ -62,9 +62,7 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def load_study(
-    experiment: Experiment, *, storage: RDBStorage | ProxiedStorage | None = None, seed_offset: int = 0
-) -> optuna.Study:
+def load_study(experiment: Experiment, *, storage: BaseStorage | None = None, seed_offset: int = 0) -> optuna.Study:
     """Open the existing study with the spec's sampler and pruner."""
     try:
         return optuna.load_study(

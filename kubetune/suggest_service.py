@@ -5,12 +5,15 @@ more than a minute at 100,000: benchmarks/README.md), and a process that keeps n
 cannot start warm. The proxy's process keeps one: on the port after the storage port it runs the
 suggest step's body (:func:`kubetune.search.ask_trial`) for a step and answers the trial's number.
 
-Its study is opened through the proxy itself over localhost, like every step's: a long-lived client
-reads only the trials that changed, and heartbeats, retries and stale-trial handling are the steps'.
-It keeps one study and sampler per experiment spec (one sampler draws every lane's trials, seeded by
-``strategy.sampler.seed``, and remembers what it learnt of the study), and asks for one request at a
-time per study. It has a gRPC server of its own: a suggest waits for its study while that study reads
-through the storage server, so sharing the storage server's threads could deadlock under many pods.
+It asks on the proxy's own storage (Optuna's in-process cache in front of kubetune's reconnecting
+database storage), so it sees every write the proxy served at once and reads from the database only
+the trials that changed; through the proxy's gRPC API instead, each read would make the proxy scan the
+whole study (benchmarks/README.md). Its first heartbeat of a trial goes to the database's heartbeat
+table; clients of the proxy measure a trial's idle time from its start until its trainer beats, which
+is the same moment. It keeps one study and sampler per experiment spec (one sampler draws every lane's
+trials, seeded by ``strategy.sampler.seed``, and remembers what it learnt of the study), and asks for
+one request at a time per study, on a gRPC server of its own so that suggests waiting for their study
+never hold the storage server's threads.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from kubetune.errors import UserError
 if TYPE_CHECKING:
     import grpc
     import optuna
+    from optuna.storages import BaseStorage
 
     from kubetune.spec import Experiment
 
@@ -41,10 +45,10 @@ _log = logging.getLogger("kubetune.suggest_service")
 
 
 class Suggester:
-    """One warm study per experiment spec, opened through the storage proxy at ``storage_url``."""
+    """One warm study per experiment spec, on ``storage``: the proxy's (see the module's docstring)."""
 
-    def __init__(self, storage_url: str) -> None:
-        self._storage_url = storage_url
+    def __init__(self, storage: BaseStorage) -> None:
+        self._storage = storage
         self._studies: collections.OrderedDict[str, tuple[threading.Lock, optuna.Study]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -67,14 +71,13 @@ class Suggester:
             return ask_trial(study, experiment, segment=segment, slot=slot, tags={REQUEST_ATTR: request})
 
     def _study(self, key: str, experiment: Experiment) -> tuple[threading.Lock, optuna.Study]:
-        from kubetune.storage import open_storage
         from kubetune.study import load_study
 
         with self._lock:
             if key in self._studies:
                 self._studies.move_to_end(key)
                 return self._studies[key]
-        study = load_study(experiment, storage=open_storage(experiment, self._storage_url))
+        study = load_study(experiment, storage=self._storage)
         with self._lock:
             entry = self._studies.setdefault(key, (threading.Lock(), study))
             while len(self._studies) > STUDIES_KEPT:
