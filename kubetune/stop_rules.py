@@ -8,6 +8,7 @@ trials: the pure functions take them as values, so they are tested without a dat
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Decision:
 
 def count(trials: Sequence[FrozenTrial]) -> Counts:
     """The trials by state, and how many failed trials were retried (they do not consume the budget)."""
-    by_state = {state: sum(t.state == state for t in trials) for state in TrialState}
+    by_state = collections.Counter(t.state for t in trials)  # one pass: a study may hold 100,000 trials
     # A retry lists every attempt before it (a retry of a retry names the same original "failed_trial").
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
     return Counts(
@@ -101,11 +102,12 @@ def _patience_exhausted(complete: Sequence[FrozenTrial], patience: int, directio
     return since >= patience
 
 
-def _grid_covered(finished: Sequence[FrozenTrial], experiment: Experiment) -> bool:
+def _grid_covered(trials: Sequence[FrozenTrial], experiment: Experiment) -> bool:
     """Every configuration of a grid search has been tried: another trial could only repeat one."""
     if experiment.spec.strategy.sampler.name != "grid":
         return False
-    return len({tuple(sorted(t.params.items())) for t in finished}) >= grid_points(experiment.spec)
+    tried = {tuple(sorted(t.params.items())) for t in trials if t.state in FINISHED}
+    return len(tried) >= grid_points(experiment.spec)
 
 
 def held_rules(
@@ -143,7 +145,7 @@ def held_rules(
         ),
         (
             "grid",
-            _grid_covered([t for t in trials if t.state in FINISHED], experiment),
+            _grid_covered(trials, experiment),
             "the grid is covered: every configuration was tried",
         ),
         (
