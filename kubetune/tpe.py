@@ -9,8 +9,10 @@ tests/services/test_concurrency.py and benchmarks/study_throughput.py; the gain 
 benchmarks/README.md).
 
 With ``history`` set it also bounds what each ask models (:func:`window`), so TPE's own work per ask
-stops growing with the study; benchmarks/tpe_history.py measures the time saved (each ask still passes
-over every trial once) and the search quality it costs.
+grows far less with the study; benchmarks/tpe_history.py measures the time saved and the search quality
+it costs. A sampler that asks many times (the storage proxy's suggest service keeps one per study)
+remembers what it saw of the finished trials, so its asks scan only what changed (:class:`_Unseen`);
+Optuna's own reads still list every trial.
 
 Optuna has no public hook for either, so the private parts touched (marked ``Optuna internal``) are
 all here, and the Optuna minor version is pinned in pyproject.toml.
@@ -43,25 +45,60 @@ def window(trials: list[FrozenTrial], history: int, direction: StudyDirection) -
     """What TPE models with ``history``: every running trial, the last ``history`` complete or pruned ones
     and the study's best :data:`GOOD_SET` complete ones, in number order.
 
-    ``trials`` are in number order, as Optuna's storages return them (sorted by trial id). Running trials
-    stay because constant liar needs them. The good set TPE takes from the window is the whole study's best
-    min(ceil(0.1 n), 25) for the window's n finished trials, so from ``history`` 241 on it is exactly the
-    unbounded good set and only the "bad" density sees recent trials alone; Optuna's TPE already weighs
-    older bad trials less. It runs over the whole study on every ask, so it reads each trial's state once
-    and sorts only what it keeps.
+    ``trials`` are every trial of the study in number order, as Optuna's storages return them. Running
+    trials stay because constant liar needs them. The good set TPE takes from the window is the whole
+    study's best min(ceil(0.1 n), 25) for the window's n finished trials, so from ``history`` 241 on it is
+    exactly the unbounded good set and only the "bad" density sees recent trials alone; Optuna's TPE
+    already weighs older bad trials less. A sampler asking again keeps a :class:`_Window` instead.
     """
-    running, complete = [], []
-    for trial in trials:
-        state = trial.state
-        if state == TrialState.COMPLETE:
-            complete.append(trial)
-        elif state == TrialState.RUNNING:
-            running.append(trial)
-    recent = list(itertools.islice((t for t in reversed(trials) if t.state in _MODELLED), history))
-    pick = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
-    best = pick(GOOD_SET, complete, key=lambda t: cast(float, t.value))
-    kept = {t.number: t for t in itertools.chain(running, recent, best)}
-    return [kept[number] for number in sorted(kept)]
+    return _Window(history).of(trials, direction)
+
+
+class _Unseen:
+    """Each finished trial of a study once, for a sampler that asks many times (finished trials never change).
+
+    Only the trials past the study's longest all-finished run from trial 0 are scanned again, so once a
+    long-lived process has seen the history, an ask no longer walks it. ``trials`` must be every trial of
+    the study in number order (so ``trials[i].number == i``).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = 0  # trials[:prefix] are all finished and were all returned
+        self._taken: set[int] = set()  # finished trials past the prefix already returned
+
+    def scan(self, trials: list[FrozenTrial]) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+        """The finished trials not returned before, and the unfinished ones (past the prefix, so all of them)."""
+        new, unfinished = [], []
+        for trial in itertools.islice(trials, self._prefix, None):
+            if not trial.state.is_finished():
+                unfinished.append(trial)
+            elif trial.number not in self._taken:
+                new.append(trial)
+                self._taken.add(trial.number)
+        while self._prefix < len(trials) and trials[self._prefix].state.is_finished():
+            self._taken.discard(self._prefix)
+            self._prefix += 1
+        return new, unfinished
+
+
+class _Window:
+    """:func:`window` for one study, remembering its best trials between asks so that an ask scans only
+    the trials that changed (see :class:`_Unseen`)."""
+
+    def __init__(self, history: int) -> None:
+        self._history = history
+        self._unseen = _Unseen()
+        self._best: list[FrozenTrial] = []
+
+    def of(self, trials: list[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
+        new, unfinished = self._unseen.scan(trials)
+        pick = heapq.nlargest if direction == StudyDirection.MAXIMIZE else heapq.nsmallest
+        complete = [t for t in new if t.state == TrialState.COMPLETE]
+        self._best = pick(GOOD_SET, self._best + complete, key=lambda t: cast(float, t.value))
+        running = [t for t in unfinished if t.state == TrialState.RUNNING]
+        recent = itertools.islice((t for t in reversed(trials) if t.state in _MODELLED), self._history)
+        kept = {t.number: t for t in itertools.chain(running, recent, self._best)}
+        return [kept[number] for number in sorted(kept)]
 
 
 class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
@@ -74,7 +111,7 @@ class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
 
     def __init__(self, include_pruned: bool = False) -> None:
         super().__init__(include_pruned)
-        self._seen: set[int] = set()
+        self._unseen = _Unseen()
         self._lock = threading.Lock()
 
     def calculate(self, study: optuna.Study, use_cache: bool = False) -> _SearchSpaceGroup:
@@ -84,10 +121,10 @@ class _GroupsSeenOnce(_GroupDecomposedSearchSpace):
             raise ValueError("`_GroupDecomposedSearchSpace` cannot handle multiple studies.")
         states = (TrialState.COMPLETE, TrialState.PRUNED) if self._include_pruned else (TrialState.COMPLETE,)
         with self._lock:
-            for trial in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
-                if trial.number not in self._seen:
+            new, _ = self._unseen.scan(study._get_trials(deepcopy=False, use_cache=use_cache))
+            for trial in new:
+                if trial.state in states:
                     self._search_space.add_distributions(trial.distributions)
-                    self._seen.add(trial.number)
             return copy.deepcopy(self._search_space)
 
 
@@ -100,20 +137,20 @@ class _OneReadPerAsk:
     With ``history`` every read is of the :func:`window`, taken once per ask.
     """
 
-    def __init__(self, study: optuna.Study, history: int | None) -> None:
+    def __init__(self, study: optuna.Study, window: _Window | None) -> None:
         self._study = study
-        self._history = history
+        self._keeper = window
         self._window: list[FrozenTrial] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        if self._history is None:
+        if self._keeper is None:
             return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=True)
         if self._window is None:
             every = self._study._get_trials(deepcopy=False, use_cache=True)
-            self._window = window(every, self._history, self._study.direction)
+            self._window = self._keeper.of(every, self._study.direction)
         trials = [t for t in self._window if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
 
@@ -131,7 +168,8 @@ class TPESampler(optuna.samplers.TPESampler):
         super().__init__(**kwargs)
         if history is not None and history < self._n_startup_trials:
             raise ValueError(f"history ({history}) must be at least n_startup_trials ({self._n_startup_trials})")
-        self._history = history
+        self.history = history
+        self._window = None if history is None else _Window(history)
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _GroupsSeenOnce(True)
         self._rows: dict[tuple, dict[int, tuple | None]] = {}
@@ -139,7 +177,7 @@ class TPESampler(optuna.samplers.TPESampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return super().sample_relative(cast(optuna.Study, _OneReadPerAsk(study, self._history)), trial, search_space)
+        return super().sample_relative(cast(optuna.Study, _OneReadPerAsk(study, self._window)), trial, search_space)
 
     def _get_internal_repr(
         self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: optuna.Study

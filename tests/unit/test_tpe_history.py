@@ -112,6 +112,31 @@ def test_a_window_holding_the_whole_study_suggests_what_no_window_does():
 
 
 def test_the_spec_passes_history_to_tpe_and_leaves_it_unset_by_default(digits_spec):
-    assert make_sampler(parse_experiment(digits_spec))._history is None
+    assert make_sampler(parse_experiment(digits_spec)).history is None
     digits_spec["spec"]["strategy"]["sampler"] = {"name": "tpe", "history": 300}
-    assert make_sampler(parse_experiment(digits_spec))._history == 300
+    assert make_sampler(parse_experiment(digits_spec)).history == 300
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_window_kept_across_asks_matches_a_fresh_one_while_trials_finish_out_of_order(direction):
+    """The suggest service's sampler asks many times: what it remembers must never change the window."""
+    from kubetune.tpe import _Window
+
+    rng = random.Random(7)
+    study = _filled(direction, 80, seed=7)
+    kept = _Window(30)
+    open_trials = [study.ask(SPACE) for _ in range(6)]
+    for step in range(60):
+        if open_trials and rng.random() < 0.6:  # finish a random open trial, not the oldest
+            trial = open_trials.pop(rng.randrange(len(open_trials)))
+            study.tell(trial, rng.random()) if rng.random() < 0.8 else study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.add_trial(
+                create_trial(
+                    state=TrialState.COMPLETE, value=rng.random(), params={"x": 0.5, "kind": "a"}, distributions=SPACE
+                )
+            )
+        if step % 7 == 0:
+            open_trials.append(study.ask(SPACE))
+        trials = study.get_trials(deepcopy=False)
+        assert [t.number for t in kept.of(trials, study.direction)] == _expected(study, 30)
