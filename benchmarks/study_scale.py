@@ -58,6 +58,7 @@ SPAWN = multiprocessing.get_context("spawn")
 TEMPLATES = 200  # distinct finished trials the fill cycles through
 PHASES = ("imports", "open", "read", "stop_check", "ask", "sample", "tell")
 SUGGEST = ("open", "read", "stop_check", "ask", "sample")  # the suggest step, imports aside
+TARGETS = ["direct", "proxy", "service"]  # where the steps reach the study: see reach()
 SERVICE_PHASES = ("imports", "suggest", "tell")  # the suggest step asks the proxy's suggest service for it all
 
 
@@ -212,10 +213,17 @@ def count_trials(url: str, study_id: int) -> int:
 
 def filled_study(url: str, experiment, size: int) -> dict:
     """Create the study (as ensure-study does) and add finished trials up to ``size``; reused if already there."""
+    from optuna.trial import TrialState
+
     from kubetune.storage import open_storage
     from kubetune.study import ensure_study
 
     study = ensure_study(experiment, storage=open_storage(experiment, url))
+    # A step of an interrupted run left its trial running, and ensure_study turns a stale one into a waiting
+    # retry; an ask would take that retry's parameters instead of sampling, and so time no sampling at all.
+    leftovers = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    for trial in leftovers:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     have = count_trials(url, study._study_id)
     began = time.perf_counter()
     if size > have:
@@ -223,7 +231,7 @@ def filled_study(url: str, experiment, size: int) -> dict:
     fill_s = time.perf_counter() - began
     total = count_trials(url, study._study_id)
     assert total >= size, f"the study holds {total} trials, not {size}"
-    return {"trials": total, "added": max(size - have, 0), "fill_s": fill_s}
+    return {"trials": total, "added": max(size - have, 0), "fill_s": fill_s, "leftovers_failed": len(leftovers)}
 
 
 def free_port() -> int:
@@ -590,9 +598,7 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, nargs="*", default=[1, 4, 16, 64])
     parser.add_argument("--lane-trials", type=int, default=8, help="trials each lane asks and tells")
     parser.add_argument("--train-seconds", type=float, default=0.2, help="a lane's 'training' between ask and tell")
-    parser.add_argument(
-        "--targets", nargs="+", default=["direct", "proxy", "service"], choices=["direct", "proxy", "service"]
-    )
+    parser.add_argument("--targets", nargs="+", default=TARGETS, choices=TARGETS)
     parser.add_argument("--cache", type=Path, help="keep the PostgreSQL cluster and its filled studies here")
     parser.add_argument("--fast-postgres", action="store_true", help="fsync off, as in the tests")
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the trials sample")
@@ -621,8 +627,9 @@ def main() -> None:
                 load_before = os.getloadavg()
                 rows = measure(postgres, args)
                 load = {"before": load_before, "after": os.getloadavg()}
+                via = [] if args.targets == TARGETS else args.targets
                 window = [] if args.history is None else ["history", str(args.history)]
-                name = "-".join(["study_scale", part, *map(str, wanted), *window])
+                name = "-".join(["study_scale", part, *map(str, wanted), *via, *window])
                 write_results(name, {"settings": settings, "load_average": load, part: rows})
     finally:
         postgres.stop()

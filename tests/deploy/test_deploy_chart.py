@@ -572,6 +572,7 @@ def test_storage_proxy(scenario_objects: dict[str, list[dict[str, Any]]]) -> Non
         ("grpc", 13000, "grpc"),
         ("suggest", 13001, "suggest"),
     ]
+    assert {p["appProtocol"] for p in service["ports"]} == {"grpc"}, "a mesh must route both as gRPC"
     assert _matches(service["selector"], ds.pod_template(deployment)["metadata"]["labels"])
     config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
     assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy.{ds.NAMESPACE}.svc:13000"

@@ -165,6 +165,7 @@ def test_storage_proxy(built: dict[str, list[dict[str, Any]]]) -> None:
     config = ds.one(objs, "ConfigMap", "kubetune-config")["data"]
     assert config["KUBETUNE_STORAGE_PROXY"] == f"grpc://kubetune-storage-proxy:{service['ports'][0]['port']}"
     suggest = {p["name"]: p for p in service["ports"]}["suggest"]
+    assert {p["appProtocol"] for p in service["ports"]} == {"grpc"}
     assert suggest_url(config["KUBETUNE_STORAGE_PROXY"]).endswith(f":{suggest['port']}")
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 13000, "suggest": 13001}
     policy = ds.one(objs, "NetworkPolicy", "kubetune-storage-proxy")["spec"]

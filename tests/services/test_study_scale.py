@@ -42,6 +42,18 @@ def test_the_fill_writes_finished_trials_as_kubetune_records_them_once(postgres,
     assert (again["trials"], again["added"]) == (50, 0), "a filled study is reused, not filled again"
 
 
+def test_a_reused_study_loses_the_trials_an_interrupted_run_left_open(postgres, scale):
+    """Otherwise an ask would take a waiting retry's parameters and time no sampling."""
+    url, name, _ = _study(postgres, scale, 20)
+    study = optuna.load_study(study_name=name, storage=url)
+    study.ask()
+    study.enqueue_trial({"lr": 0.01})
+    again = scale.filled_study(url, scale.scale_experiment(str(DIGITS), name), 20)
+    assert again["leftovers_failed"] == 2
+    states = [t.state for t in optuna.load_study(study_name=name, storage=url).get_trials()]
+    assert states.count(TrialState.FAIL) == 2 and TrialState.WAITING not in states and TrialState.RUNNING not in states
+
+
 def test_cold_steps_time_every_phase_and_tell_their_trial(postgres, scale):
     url, name, _ = _study(postgres, scale, 30)
     cell = scale.cold_steps(str(DIGITS), name, url, repeats=2)
