@@ -30,7 +30,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb import models  # Optuna internal: the trial and heartbeat tables
 from optuna.storages._rdb.storage import _create_scoped_session  # Optuna internal: its session per transaction
 from optuna.trial import TrialState
-from sqlalchemy import func, orm
+from sqlalchemy import event, func, orm
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -219,6 +219,7 @@ class ReconnectingStorage(RDBStorage):
         self.retry_seconds = retry_seconds
         self.batch_params = batch_params
         super().__init__(url, **kwargs)
+        _serialize_sqlite(self.engine)
 
     def __getstate__(self) -> dict:
         self._flush_params()
@@ -229,6 +230,7 @@ class ReconnectingStorage(RDBStorage):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        _serialize_sqlite(self.engine)
         self._params_lock = threading.Lock()
 
     def _get_trials(self, *args: Any, **kwargs: Any) -> Any:
@@ -373,6 +375,30 @@ def outage_retryer(
 
 
 retry_methods(ReconnectingStorage, RDBStorage, ReconnectingStorage.RETRIED)
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Make each SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Optuna reads a row, checks it and writes it in one transaction, relying on ``SELECT ... FOR
+    UPDATE``, which SQLite ignores; Python's sqlite3 also begins a transaction only at the first write.
+    Two embedded lanes asking at once could then both pop the same enqueued trial (a warm start's, a
+    retried one's) and train it twice. Taking the lock first serializes them; a transaction waits for
+    the lock up to the connection's timeout. SQLAlchemy's documented recipe for pysqlite; pooled
+    connections made before it are dropped so every connection follows it.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
 
 
 def engine_kwargs(url: str) -> dict:
