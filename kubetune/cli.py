@@ -361,18 +361,24 @@ def run(experiment_file: str, home: str | None, verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # schema set-up chatter would tear the progress bar
     _set_home(home)
     experiment = _load(experiment_file)
-    from kubetune.console import run_with_progress
-    from kubetune.local import StepFailed
-    from kubetune.siblings import studies
+    from kubetune import settings
+    from kubetune.stepserver import serving
 
-    searches = studies(experiment)
-    for sibling in searches:  # strategy.seeds and baseline: one study after another
-        if len(searches) > 1:
-            click.echo(f"kubetune: study {sibling.experiment.name} ({sibling.role}, seed repeat {sibling.repeat})")
-        try:
-            run_with_progress(sibling.experiment, verbose=verbose)
-        except StepFailed as error:  # not the user's input: exit 1, with the step's log to read
-            raise click.ClickException(str(error)) from None
+    # Started before this process imports KFP, Optuna and MLflow for itself, so the server's imports (the
+    # first step waits for them) overlap these; one server serves every study of the loop below.
+    with serving(settings.logs_folder() / "step-server.log"):
+        from kubetune.console import run_with_progress
+        from kubetune.local import StepFailed
+        from kubetune.siblings import studies
+
+        searches = studies(experiment)
+        for sibling in searches:  # strategy.seeds and baseline: one study after another
+            if len(searches) > 1:
+                click.echo(f"kubetune: study {sibling.experiment.name} ({sibling.role}, seed repeat {sibling.repeat})")
+            try:
+                run_with_progress(sibling.experiment, verbose=verbose)
+            except StepFailed as error:  # not the user's input: exit 1, with the step's log to read
+                raise click.ClickException(str(error)) from None
     if len(searches) > 1:
         click.echo(f"kubetune: ran {len(searches)} studies; compare them with `kubetune report {experiment.name}`")
 

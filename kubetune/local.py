@@ -24,7 +24,6 @@ from kubetune.periodic import every
 from kubetune.segments import segments_finished, start_segment
 from kubetune.spec import Experiment
 from kubetune.steps import INBOX_ENV, tell_runner
-from kubetune.stepserver import serving
 from kubetune.stop_rules import Decision, count_trials, decide, plan_slots
 from kubetune.study import best_trial, load_study, seconds_until_stale
 
@@ -147,7 +146,11 @@ def _wait_for_slots(study, experiment: Experiment, segment: int):
 
 
 def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None], verbose: bool = False) -> str:
-    """Run segments until the budget or a stop rule ends the experiment; returns the stop reason."""
+    """Run segments until the budget or a stop rule ends the experiment; returns the stop reason.
+
+    Steps hand their work to the warm step server when the caller started one (`kubetune run` does, first
+    thing); without it each step does its work in its own process, as in a cluster.
+    """
     import kfp.local
 
     os.environ.update(settings.embedded_environment())
@@ -156,24 +159,22 @@ def run_experiment(experiment: Experiment, *, report: Callable[[Progress], None]
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"), enable_caching=True
     )
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with serving(logs / "step-server.log"):  # its imports overlap this process's first study work
-        start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
+    logs = settings.logs_folder()
+    start_segment(experiment, segment=0)  # fails fast, in this process, on a bad database or MLflow URI
+    study = load_study(experiment)
+    segment = study.user_attrs.get("segment", 0)
+    if segment:
+        decision = decide(study, experiment, segments_finished=segments_finished(study))
+        if not decision.go_on:
+            return decision.reason
+        study.set_user_attr("stop_reason", None)
+    while True:
+        report(_progress(study, experiment, segment))
+        study = _wait_for_slots(study, experiment, segment)
+        with _poll(study, experiment, segment, report):
+            following = _run_segment(experiment, segment, logs, verbose=verbose)
         study = load_study(experiment)
-        segment = study.user_attrs.get("segment", 0)
-        if segment:
-            decision = decide(study, experiment, segments_finished=segments_finished(study))
-            if not decision.go_on:
-                return decision.reason
-            study.set_user_attr("stop_reason", None)
-        while True:
-            report(_progress(study, experiment, segment))
-            study = _wait_for_slots(study, experiment, segment)
-            with _poll(study, experiment, segment, report):
-                following = _run_segment(experiment, segment, logs, verbose=verbose)
-            study = load_study(experiment)
-            report(_progress(study, experiment, segment))
-            if following is None:
-                return study.user_attrs["stop_reason"]
-            segment = following
+        report(_progress(study, experiment, segment))
+        if following is None:
+            return study.user_attrs["stop_reason"]
+        segment = following

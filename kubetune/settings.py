@@ -57,6 +57,13 @@ def artifact_root() -> str | None:
     return (home() / "mlartifacts").as_uri()
 
 
+def logs_folder() -> Path:
+    """Where `kubetune run` writes the step server's and each segment's logs (made if missing)."""
+    folder = home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def embedded_environment() -> dict[str, str]:
     """The variables the local runner hands to every component subprocess."""
     home().mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,17 @@
 """The CLI: user mistakes exit 2 with one message and no traceback; commands do what they say."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
 from repo_paths import DIGITS
 
+from kubetune import console
 from kubetune.cli import cli
+from kubetune.steps import SERVER_ENV
 
 
 def _write(tmp_path, data, name="exp.yaml"):
@@ -65,3 +69,22 @@ def test_unreachable_database_exits_2_without_the_password(tmp_path, monkeypatch
     assert "127.0.0.1:1" in result.stderr and "KUBETUNE_STORAGE" in result.stderr
     assert "S3cretPassw0rd" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_run_serves_every_study_of_the_experiment_from_one_step_server_started_first(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run(experiment, verbose=False):
+        socket = os.environ[SERVER_ENV]
+        seen.append((experiment.name, socket, Path(socket).is_socket()))
+
+    monkeypatch.setattr(console, "run_with_progress", fake_run)
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    data = _digits()
+    data["spec"]["strategy"]["seeds"] = 2
+    result = CliRunner().invoke(cli, ["run", _write(tmp_path, data), "--home", str(tmp_path / "home")])
+    assert result.exit_code == 0, result.output
+    assert [name for name, _, _ in seen] == ["digits-cnn", "digits-cnn-seed-2"]
+    assert len({socket for _, socket, _ in seen}) == 1 and all(alive for _, _, alive in seen)
+    assert SERVER_ENV not in os.environ  # stopped when the command ends
+    assert (tmp_path / "home" / "logs" / "step-server.log").exists()
