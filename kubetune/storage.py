@@ -387,8 +387,8 @@ def _serialize_sqlite(engine: Any) -> None:
     the lock up to the connection's timeout. SQLAlchemy's documented recipe for pysqlite; pooled
     connections made before it are dropped so every connection follows it.
     """
-    if engine.dialect.name != "sqlite":
-        return
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return  # an in-memory database lives in one process, and dropping its connection would drop it
 
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:

@@ -41,3 +41,10 @@ def test_two_lanes_never_pop_the_same_enqueued_trial(tmp_path):
         lane.join(timeout=60)
     assert sorted(first + second) == list(range(2 * ASKS))  # every enqueued trial popped exactly once
     assert all(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials())
+
+
+def test_an_in_memory_database_keeps_its_tables():
+    """Its connection is its database: the serialization set-up must not drop it."""
+    study = optuna.create_study(study_name="alone", storage=open_database("sqlite:///:memory:"))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(study.trials) == 2
