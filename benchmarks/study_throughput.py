@@ -237,16 +237,14 @@ def same_suggestions_as_optuna(spec_path: str, trials: int = 200) -> bool:
     return suggestions(ours) == suggestions(theirs)
 
 
+BACKENDS = ("postgresql", "sqlite", "journal")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument(
-        "--backends",
-        nargs="*",
-        default=["postgresql", "sqlite", "journal"],
-        choices=["postgresql", "sqlite", "journal"],
-    )
+    parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--latency-trials", type=int, default=5000, help="0 skips the latency measurement")
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--spec", default="examples/digits.yaml", help="whose search space the lanes sample")
@@ -313,7 +311,8 @@ def main() -> None:
                 f"target p99 < 250 ms at {args.latency_trials} trials: {p99:.0f} ms "
                 f"({'meets' if p99 < 250 else 'misses'})"
             )
-        write_results("study_throughput", raw)
+        every_backend = tuple(args.backends) == BACKENDS
+        write_results("study_throughput" + ("" if every_backend else "-" + "-".join(args.backends)), raw)
     finally:
         if postgres is not None:
             postgres.stop()

@@ -39,6 +39,9 @@ def _with_retries(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def retry_methods(cls: type, base: type, names: Iterable[str]) -> None:
-    """Give ``cls`` each of ``base``'s methods ``names``, called through ``cls._retried(method, ...)``."""
+    """Give ``cls`` each of ``base``'s methods ``names``, called through ``cls._retried(method, ...)``; a method
+    ``cls`` defines itself is left as it is (it retries in its own way)."""
     for name in names:
+        if name in vars(cls):
+            continue
         setattr(cls, name, _with_retries(getattr(base, name)))

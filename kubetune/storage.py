@@ -219,7 +219,7 @@ class ReconnectingStorage(RDBStorage):
         self.retry_seconds = retry_seconds
         self.batch_params = batch_params
         super().__init__(url, **kwargs)
-        _serialize_sqlite(self.engine)
+        self._lock_before_state_changes()
 
     def __getstate__(self) -> dict:
         self._flush_params()
@@ -230,8 +230,34 @@ class ReconnectingStorage(RDBStorage):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        _serialize_sqlite(self.engine)
+        self._lock_before_state_changes()
         self._params_lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        """Optuna's, retried; on SQLite its transaction takes the write lock before it reads the trial."""
+        calls = self._call_depth()
+        calls.lock_first = True
+        try:
+            return self._retried(RDBStorage.set_trial_state_values, trial_id, state, values)
+        finally:
+            calls.lock_first = False
+
+    def _lock_before_state_changes(self) -> None:
+        """On SQLite, begin a state change's transaction with ``BEGIN IMMEDIATE`` (the write lock first).
+
+        Optuna reads a trial's state, checks it and writes the new one in one transaction, relying on
+        ``SELECT ... FOR UPDATE``, which SQLite ignores; Python's sqlite3 also begins a transaction only
+        at the first write. Two embedded lanes asking at once could then both pop the same enqueued trial
+        (a warm start's pick, a retried trial) and train it twice, and two tells of one trial could both
+        write. Only state changes take the lock first: every read doing so measurably slowed lanes down.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+
+        @event.listens_for(self.engine, "begin")
+        def _lock_first(connection: Any) -> None:
+            if getattr(self._call_depth(), "lock_first", False):
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _get_trials(self, *args: Any, **kwargs: Any) -> Any:
         """Optuna's bulk read of trials (Optuna internal: its cache wrapper's one read), with the cyclic GC paused.
@@ -375,30 +401,6 @@ def outage_retryer(
 
 
 retry_methods(ReconnectingStorage, RDBStorage, ReconnectingStorage.RETRIED)
-
-
-def _serialize_sqlite(engine: Any) -> None:
-    """Make each SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
-
-    Optuna reads a row, checks it and writes it in one transaction, relying on ``SELECT ... FOR
-    UPDATE``, which SQLite ignores; Python's sqlite3 also begins a transaction only at the first write.
-    Two embedded lanes asking at once could then both pop the same enqueued trial (a warm start's, a
-    retried one's) and train it twice. Taking the lock first serializes them; a transaction waits for
-    the lock up to the connection's timeout. SQLAlchemy's documented recipe for pysqlite; pooled
-    connections made before it are dropped so every connection follows it.
-    """
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
-        return  # an in-memory database lives in one process, and dropping its connection would drop it
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()
 
 
 def engine_kwargs(url: str) -> dict:
