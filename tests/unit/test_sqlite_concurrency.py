@@ -44,7 +44,7 @@ def test_two_lanes_never_pop_the_same_enqueued_trial(tmp_path):
 
 
 def test_an_in_memory_database_keeps_its_tables():
-    """Its connection is its database: the serialization set-up must not drop it."""
+    """Its one connection is its database: the state-change lock must leave it working."""
     study = optuna.create_study(study_name="alone", storage=open_database("sqlite:///:memory:"))
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
     assert len(study.trials) == 2
