@@ -17,6 +17,7 @@ from kubetune.segments import run_name
 from kubetune.spec import EPOCH_METRICS, Experiment
 from kubetune.stop_rules import stop_before_trial
 from kubetune.study import (
+    ask_tagged,
     beat,
     get_trial,
     heartbeat,
@@ -24,7 +25,6 @@ from kubetune.study import (
     live_trial,
     load_study,
     set_trial_attrs,
-    tag_trial,
 )
 
 if TYPE_CHECKING:
@@ -63,15 +63,13 @@ def ask_trial(
 ) -> tuple[int, str | None]:
     """The suggest step's work on an open study: the trial's number, or NO_TRIAL and the stop rule that holds.
 
-    ``tags``: system attributes the trial gets before anything else is recorded (the suggest service's
-    request, so a retried request finds its trial).
+    ``tags``: system attributes the trial carries before it runs (the suggest service's request, so a
+    retried request finds its trial: :func:`kubetune.study.ask_tagged`).
     """
     reason = stop_before_trial(study, experiment)
     if reason is not None:
         return NO_TRIAL, reason
-    trial = study.ask()
-    for key, value in (tags or {}).items():
-        tag_trial(study, trial.number, key, value)
+    trial = ask_tagged(study, tags) if tags else study.ask()
     return record_trial(study, trial, experiment, segment=segment, slot=slot), None
 
 

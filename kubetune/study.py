@@ -32,6 +32,7 @@ from kubetune.spec_changes import describe_changes
 from kubetune.storage import ReconnectingStorage, Storage, StudyError, open_storage
 
 __all__ = [
+    "ask_tagged",
     "beat",
     "best_trial",
     "ensure_study",
@@ -186,6 +187,24 @@ def set_trial_attrs(study: optuna.Study, number: int, attrs: Mapping[str, Any]) 
 def tag_trial(study: optuna.Study, number: int, key: str, value: str) -> None:
     """Mark trial ``number`` with a system attribute (kubetune's bookkeeping, not shown as a user attribute)."""
     study._storage.set_trial_system_attr(_trial_id(study, number), key, value)
+
+
+def ask_tagged(study: optuna.Study, tags: Mapping[str, str]) -> optuna.Trial:
+    """``study.ask()``, the trial carrying the system attributes ``tags`` before it runs.
+
+    Tagging after the ask leaves a window: a process killed between the two writes leaves a running
+    trial that no retry can find, holding a budget slot until it goes stale. The tags go first on the
+    trial the ask will pop instead: the first waiting trial, or a new waiting one. A killed ask leaves
+    at worst a tagged waiting trial, which the retry (or any next ask) pops. The caller must not ask the
+    study concurrently (the suggest service asks one request at a time per study).
+    """
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if waiting:
+        for key, value in tags.items():
+            tag_trial(study, waiting[0].number, key, value)
+    else:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=dict(tags)))
+    return study.ask()
 
 
 def running_trial_tagged(study: optuna.Study, key: str, value: str) -> optuna.Trial | None:
