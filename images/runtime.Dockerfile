@@ -37,6 +37,8 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kubetune ./kubetune
+COPY components ./components
+COPY pipelines ./pipelines
 RUN pip install --no-cache-dir . "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
  && pip check \
  && python3 -c "import torch; assert torch.version.cuda is None, 'CUDA torch in the CPU image'"

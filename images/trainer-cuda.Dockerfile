@@ -34,6 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kubetune ./kubetune
+COPY components ./components
+COPY pipelines ./pipelines
 # torch is already satisfied by the base image (through --system-site-packages), so pip keeps its CUDA
 # build; the check fails the build if a second torch landed in the venv.
 RUN pip install --no-cache-dir . \

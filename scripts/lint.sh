@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 ruff check .
 ruff format --check .
-mypy
-lint-imports
+# Types and layering are checked on the package as pip installs it: pyproject.toml maps components/ and
+# pipelines/ into kubetune, and mypy and import-linter only see a package's own folder (so their messages
+# name kubetune/components/... and kubetune/pipelines/... for the files in components/ and pipelines/).
+installed=$(mktemp -d)
+trap 'rm -rf "$installed"' EXIT
+python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-build-isolation --target "$installed" .
+(cd "$installed" && PYTHONPATH="$installed" mypy --config-file "$OLDPWD/pyproject.toml" && PYTHONPATH="$installed" lint-imports --no-cache "$OLDPWD/pyproject.toml")
 hadolint --config images/hadolint.yaml images/runtime.Dockerfile images/trainer-cuda.Dockerfile

@@ -9,11 +9,19 @@ runs as the chart's user, the build context, and where each image's torch comes 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import deploy_support as ds
 import pytest
 import yaml
+from repo_paths import REPO
+
+# kubetune/, and the folders pyproject.toml maps into it (components/, pipelines/)
+PACKAGE_FOLDERS = [
+    "kubetune",
+    *tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values(),
+]
 
 PINNED = re.compile(r"(?P<name>[a-z0-9./_-]+):(?P<tag>[A-Za-z0-9._-]+)@sha256:[0-9a-f]{64}")
 FLOATING_TAGS = {"latest", "slim", "stable", "runtime", "devel"}
@@ -83,10 +91,12 @@ def test_final_user_is_the_charts_user(name: str) -> None:
 def test_build_context_holds_only_the_package(name: str) -> None:
     builder = stages(name)["builder"]
     assert "COPY pyproject.toml README.md ./\n" in builder, "pyproject's readme must be in the build context"
-    assert "COPY kubetune ./kubetune\n" in builder, "the package (with its components and pipelines)"
+    for folder in PACKAGE_FOLDERS:
+        assert f"COPY {folder} ./{folder}\n" in builder, "the package is built from these folders"
     assert re.search(r"pip install --no-cache-dir \.[ \n]", builder), "kubetune itself is installed"
     ignore = (ds.IMAGES / f"{name}.dockerignore").read_text().splitlines()
-    assert "**" in ignore and {"!pyproject.toml", "!README.md", "!kubetune/**"} <= set(ignore)
+    admitted = {"!pyproject.toml", "!README.md"} | {f"!{folder}/**" for folder in PACKAGE_FOLDERS}
+    assert "**" in ignore and admitted <= set(ignore)
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
