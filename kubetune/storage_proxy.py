@@ -8,6 +8,7 @@ so a TCP readinessProbe says the proxy can serve. SIGTERM lets calls in flight f
 
 On the next port (``--port`` + 1) the same process serves kubetune's suggest steps
 (kubetune.suggest_service): it asks the study for them, warm, so a step reads nothing of the study.
+When either port is taken, the proxy says which and exits with code 2 before serving on either.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from types import FrameType
 
@@ -47,6 +49,22 @@ def _database_url() -> str:
     return url
 
 
+def _bindable(host: str, port: int, storage_port: int) -> int:
+    """``port``, after checking it can be bound: gRPC would only say "Failed to bind", in a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT does not block
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(
+                f"--port {storage_port}: the proxy listens on {host}:{storage_port} and, for the suggest service, "
+                f"on the next port, but cannot listen on {host}:{port} ({error.strerror}); stop what listens "
+                "there or choose a --port whose next port is free too"
+            ) from None
+    return port
+
+
 def serve(url: str, host: str, port: int) -> None:
     """Serve the study database at ``url`` on ``host:port`` until SIGTERM or SIGINT."""
     from optuna.storages._grpc.server import make_server  # Optuna internal: run_grpc_proxy_server without its wait
@@ -55,10 +73,16 @@ def serve(url: str, host: str, port: int) -> None:
         open_database(url, batch_params=False)
     )  # with Optuna's in-process trial cache
     storage.get_all_studies()  # the database answers (waited out if it is starting) before the port opens
-    server = make_server(storage, host, port)
+    # The suggest service first: it asks on `storage` itself, not through the port below, and the storage
+    # port, which the readinessProbe checks, then opens only once both ports are bound.
+    suggester = start_suggest_service(Suggester(storage), host, _bindable(host, suggest_port(port), port))
+    try:
+        server = make_server(storage, host, _bindable(host, port, port))
+    except UserError:
+        suggester.stop(None)
+        raise
     server.start()
     _log.info("kubetune storage proxy serving %s on %s:%d", redact_url(url), host, port)
-    suggester = start_suggest_service(Suggester(storage), host, suggest_port(port))
     _log.info("kubetune suggest service on %s:%d", host, suggest_port(port))
 
     def stop(signum: int, frame: FrameType | None) -> None:

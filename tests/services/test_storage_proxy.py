@@ -30,6 +30,7 @@ from kubetune.segments import start_segment
 from kubetune.stop_rules import count_trials
 from kubetune.storage import open_storage
 from kubetune.study import beat, ensure_study, get_trial, heartbeat, load_study, tell_once
+from kubetune.suggest_client import suggest_port
 
 
 class Proxy:
@@ -37,7 +38,7 @@ class Proxy:
 
     def __init__(self, database_url: str, folder: Path) -> None:
         self.database_url = database_url
-        self.port = free_port()
+        self.port = _free_port_and_next()
         self.url = f"grpc://{HOST}:{self.port}"
         self.process = ServerProcess(
             "storage proxy",
@@ -48,8 +49,12 @@ class Proxy:
         )
 
     def _listening(self) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex((HOST, self.port)) == 0
+        """Both ports: the storage port opens last, but a proxy that failed after opening it would pass alone."""
+        for port in (self.port, suggest_port(self.port)):
+            with socket.socket() as sock:
+                if sock.connect_ex((HOST, port)) != 0:
+                    return False
+        return True
 
     def start(self) -> None:
         self.process.start()
@@ -57,6 +62,18 @@ class Proxy:
 
     def kill(self) -> None:
         self.process.stop()
+
+
+def _free_port_and_next() -> int:
+    """A free port whose next port (the suggest service's) is free too."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, suggest_port(port)))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ tests/services/test_storage_proxy.py.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -84,3 +85,23 @@ def test_the_proxy_refuses_a_url_that_is_not_a_database_server(url, monkeypatch,
     message = capsys.readouterr().err
     assert message.startswith("error: KUBETUNE_STORAGE must be the PostgreSQL") and "\n" == message[-1]
     assert message.count("\n") == 1
+
+
+@pytest.mark.parametrize("taken", ["storage", "suggest"])
+def test_a_proxy_port_in_use_is_one_clear_error_and_nothing_stays_bound(taken, tmp_path):
+    from kubetune.errors import UserError
+    from kubetune.suggest_client import suggest_port
+
+    port = free_port()
+    blocked = port if taken == "storage" else suggest_port(port)
+    with socket.socket() as holder:
+        holder.bind((HOST, blocked))
+        holder.listen()
+        with pytest.raises(UserError) as raised:
+            storage_proxy.serve(f"sqlite:///{tmp_path / 'optuna.db'}", HOST, port)
+    assert str(raised.value).startswith(f"--port {port}: the proxy listens on {HOST}:{port}")
+    assert f"cannot listen on {HOST}:{blocked} (Address already in use)" in str(raised.value)
+    for free in (port, suggest_port(port)):  # the suggest service that started first was stopped
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((HOST, free))
