@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 from types import FrameType
 
@@ -25,6 +24,7 @@ import optuna
 
 from kubetune import grpc_storage
 from kubetune.errors import UserError
+from kubetune.ports import bind_error
 from kubetune.redaction import redact_url
 from kubetune.storage import open_database
 from kubetune.suggest_client import suggest_port
@@ -51,17 +51,13 @@ def _database_url() -> str:
 
 def _bindable(host: str, port: int, storage_port: int) -> int:
     """``port``, after checking it can be bound: gRPC would only say "Failed to bind", in a traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT does not block
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise UserError(
-                f"--port {storage_port}: the proxy listens on {host}:{storage_port} and, for the suggest service, "
-                f"on the next port, but cannot listen on {host}:{port} ({error.strerror}); stop what listens "
-                "there or choose a --port whose next port is free too"
-            ) from None
+    error = bind_error(host, port)
+    if error is not None:
+        raise UserError(
+            f"--port {storage_port}: the proxy listens on {host}:{storage_port} and, for the suggest service, "
+            f"on the next port, but cannot listen on {host}:{port} ({error}); stop what listens "
+            "there or choose a --port whose next port is free too"
+        )
     return port
 
 

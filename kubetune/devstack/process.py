@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kubetune.ports import bind_error
 from kubetune.redaction import scrub
 
 HOST = "127.0.0.1"
@@ -46,16 +47,11 @@ def free_port() -> int:
 
 
 def check_port_free(port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the servers do: connections of a previous run in TIME_WAIT do not block a restart.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            raise ServiceError(
-                f"{what} cannot listen on {HOST}:{port}: the port is in use. "
-                "Stop whatever listens there, or leave the port unset to pick a free one."
-            ) from None
+    if bind_error(HOST, port) is not None:
+        raise ServiceError(
+            f"{what} cannot listen on {HOST}:{port}: the port is in use. "
+            "Stop whatever listens there, or leave the port unset to pick a free one."
+        )
 
 
 def check_port(port: int | None) -> None:
