@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 from click.testing import CliRunner
+from free_ports import free_port_and_next
 from k8s_double import KubeApiDouble
 from kfp_double import LocalJsonServer
 from repo_paths import DIGITS
@@ -18,7 +19,6 @@ from repo_paths import DIGITS
 from kubetune import doctor
 from kubetune import kfp_api as gateway
 from kubetune.cli import cli
-from kubetune.devstack.process import free_port
 
 
 class MlflowHealth(LocalJsonServer):
@@ -58,7 +58,7 @@ def cluster(kfp_api, isolated_pod, tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.host)
         for name in ("KUBETUNE_SERVICE_ACCOUNT", "KUBETUNE_CREDENTIALS_SECRET", "KUBETUNE_CONFIG_MAP"):
             monkeypatch.delenv(name, raising=False)
-        proxy_port = free_port()
+        proxy_port = free_port_and_next()
         monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", f"grpc://127.0.0.1:{proxy_port}")
         with _grpc_listening(proxy_port, proxy_port + 1):  # the proxy's storage and suggest ports
             yield kfp_api, kube, namespace, account
@@ -177,7 +177,7 @@ def _grpc_listening(*ports: int):
 
 
 def test_the_storage_proxy_check_needs_both_its_ports(cluster, monkeypatch):
-    port = free_port()
+    port = free_port_and_next()
     monkeypatch.setenv("KUBETUNE_STORAGE_PROXY", f"grpc://127.0.0.1:{port}")
     with _grpc_listening(port):  # the storage port only: no suggest service
         line = _line(_doctor(), "storage proxy")

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from free_ports import free_port_and_next
 from lanes import one_lane, restart_mid_search, run_lanes, small_experiment
 from optuna.trial import TrialState
 
 from kubetune.data import load_split, save_split
-from kubetune.devstack.process import HOST, ServerProcess, free_port
+from kubetune.devstack.process import HOST, ServerProcess
 from kubetune.grpc_storage import HEARTBEAT_ATTR, ProxiedStorage
 from kubetune.redaction import redact_url
 from kubetune.segments import start_segment
@@ -38,7 +39,7 @@ class Proxy:
 
     def __init__(self, database_url: str, folder: Path) -> None:
         self.database_url = database_url
-        self.port = _free_port_and_next()
+        self.port = free_port_and_next()
         self.url = f"grpc://{HOST}:{self.port}"
         self.process = ServerProcess(
             "storage proxy",
@@ -62,18 +63,6 @@ class Proxy:
 
     def kill(self) -> None:
         self.process.stop()
-
-
-def _free_port_and_next() -> int:
-    """A free port whose next port (the suggest service's) is free too."""
-    while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, suggest_port(port)))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture

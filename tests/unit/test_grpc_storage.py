@@ -12,6 +12,7 @@ import time
 
 import optuna
 import pytest
+from free_ports import free_port_and_next
 from optuna.storages._grpc.server import make_server  # Optuna internal: the server kubetune.storage_proxy runs
 from optuna.trial import TrialState
 
@@ -92,7 +93,7 @@ def test_a_proxy_port_in_use_is_one_clear_error_and_nothing_stays_bound(taken, t
     from kubetune.errors import UserError
     from kubetune.suggest_client import suggest_port
 
-    port = free_port()
+    port = free_port_and_next()
     blocked = port if taken == "storage" else suggest_port(port)
     with socket.socket() as holder:
         holder.bind((HOST, blocked))
